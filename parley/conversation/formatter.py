@@ -1,0 +1,108 @@
+"""Render a conversation into the prompt text a model expects."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+from pydantic import BaseModel, field_validator
+from transformers.utils.chat_template_utils import render_jinja_template
+
+from parley.conversation.matching import DEFAULT_TEMPLATE, template_for_model_name
+from parley.conversation.templates import NAMED_TEMPLATES, NamedTemplate
+from parley.engines.base import ModelInfo
+from parley.errors import InvalidRequestError, ParleyError
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+    @field_validator("content")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("message content is empty")
+        return value
+
+
+class RenderedPrompt(BaseModel):
+    text: str
+    add_special_tokens: bool  # False when the template already wrote BOS and friends
+    stop: list[str] = []
+    stop_token_ids: list[int] = []
+    template: str  # "model" for the tokenizer's own template, else the named template
+
+
+def validate_messages(messages: Sequence[Mapping | ChatMessage]) -> list[ChatMessage]:
+    try:
+        parsed = [m if isinstance(m, ChatMessage) else ChatMessage.model_validate(dict(m)) for m in messages]
+    except ValueError as exc:
+        raise InvalidRequestError(f"invalid messages: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}") from None
+    if not parsed:
+        raise InvalidRequestError("no messages")
+    if any(m.role == "system" for m in parsed[1:]):
+        raise InvalidRequestError("a system message may only come first")
+    turns = [m for m in parsed if m.role != "system"]
+    for i, m in enumerate(turns):
+        if m.role != ("user" if i % 2 == 0 else "assistant"):
+            raise InvalidRequestError("messages must alternate user/assistant, starting with user")
+    return parsed
+
+
+class ChatFormatter:
+    """Either a model's own Jinja template or one of the named templates."""
+
+    def __init__(self, named: NamedTemplate | None = None, model_template: str | None = None,
+                 bos_token: str | None = None, eos_token: str | None = None):
+        if (named is None) == (model_template is None):
+            raise ValueError("give exactly one of named and model_template")
+        self.named = named
+        self._model_template = model_template
+        self._special = {"bos_token": bos_token or "", "eos_token": eos_token or ""}
+
+    @property
+    def name(self) -> str:
+        return self.named.name if self.named else "model"
+
+    @classmethod
+    def named_template(cls, name: str) -> ChatFormatter:
+        try:
+            return cls(named=NAMED_TEMPLATES[name])
+        except KeyError:
+            raise ParleyError(f"unknown chat template {name!r}; known: {', '.join(sorted(NAMED_TEMPLATES))}") from None
+
+    @classmethod
+    def for_model(cls, info: ModelInfo, conv_template: str | None = None) -> ChatFormatter:
+        """`--conv-template` if given; else the model's own template; else by model name; else one_shot."""
+        if conv_template:
+            return cls.named_template(conv_template)
+        if info.chat_template:
+            return cls(model_template=info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token)
+        return cls.named_template(template_for_model_name(info.name) or DEFAULT_TEMPLATE)
+
+    def render(self, messages: Sequence[Mapping | ChatMessage], add_generation_prompt: bool = True) -> RenderedPrompt:
+        parsed = validate_messages(messages)
+        if self.named is None:
+            chat = [m.model_dump() for m in parsed]
+            text = render_jinja_template(
+                conversations=[chat], chat_template=self._model_template,
+                add_generation_prompt=add_generation_prompt, **self._special,
+            )[0][0]
+            return RenderedPrompt(text=text, add_special_tokens=False, template="model")
+        return self._render_named(self.named, parsed, add_generation_prompt)
+
+    @staticmethod
+    def _render_named(t: NamedTemplate, parsed: list[ChatMessage], add_generation_prompt: bool) -> RenderedPrompt:
+        system = parsed[0].content if parsed[0].role == "system" else t.system_message
+        role_of = {"user": t.roles[0], "assistant": t.roles[1]}
+        turns = [{"role": r, "content": c} for r, c in t.examples]
+        turns += [{"role": role_of[m.role], "content": m.content} for m in parsed if m.role != "system"]
+        text = render_jinja_template(
+            conversations=[[]], chat_template=t.jinja, add_generation_prompt=add_generation_prompt,
+            system_message=system, system_prompt=t.system_template.format(system_message=system),
+            turns=turns, roles=list(t.roles), sep=t.sep, sep2=t.sep2,
+        )[0][0]
+        # FastChat's prompts rely on the tokenizer adding BOS, so tokenize with special tokens.
+        return RenderedPrompt(text=text, add_special_tokens=True, stop=list(t.stop),
+                              stop_token_ids=list(t.stop_token_ids), template=t.name)

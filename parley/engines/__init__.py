@@ -1,0 +1,1 @@
+"""Inference engines behind one narrow interface (see `parley.engines.base.Engine`)."""

@@ -1,0 +1,45 @@
+"""Engines are found through the `parley.engines` entry-point group.
+
+parley's own engines are declared there in pyproject.toml, exactly as a third-party package
+would declare its own; tests can add engines to a registry instance directly.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint, entry_points
+
+from parley.engines.base import Engine, EngineOptions
+from parley.errors import ParleyError
+from parley.models.source import ModelSource
+
+ENTRY_POINT_GROUP = "parley.engines"
+
+
+class EngineRegistry:
+    def __init__(self, engines: dict[str, type[Engine]] | None = None):
+        self._engines: dict[str, type[Engine]] = dict(engines or {})
+        self._entry_points: dict[str, EntryPoint] = {}  # loaded on first use
+
+    @classmethod
+    def from_entry_points(cls) -> EngineRegistry:
+        registry = cls()
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            registry._entry_points.setdefault(ep.name, ep)
+        return registry
+
+    def register(self, name: str, engine_cls: type[Engine]) -> None:
+        self._engines[name] = engine_cls
+
+    def names(self) -> list[str]:
+        return sorted(set(self._engines) | set(self._entry_points))
+
+    def get(self, name: str) -> type[Engine]:
+        if name not in self._engines and name in self._entry_points:
+            self._engines[name] = self._entry_points[name].load()
+        try:
+            return self._engines[name]
+        except KeyError:
+            raise ParleyError(f"unknown engine {name!r}; available: {', '.join(self.names())}") from None
+
+    def create(self, name: str, source: ModelSource, options: EngineOptions) -> Engine:
+        return self.get(name).create(source, options)  # type: ignore[attr-defined]
