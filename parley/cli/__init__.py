@@ -1,0 +1,39 @@
+"""The `parley` command: one subcommand per job, each a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from parley import __version__
+from parley.cli import chat_cmd
+from parley.errors import ParleyError
+
+SUBCOMMANDS = (chat_cmd,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parley", description="Serve, chat with, evaluate and fine-tune LLM chatbots.")
+    parser.add_argument("--version", action="version", version=f"parley {__version__}")
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    try:
+        return args.run(args) or 0
+    except ParleyError as exc:
+        print(f"parley {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
