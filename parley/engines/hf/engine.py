@@ -81,6 +81,10 @@ class TransformersEngine(Engine):
     def tokenizer(self):
         return self._tokenizer
 
+    @property
+    def model(self):
+        return self._model
+
     def stats(self) -> EngineStats:
         return self._batcher.stats.model_copy()
 

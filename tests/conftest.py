@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from parley.conversation.formatter import ChatFormatter
+from parley.engines.base import EngineOptions, GenerationRequest, SamplingParams
+from parley.models.source import resolve_model_source
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+async def engine():
+    """The transformers engine on the real bundled model (SmolLM2-135M-Instruct), loaded once."""
+    from parley.engines.hf.engine import TransformersEngine
+
+    eng = TransformersEngine.create(resolve_model_source(None), EngineOptions())
+    yield eng
+    await eng.aclose()
+
+
+@pytest.fixture(scope="session")
+def formatter(engine) -> ChatFormatter:
+    return ChatFormatter.for_model(engine.model_info)
+
+
+@pytest.fixture
+def chat_request(formatter):
+    """Build a request from user text (or a message list) through the model's chat template."""
+
+    def build(user: str | list[dict], **params) -> GenerationRequest:
+        messages = [{"role": "user", "content": user}] if isinstance(user, str) else user
+        prompt = formatter.render(messages)
+        return GenerationRequest(prompt=prompt.text, add_special_tokens=prompt.add_special_tokens,
+                                 params=SamplingParams(**params))
+
+    return build
+
+
+def run_parley(*args: str, stdin: str = "", timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the `parley` command as a user would, in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "parley", *args], input=stdin, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO, env={**os.environ, **(env or {})},
+    )
