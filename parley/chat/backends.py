@@ -73,6 +73,8 @@ class RemoteBackend:
             async for event in response:
                 if event.choices and event.choices[0].delta.content:
                     yield event.choices[0].delta.content
+        except self._openai.APIConnectionError:
+            raise ParleyError(f"cannot reach {self._client.base_url}; is the server running?") from None
         except self._openai.APIError as exc:
             raise ParleyError(f"the server answered with an error: {exc}") from None
 
