@@ -111,7 +111,14 @@ def quantize_linear_int8_cpu(model):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        # in place: a copy would hold float32 and int8 weights at once while loading
+        torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    # What stays float32 (embeddings, norms) still points into the memory-mapped checkpoint,
+    # which keeps every page that quantization read resident. Own copies release the mapping.
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
+    return model
 
 
 def model_directory(source: ModelSource) -> str:
