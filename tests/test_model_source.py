@@ -53,10 +53,17 @@ def test_unusable_paths_fail_with_a_message_naming_them(tmp_path, make, match):
     assert path in str(info.value)
 
 
-@pytest.mark.parametrize("bad", ["/no/such/model", "EMPTY_DIR"])
+@pytest.mark.parametrize("bad", ["/no/such/model", "EMPTY_DIR", "CORRUPT_GGUF", "CORRUPT_HF_DIR"])
 def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path, bad):
-    path = str(tmp_path) if bad == "EMPTY_DIR" else bad
-    result = run_parley("chat", "--model-path", path, "--style", "programmatic", stdin="hi\n", timeout=120)
+    path = {"EMPTY_DIR": str(tmp_path), "CORRUPT_GGUF": str(tmp_path / "broken.gguf"),
+            "CORRUPT_HF_DIR": str(tmp_path)}.get(bad, bad)
+    if bad == "CORRUPT_GGUF":
+        (tmp_path / "broken.gguf").write_bytes(b"GGUF not really")
+    if bad == "CORRUPT_HF_DIR":
+        (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+        (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    result = run_parley("chat", "--model-path", path, "--style", "programmatic", stdin="hi\n", timeout=120,
+                        env={"PARLEY_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr

@@ -106,7 +106,7 @@ class EngineStats(BaseModel):
     """What the engine has done so far; `parley` reports these and tests assert on them."""
 
     requests_finished: int = 0
-    running: int = 0  # sequences in the decoding batch now
+    running: int = 0  # sequences in the decoding batch at the time of the snapshot
     waiting: int = 0  # requests queued, not yet admitted
     decode_steps: int = 0
     decode_tokens: int = 0  # sum over steps of the batch size

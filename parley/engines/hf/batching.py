@@ -47,7 +47,7 @@ Emit = Callable[[Any], None]  # receives TokenEvent or an exception; must be thr
 
 
 @dataclass(eq=False)
-class Sequence:
+class SequenceState:
     prompt_ids: list[int]
     params: SamplingParams
     max_new_tokens: int
@@ -61,7 +61,7 @@ class Sequence:
 class _Batch:
     """The running sequences with their left-padded KV cache and attention mask."""
 
-    def __init__(self, cache: DynamicCache, mask: torch.Tensor, seqs: list[Sequence]):
+    def __init__(self, cache: DynamicCache, mask: torch.Tensor, seqs: list[SequenceState]):
         self.cache, self.mask, self.seqs = cache, mask, seqs
 
     def __len__(self) -> int:
@@ -104,7 +104,7 @@ class ContinuousBatcher:
         self._max_batch = max_batch_size
         self._max_prefill_tokens = max_prefill_tokens
         self._inbox: queue.Queue[Any] = queue.Queue()
-        self._waiting: deque[Sequence] = deque()
+        self._waiting: deque[SequenceState] = deque()
         self._batch: _Batch | None = None
         self._closed = threading.Event()
         self.stats = EngineStats()
@@ -112,7 +112,7 @@ class ContinuousBatcher:
         self._thread.start()
 
     # ---- called from other threads -------------------------------------------------
-    def submit(self, seq: Sequence) -> None:
+    def submit(self, seq: SequenceState) -> None:
         if self._closed.is_set():
             raise EngineClosedError("the engine is shut down")
         seq.sampler = RequestSampler(seq.params, self._device)
@@ -123,6 +123,14 @@ class ContinuousBatcher:
         fut: Future = Future()
         self._inbox.put((fn, fut))
         return fut
+
+    def snapshot(self) -> EngineStats:
+        """The counters, with the running/waiting gauges read now."""
+        stats = self.stats.model_copy()
+        batch = self._batch
+        stats.running = len(batch) if batch is not None else 0
+        stats.waiting = len(self._waiting) + self._inbox.qsize()
+        return stats
 
     def close(self, timeout: float = 10.0) -> None:
         self._closed.set()
@@ -144,8 +152,6 @@ class ContinuousBatcher:
                 except Exception as exc:  # a failed step fails its requests, not the engine
                     log.exception("batch step failed")
                     self._fail_all(exc)
-                self.stats.running = len(self._batch) if self._batch else 0
-                self.stats.waiting = len(self._waiting) + self._inbox.qsize()
 
     def _collect(self, block: bool) -> None:
         try:
@@ -153,7 +159,7 @@ class ContinuousBatcher:
         except queue.Empty:
             return
         while True:
-            if isinstance(item, Sequence):
+            if isinstance(item, SequenceState):
                 self._waiting.append(item)
             elif isinstance(item, tuple):
                 fn, fut = item
@@ -169,7 +175,7 @@ class ContinuousBatcher:
 
     def _admit(self) -> None:
         running = len(self._batch) if self._batch else 0
-        new: list[Sequence] = []
+        new: list[SequenceState] = []
         budget = self._max_prefill_tokens
         while self._waiting and running + len(new) < self._max_batch:
             seq = self._waiting[0]
@@ -192,7 +198,7 @@ class ContinuousBatcher:
         else:
             self._batch.merge(batch)
 
-    def _prefill(self, seqs: list[Sequence]) -> _Batch | None:
+    def _prefill(self, seqs: list[SequenceState]) -> _Batch | None:
         width = max(len(s.prompt_ids) for s in seqs)
         ids = torch.zeros(len(seqs), width, dtype=torch.long)
         mask = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -266,7 +272,7 @@ class ContinuousBatcher:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, Sequence):
+            if isinstance(item, SequenceState):
                 seqs.append(item)
             elif isinstance(item, tuple):
                 item[1].set_exception(exc)

@@ -17,7 +17,7 @@ from parley.engines.base import (
     GenerationRequest,
     ModelInfo,
 )
-from parley.engines.hf.batching import ContinuousBatcher, Sequence
+from parley.engines.hf.batching import ContinuousBatcher, SequenceState
 from parley.engines.hf.loading import LoadPlan, load_model_and_tokenizer
 from parley.errors import ContextLengthError
 from parley.models.source import ModelSource
@@ -86,7 +86,7 @@ class TransformersEngine(Engine):
         return self._model
 
     def stats(self) -> EngineStats:
-        return self._batcher.stats.model_copy()
+        return self._batcher.snapshot()
 
     def _decode(self, ids) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True)
@@ -101,7 +101,7 @@ class TransformersEngine(Engine):
             raise ContextLengthError(len(prompt_ids), self._context_length)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        seq = Sequence(
+        seq = SequenceState(
             prompt_ids=list(prompt_ids),
             params=params,
             max_new_tokens=min(params.max_new_tokens, self._context_length - len(prompt_ids)),

@@ -133,14 +133,14 @@ def load_model_and_tokenizer(source: ModelSource, options: EngineOptions):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     plan = plan_load(options, Accelerators.detect())
-    where = model_directory(source)
-    log.info("loading %s on %s (%s)%s", where, plan.device, plan.dtype, " int8" if plan.cpu_int8 else "")
     try:
+        where = model_directory(source)
+        log.info("loading %s on %s (%s)%s", where, plan.device, plan.dtype, " int8" if plan.cpu_int8 else "")
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=options.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             where, dtype=getattr(torch, plan.dtype), trust_remote_code=options.trust_remote_code, **plan.from_pretrained
         )
-    except (OSError, ValueError, ImportError) as exc:
+    except Exception as exc:  # corrupt files, unreachable hub, unsupported architecture...
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"could not load model {source.location!r}: {first_line}") from exc
     model.eval()
