@@ -37,7 +37,9 @@ def test_no_history_forgets_the_first_turn():
     result = run_parley("chat", "--style", "programmatic", "--temperature", "0", "--no-history",
                         stdin=f"{FACT}\n{QUESTION}\n")
     assert result.returncode == 0, result.stderr
-    assert "banana" not in result.stdout.lower().split(FACT.lower())[-1].split("\n", 1)[-1]
+    replies = [r for r in result.stdout.split("\n") if r.strip()]
+    assert len(replies) >= 2
+    assert "banana" not in replies[-1].lower()
 
 
 def test_save_then_load_in_a_new_process_restores_the_conversation(tmp_path):

@@ -42,4 +42,4 @@ def load_engine(args: argparse.Namespace, registry: EngineRegistry | None = None
     source = resolve_model_source(args.model_path)
     options = engine_options(args)
     with Console(stderr=True).status(f"loading {source.name} ({args.engine})…"):
-        return engine_cls.create(source, options)  # type: ignore[attr-defined]
+        return engine_cls.create(source, options)

@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from parley.models.source import ModelSource
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -139,6 +141,11 @@ class Engine(ABC):
     """An inference backend. Implementations must batch concurrent requests internally."""
 
     name: str = "engine"
+
+    @classmethod
+    def create(cls, source: ModelSource, options: EngineOptions) -> Engine:
+        """Build the engine for a resolved model source (what `--engine NAME` calls)."""
+        raise NotImplementedError(f"engine {cls.name!r} cannot be created from a model path")
 
     @abstractmethod
     def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:

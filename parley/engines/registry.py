@@ -42,4 +42,4 @@ class EngineRegistry:
             raise ParleyError(f"unknown engine {name!r}; available: {', '.join(self.names())}") from None
 
     def create(self, name: str, source: ModelSource, options: EngineOptions) -> Engine:
-        return self.get(name).create(source, options)  # type: ignore[attr-defined]
+        return self.get(name).create(source, options)
