@@ -7,16 +7,17 @@ import logging
 import sys
 
 from parley import __version__
-from parley.cli import chat_cmd
+from parley.cli import chat_cmd, controller_cmd
 from parley.errors import ParleyError
 
-SUBCOMMANDS = (chat_cmd,)
+SUBCOMMANDS = (chat_cmd, controller_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description="Serve, chat with, evaluate and fine-tune LLM chatbots.")
     parser.add_argument("--version", action="version", version=f"parley {__version__}")
-    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="default: INFO for servers, WARNING for other commands")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in SUBCOMMANDS:
         module.add_parser(sub)
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.log_level = args.log_level or getattr(args, "default_log_level", "WARNING")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "DEBUG":
         from transformers.utils import logging as hf_logging

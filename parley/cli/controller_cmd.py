@@ -1,0 +1,29 @@
+"""`parley controller`: the registry that workers join and clients ask for a model's worker."""
+
+from __future__ import annotations
+
+import argparse
+
+from parley.serving.protocol import HEART_BEAT_EXPIRATION_S
+from parley.serving.registry import DispatchMethod
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("controller", help="run the controller", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=21001)
+    p.add_argument("--dispatch-method", default=DispatchMethod.SHORTEST_QUEUE.value, choices=[d.value for d in DispatchMethod])
+    p.add_argument("--heart-beat-expiration", type=float, default=HEART_BEAT_EXPIRATION_S,
+                   help="seconds of silence after which a worker is dropped (default %(default)s)")
+    p.set_defaults(run=run, default_log_level="INFO")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from parley.serving.controller import ControllerSettings, create_app
+
+    app = create_app(ControllerSettings(dispatch_method=DispatchMethod(args.dispatch_method),
+                                        heart_beat_expiration_s=args.heart_beat_expiration))
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
+    return 0

@@ -1,0 +1,1 @@
+"""Distributed serving: controller, model workers (and, later, the OpenAI-compatible API)."""
