@@ -7,10 +7,10 @@ import logging
 import sys
 
 from parley import __version__
-from parley.cli import chat_cmd, controller_cmd
+from parley.cli import api_cmd, chat_cmd, controller_cmd, serve_cmd, test_message_cmd, worker_cmd
 from parley.errors import ParleyError
 
-SUBCOMMANDS = (chat_cmd, controller_cmd)
+SUBCOMMANDS = (chat_cmd, controller_cmd, worker_cmd, api_cmd, test_message_cmd, serve_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.log_level = args.log_level or getattr(args, "default_log_level", "WARNING")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call is noise
     if args.log_level != "DEBUG":
         from transformers.utils import logging as hf_logging
 

@@ -1,4 +1,4 @@
-"""Command-line flags shared by every command that loads a model (chat now; worker later)."""
+"""Command-line flags shared by every command that loads a model (chat, worker, serve)."""
 
 from __future__ import annotations
 

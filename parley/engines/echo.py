@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
 from collections.abc import AsyncIterator
 
@@ -39,7 +40,9 @@ class EchoEngine(Engine):
 
     @classmethod
     def create(cls, source: ModelSource, options: EngineOptions) -> EchoEngine:
-        return cls(model_name=options.model_name or source.name)
+        # PARLEY_ECHO_DELAY_S slows each token down, so tests can hold a reply open (overload,
+        # a worker killed mid-reply) without a real model.
+        return cls(model_name=options.model_name or source.name, delay_s=float(os.environ.get("PARLEY_ECHO_DELAY_S", "0")))
 
     @property
     def model_info(self) -> ModelInfo:

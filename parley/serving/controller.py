@@ -13,8 +13,11 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
+from parley.serving.metrics import install_metrics
 from parley.serving.protocol import (
     HEART_BEAT_EXPIRATION_S,
+    KnownModelsResponse,
+    WorkerFailureReport,
     GetWorkerAddressRequest,
     HeartBeatRequest,
     HeartBeatResponse,
@@ -53,6 +56,13 @@ def create_app(settings: ControllerSettings | None = None, clock: Callable[[], f
     app.state.settings = settings
     app.state.registry = WorkerRegistry(settings.dispatch_method, settings.heart_beat_expiration_s, clock=clock)
     app.state.http = httpx.AsyncClient(timeout=settings.worker_timeout_s)
+    metrics = install_metrics(app, "controller", count_all_requests=True)
+
+    def refresh_gauges() -> None:
+        metrics.workers.labels("controller").set(len(app.state.registry.workers))
+        metrics.queue_length.labels("controller").set(app.state.registry.total_status().queue_length)
+
+    metrics.on_collect(refresh_gauges)
 
     async def fetch_status(name: str) -> WorkerStatus | None:
         try:
@@ -106,6 +116,26 @@ def create_app(settings: ControllerSettings | None = None, clock: Callable[[], f
         if not exist:
             log.info("heartbeat from unknown worker %s; it will register again", request.worker_name)
         return HeartBeatResponse(exist=exist)
+
+    @app.post("/known_models")
+    async def known_models() -> KnownModelsResponse:
+        """parley extension: models served now and models once served (so clients can tell
+        "unknown model" from "no worker serves this model right now")."""
+        registry: WorkerRegistry = app.state.registry
+        return KnownModelsResponse(served=registry.models(), known=sorted(registry.known_models))
+
+    @app.post("/report_worker_failure")
+    async def report_worker_failure(report: WorkerFailureReport) -> dict:
+        """parley extension: a client could not reach a worker. The controller checks for itself
+        and drops the worker if it does not answer, so the next request goes elsewhere."""
+        registry: WorkerRegistry = app.state.registry
+        if report.worker_name not in registry.workers:
+            return {"removed": False}
+        if await fetch_status(report.worker_name) is not None:
+            return {"removed": False}
+        registry.remove(report.worker_name)
+        log.warning("dropped worker %s: unreachable (%s)", report.worker_name, report.reason or "reported by a client")
+        return {"removed": True}
 
     @app.post("/worker_get_status")
     async def worker_get_status() -> WorkerStatus:

@@ -54,3 +54,69 @@ class WorkerAddressResponse(BaseModel):
 
 class HeartBeatResponse(BaseModel):
     exist: bool
+
+
+class KnownModelsResponse(BaseModel):
+    served: list[str]
+    known: list[str]
+
+
+class WorkerFailureReport(BaseModel):
+    worker_name: str
+    reason: str | None = None
+
+
+class ErrorCode:
+    """FastChat's error codes (fastchat/constants.py), carried in `error_code` of worker replies."""
+
+    VALIDATION_TYPE_ERROR = 40001
+    PARAM_OUT_OF_RANGE = 40302
+    CONTEXT_OVERFLOW = 40303
+    ENGINE_OVERLOADED = 42903
+    INTERNAL_ERROR = 50001
+
+
+class GenerateParams(BaseModel):
+    """What `/worker_generate_stream` accepts: FastChat's gen_params, plus `messages` (parley's
+    extension: the worker renders them with its own chat template) and `seed`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[dict] | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # FastChat: -1 disables
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    max_new_tokens: int = 256
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    echo: bool = False
+    seed: int | None = None
+    ignore_eos: bool = False
+    logprobs: int | None = None
+
+
+class WorkerChunk(BaseModel):
+    """One `\\0`-terminated JSON object of a worker stream; `text` is cumulative, as in FastChat."""
+
+    text: str
+    error_code: int = 0
+    usage: dict | None = None
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class EmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str]
+
+
+class CountTokenRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str

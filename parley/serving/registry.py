@@ -34,8 +34,10 @@ class WorkerRegistry:
         self._clock = clock
         self._rng = rng or random.Random()
         self.workers: dict[str, WorkerEntry] = {}
+        self.known_models: set[str] = set()  # every model ever registered, served now or not
 
     def register(self, name: str, status: WorkerStatus, check_heart_beat: bool = True, multimodal: bool = False) -> None:
+        self.known_models.update(status.model_names)
         self.workers[name] = WorkerEntry(
             model_names=list(status.model_names), speed=status.speed if status.speed > 0 else 1.0,
             queue_length=status.queue_length, check_heart_beat=check_heart_beat,

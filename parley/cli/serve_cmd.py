@@ -1,0 +1,174 @@
+"""`parley serve`: the whole stack on one machine — controller, a worker per model, the API —
+each in its own process, started in order, checked, and stopped together on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from rich.console import Console
+
+from parley.errors import ParleyError
+from parley.models.source import resolve_model_source
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="run controller, workers and API together", description=__doc__)
+    p.add_argument("--model-path", action="append", default=None,
+                   help="a model to serve (repeat for several; default: the bundled SmolLM2-135M-Instruct)")
+    p.add_argument("--host", default="127.0.0.1", help="where the API listens (controller and workers stay on 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="API port")
+    p.add_argument("--controller-port", type=int, default=21001)
+    p.add_argument("--worker-port", type=int, default=None, help="first worker's port (default: controller port + 1)")
+    p.add_argument("--web-port", type=int, default=7860, help="web UI port (reserved: the web UI is not in this build)")
+    p.add_argument("--db-url", default=None, help="database for the web UI (reserved: the web UI is not in this build)")
+    p.add_argument("--api-keys", default=None, help="comma-separated keys the API requires")
+    g = p.add_argument_group("workers")
+    g.add_argument("--engine", default="transformers")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps", "xpu"])
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--load-8bit", action="store_true")
+    g.add_argument("--max-batch-size", type=int, default=32)
+    g.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for the stack to come up")
+    p.set_defaults(run=run, default_log_level="INFO")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    env: dict = field(default_factory=dict)
+
+    def start(self) -> None:
+        # A session of its own: Ctrl-C in the terminal reaches only the launcher, which then
+        # stops each child once, in order.
+        self.proc = subprocess.Popen(self.argv, start_new_session=True, env={**os.environ, **self.env})
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self.alive():
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class _Stop(Exception):
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    sources = [resolve_model_source(p) for p in (args.model_path or [None])]
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ParleyError(f"two models would be served under one name: {', '.join(names)}")
+    local = "127.0.0.1"
+    worker_port = args.worker_port or args.controller_port + 1
+    ports = {"controller": (local, args.controller_port), "api": (args.host, args.port)}
+    for i in range(len(sources)):
+        ports[f"worker {names[i]}"] = (local, worker_port + i)
+    for what, (host, port) in ports.items():
+        if not _port_free(host, port):
+            raise ParleyError(f"port {port} ({what}) is in use; stop what uses it or choose another port")
+
+    base = [sys.executable, "-m", "parley", "--log-level", args.log_level]
+    controller_url = f"http://{local}:{args.controller_port}"
+    controller = Child("controller", base + ["controller", "--host", local, "--port", str(args.controller_port)])
+    workers = [
+        Child(f"worker {name}", base + [
+            "worker", "--model-path", source.location, "--model-names", name, "--engine", args.engine,
+            "--device", args.device, "--dtype", args.dtype, "--max-batch-size", str(args.max_batch_size),
+            "--host", local, "--port", str(worker_port + i), "--controller-address", controller_url,
+            *(["--load-8bit"] if args.load_8bit else []),
+        ])
+        for i, (name, source) in enumerate(zip(names, sources))
+    ]
+    api = Child("api", base + ["api", "--host", args.host, "--port", str(args.port),
+                               "--controller-address", controller_url,
+                               *(["--api-keys", args.api_keys] if args.api_keys else [])])
+    children = [controller, *workers, api]
+
+    def on_signal(signum, frame):
+        for s in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not break the orderly stop
+            signal.signal(s, signal.SIG_IGN)
+        raise _Stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        controller.start()
+        _wait_for(console, "controller", controller, lambda: httpx.get(controller_url + "/test_connection", timeout=2).text == "success",
+                  args.startup_timeout)
+        for w in workers:
+            w.start()
+        for w, name in zip(workers, names):
+            _wait_for(console, f"worker for {name} (loading the model)", w,
+                      lambda name=name: name in httpx.post(controller_url + "/list_models", timeout=2).json()["models"],
+                      args.startup_timeout)
+        api.start()
+        shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        api_url = f"http://{shown_host}:{args.port}"
+        _wait_for(console, "API", api, lambda: httpx.get(api_url + "/health", timeout=2).json()["status"] == "ok",
+                  args.startup_timeout)
+        console.print(f"[bold green]parley is serving[/] {', '.join(names)}")
+        console.print(f"  OpenAI API   {api_url}/v1   (try: parley chat --base-url {api_url}/v1 --model {names[0]})")
+        console.print(f"  controller   {controller_url}")
+        for w, i in zip(workers, range(len(workers))):
+            console.print(f"  {w.name:<12} http://{local}:{worker_port + i}")
+        console.print("  metrics      " + f"{api_url}/metrics")
+        console.print("Press Ctrl-C to stop.")
+        while True:
+            for child in children:
+                if not child.alive():
+                    console.print(f"[red]{child.name} exited (code {child.proc.returncode}); stopping everything[/]")
+                    return 1
+            time.sleep(0.5)
+    except _Stop:
+        console.print("stopping…")
+        return 0
+    finally:
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)
+        for child in reversed(children):
+            child.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        console.print("stopped")
+
+
+def _wait_for(console: Console, what: str, child: Child, ready, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with console.status(f"starting {what}…"):
+        while True:
+            if not child.alive():
+                raise ParleyError(f"the {child.name} exited while starting (code {child.proc.returncode}); see its log above")
+            try:
+                if ready():
+                    return
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                raise ParleyError(f"the {child.name} did not become ready within {timeout:.0f} s")
+            time.sleep(0.3)

@@ -1,0 +1,369 @@
+"""The OpenAI-compatible API server: /v1/models, chat, completions, embeddings, over the controller."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import math
+import secrets
+import struct
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from parley.serving.api_errors import APIError, bad_request, install_error_handlers
+from parley.serving.gateway import WorkerGateway
+from parley.serving.metrics import ServerMetrics, install_metrics
+from parley.serving.openai_schemas import (
+    ChatCompletionRequest,
+    ChatMessageIn,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelCard,
+    ModelList,
+    UsageInfo,
+    new_id,
+)
+from parley.serving.replies import Delta, Reply, merged_deltas, start_replies
+
+log = logging.getLogger("parley.api")
+
+EMBEDDING_BATCH = 32  # texts per worker request
+
+
+class APISettings(BaseModel):
+    controller_address: str = "http://127.0.0.1:21001"
+    api_keys: list[str] = Field(default_factory=list)  # empty: no key needed
+    allowed_origins: list[str] = Field(default_factory=list)  # CORS; empty: same-origin only
+    worker_timeout_s: float = Field(120.0, gt=0)  # longest silence from a worker mid-reply
+
+
+# -- request translation -----------------------------------------------------------------------
+
+
+def chat_messages(messages: list[ChatMessageIn]) -> list[dict]:
+    out = []
+    for i, m in enumerate(messages):
+        if m.role in ("tool", "function") or m.tool_calls:
+            raise bad_request("tool calls and tool messages are not supported yet", f"messages[{i}]")
+        if isinstance(m.content, list):
+            if any(p.type != "text" for p in m.content):
+                raise bad_request("only text content parts are supported", f"messages[{i}].content")
+            content = "".join(p.text or "" for p in m.content)
+        else:
+            content = m.content or ""
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": content})
+    return out
+
+
+def _refuse_unsupported(body: BaseModel, checks: dict[str, bool]) -> None:
+    for field, refused in checks.items():
+        if refused:
+            raise bad_request(f"'{field}' is not supported by this server yet", field)
+
+
+def sampling_payload(body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> dict:
+    payload = {
+        "model": body.model,
+        "temperature": 1.0 if body.temperature is None else body.temperature,
+        "top_p": 1.0 if body.top_p is None else body.top_p,
+        "max_new_tokens": max_tokens,
+        "stop": body.stop,
+        "presence_penalty": body.presence_penalty or 0.0,
+        "frequency_penalty": body.frequency_penalty or 0.0,
+    }
+    if body.top_p == 0:
+        payload["top_p"], payload["temperature"] = 1.0, 0.0  # top_p 0 keeps only the likeliest token
+    for name in ("top_k", "repetition_penalty", "ignore_eos", "stop_token_ids"):
+        if getattr(body, name) is not None:
+            payload[name] = getattr(body, name)
+    return payload
+
+
+def choice_payloads(payload: dict, n: int, seed: int | None) -> list[dict]:
+    """n requests for n choices: distinct seeds, reproducible when a seed is given."""
+    return [payload | {"seed": None if seed is None else seed + i} for i in range(n)]
+
+
+def sse(data: dict | str) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+
+def encode_embedding(vector: list[float], fmt: str, dimensions: int | None) -> list[float] | str:
+    if dimensions is not None and dimensions < len(vector):
+        vector = vector[:dimensions]
+        norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+        vector = [x / norm for x in vector]
+    if fmt == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
+# -- the app ----------------------------------------------------------------------------------
+
+
+def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | None = None) -> FastAPI:
+    settings = settings or APISettings()
+    own_http = http is None
+    http = http or httpx.AsyncClient(timeout=httpx.Timeout(settings.worker_timeout_s, connect=5.0),
+                                     limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        log.info("API up; controller %s; %s", settings.controller_address,
+                 f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key needed")
+        try:
+            yield
+        finally:
+            if own_http:
+                await http.aclose()
+            log.info("API stopped")
+
+    app = FastAPI(title="parley OpenAI-compatible API", lifespan=lifespan)
+    install_error_handlers(app)
+    metrics: ServerMetrics = install_metrics(app, "api", count_all_requests=True, self_counted=frozenset(
+        {"/v1/chat/completions", "/v1/completions"}))
+    if settings.allowed_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_credentials=True,
+                           allow_methods=["*"], allow_headers=["*"])
+    gateway = app.state.gateway = WorkerGateway(http, settings.controller_address)
+
+    async def check_api_key(request: Request) -> None:
+        if not settings.api_keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            raise APIError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.",
+                           code="invalid_api_key")
+        if not any(secrets.compare_digest(key.strip(), k) for k in settings.api_keys):
+            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    auth = [Depends(check_api_key)]
+
+    @app.get("/v1/models", dependencies=auth)
+    async def list_models() -> ModelList:
+        return ModelList(data=[ModelCard(id=m) for m in await gateway.list_models()])
+
+    @app.get("/v1/models/{model_id:path}", dependencies=auth)
+    async def get_model(model_id: str) -> ModelCard:
+        if model_id not in await gateway.list_models():
+            raise APIError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
+        return ModelCard(id=model_id)
+
+    async def open_replies(model: str, payloads: list[dict]) -> list[Reply]:
+        replies = [Reply(i, gateway.generate_stream(model, p)) for i, p in enumerate(payloads)]
+        await start_replies(replies)
+        return replies
+
+    def record(endpoint: str, started: float, status: int | str, model: str, usage: UsageInfo | None) -> None:
+        metrics.observe_request(endpoint, status, started)
+        if status != 200:
+            metrics.observe_error(endpoint, status)
+        if usage is not None:
+            metrics.observe_tokens(model, usage.prompt_tokens, usage.completion_tokens)
+
+    async def run_replies(endpoint: str, model: str, payloads: list[dict], prompt_groups: list[int],
+                          started: float) -> tuple[list[Delta], UsageInfo]:
+        """Non-streaming: every choice to its end. `prompt_groups[i]` says which prompt choice i
+        answers, so prompt tokens are counted once per prompt."""
+        try:
+            replies = await open_replies(model, payloads)
+            texts: dict[int, list[str]] = {r.index: [] for r in replies}
+            finals: dict[int, Delta] = {}
+            first = True
+            async for d in merged_deltas(replies):
+                if d.text and first:
+                    metrics.observe_ttft(endpoint, started)
+                    first = False
+                texts[d.index].append(d.text)
+                if d.finish_reason is not None:
+                    finals[d.index] = d
+        except APIError as exc:
+            record(endpoint, started, exc.status, model, None)
+            raise
+        usage = _usage(finals, prompt_groups)
+        record(endpoint, started, 200, model, usage)
+        out = [Delta(i, "".join(texts[i]), finals[i].finish_reason) for i in sorted(texts)]
+        return out, usage
+
+    def _usage(finals: dict[int, Delta], prompt_groups: list[int]) -> UsageInfo:
+        usage = UsageInfo()
+        counted: set[int] = set()
+        for i, d in finals.items():
+            u = d.usage or {}
+            group = prompt_groups[i]
+            usage.add(0 if group in counted else u.get("prompt_tokens", 0), u.get("completion_tokens", 0))
+            counted.add(group)
+        return usage
+
+    async def stream_replies(endpoint: str, model: str, payloads: list[dict], prompt_groups: list[int],
+                             started: float, render, include_usage: bool, usage_chunk) -> StreamingResponse:
+        try:
+            replies = await open_replies(model, payloads)
+        except APIError as exc:
+            record(endpoint, started, exc.status, model, None)
+            raise
+
+        async def events() -> AsyncIterator[bytes]:
+            finals: dict[int, Delta] = {}
+            status: int | str = 200
+            first = True
+            try:
+                for prelude in render(None):
+                    yield sse(prelude)
+                async for d in merged_deltas(replies):
+                    if d.text and first:
+                        metrics.observe_ttft(endpoint, started)
+                        first = False
+                    if d.finish_reason is not None:
+                        finals[d.index] = d
+                    for event in render(d):
+                        yield sse(event)
+                if include_usage:
+                    yield sse(usage_chunk(_usage(finals, prompt_groups)))
+            except APIError as exc:
+                status = exc.status
+                yield sse(exc.body())
+            finally:
+                record(endpoint, started, status, model, _usage(finals, prompt_groups) if finals else None)
+            yield sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/chat/completions", dependencies=auth)
+    async def chat_completions(body: ChatCompletionRequest):
+        started = time.perf_counter()
+        endpoint = "/v1/chat/completions"
+        _refuse_unsupported(body, {
+            "tools": bool(body.tools), "functions": bool(body.functions),
+            "tool_choice": body.tool_choice not in (None, "none"),
+            "response_format": bool(body.response_format) and body.response_format.get("type") != "text",
+            "logprobs": bool(body.logprobs), "top_logprobs": bool(body.top_logprobs),
+            "logit_bias": bool(body.logit_bias), "audio": bool(body.audio),
+        })
+        messages = chat_messages(body.messages)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        payload = sampling_payload(body, max_tokens) | {"messages": messages}
+        n = body.n or 1
+        payloads = choice_payloads(payload, n, body.seed)
+        cid, created = new_id("chatcmpl"), int(time.time())
+
+        def chunk(choices: list[dict], usage: dict | None = None) -> dict:
+            out = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": body.model,
+                   "system_fingerprint": None, "choices": choices}
+            if include_usage:
+                out["usage"] = usage
+            return out
+
+        include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+        if body.stream:
+            def render(d: Delta | None) -> list[dict]:
+                if d is None:  # the first event of each choice carries the role
+                    return [chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                                    "logprobs": None, "finish_reason": None}]) for i in range(n)]
+                events = []
+                if d.text:
+                    events.append(chunk([{"index": d.index, "delta": {"content": d.text}, "logprobs": None,
+                                          "finish_reason": None}]))
+                if d.finish_reason is not None:
+                    events.append(chunk([{"index": d.index, "delta": {}, "logprobs": None,
+                                          "finish_reason": d.finish_reason}]))
+                return events
+
+            return await stream_replies(endpoint, body.model, payloads, [0] * n, started, render, include_usage,
+                                        lambda usage: chunk([], usage.model_dump()))
+        results, usage = await run_replies(endpoint, body.model, payloads, [0] * n, started)
+        return {
+            "id": cid, "object": "chat.completion", "created": created, "model": body.model,
+            "system_fingerprint": None,
+            "choices": [{"index": r.index, "message": {"role": "assistant", "content": r.text, "refusal": None},
+                         "logprobs": None, "finish_reason": r.finish_reason} for r in results],
+            "usage": usage.model_dump(),
+        }
+
+    @app.post("/v1/completions", dependencies=auth)
+    async def completions(body: CompletionRequest):
+        started = time.perf_counter()
+        endpoint = "/v1/completions"
+        _refuse_unsupported(body, {
+            "logprobs": body.logprobs is not None and body.logprobs > 0, "logit_bias": bool(body.logit_bias),
+            "suffix": bool(body.suffix), "best_of": body.best_of not in (None, 1),
+        })
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise bad_request("prompt must be a string or a list of strings (token-id prompts are not supported)",
+                              "prompt")
+        if any(not p for p in prompts):
+            raise bad_request("prompt must not be empty", "prompt")
+        n = body.n or 1
+        base = sampling_payload(body, body.max_tokens) | {"echo": bool(body.echo)}
+        payloads, groups = [], []
+        for p_index, prompt in enumerate(prompts):
+            payloads += choice_payloads(base | {"prompt": prompt}, n, body.seed)
+            groups += [p_index] * n
+        cid, created = new_id("cmpl"), int(time.time())
+        include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+
+        def chunk(choices: list[dict], usage: dict | None = None) -> dict:
+            out = {"id": cid, "object": "text_completion", "created": created, "model": body.model,
+                   "system_fingerprint": None, "choices": choices}
+            if include_usage:
+                out["usage"] = usage
+            return out
+
+        if body.stream:
+            def render(d: Delta | None) -> list[dict]:
+                if d is None or (not d.text and d.finish_reason is None):
+                    return []
+                return [chunk([{"index": d.index, "text": d.text, "logprobs": None,
+                                "finish_reason": d.finish_reason}])]
+
+            return await stream_replies(endpoint, body.model, payloads, groups, started, render, include_usage,
+                                        lambda usage: chunk([], usage.model_dump()))
+        results, usage = await run_replies(endpoint, body.model, payloads, groups, started)
+        return {
+            "id": cid, "object": "text_completion", "created": created, "model": body.model,
+            "system_fingerprint": None,
+            "choices": [{"index": r.index, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+                        for r in results],
+            "usage": usage.model_dump(),
+        }
+
+    @app.post("/v1/embeddings", dependencies=auth)
+    async def embeddings(body: EmbeddingRequest) -> dict:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise bad_request("input must be a string or a list of strings (token-id input is not supported)", "input")
+        if any(not t for t in texts):
+            raise bad_request("input must not contain empty strings", "input")
+        data, tokens = [], 0
+        for start in range(0, len(texts), EMBEDDING_BATCH):
+            result = await gateway.embed(body.model, texts[start:start + EMBEDDING_BATCH])
+            if result.get("error_code"):
+                raise APIError.from_worker(result["error_code"], result.get("text", ""))
+            tokens += int(result.get("token_num", 0))
+            for offset, vector in enumerate(result["embedding"]):
+                data.append({"object": "embedding", "index": start + offset,
+                             "embedding": encode_embedding(vector, body.encoding_format, body.dimensions)})
+        metrics.observe_tokens(body.model, tokens, 0)
+        return {"object": "list", "data": data, "model": body.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    @app.get("/health")
+    async def health() -> dict:
+        try:
+            models = await gateway.list_models()
+        except APIError as exc:
+            return {"status": "degraded", "controller": exc.message, "models": []}
+        return {"status": "ok", "models": models}
+
+    return app

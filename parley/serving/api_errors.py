@@ -1,0 +1,65 @@
+"""One error type for the OpenAI-compatible API, rendered as OpenAI's error body."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from parley.serving.protocol import ErrorCode
+
+
+class APIError(Exception):
+    """An error the client should see: HTTP status plus OpenAI's `{"error": {...}}` fields."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    @classmethod
+    def from_worker(cls, error_code: int, message: str) -> APIError:
+        """Map a FastChat worker error code to the status OpenAI would use."""
+        if error_code == ErrorCode.CONTEXT_OVERFLOW:
+            return cls(400, message, code="context_length_exceeded", param="messages")
+        if error_code == ErrorCode.ENGINE_OVERLOADED:
+            return cls(429, message, type="rate_limit_error", code="rate_limit_exceeded")
+        if 40000 <= error_code < 50000:
+            return cls(400, message, code="invalid_parameter")
+        return cls(500, message, type="server_error", code="internal_error")
+
+
+def bad_request(message: str, param: str | None = None) -> APIError:
+    return APIError(400, message, param=param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0]
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        param = ".".join(loc) or None
+        if err.get("type") == "extra_forbidden":
+            message = f"Unrecognized request argument supplied: {param}"
+        elif err.get("type") == "json_invalid":
+            message = "The request body is not valid JSON."
+        else:
+            message = f"Invalid value for {param}: {err.get('msg')}" if param else str(err.get("msg"))
+        return JSONResponse(bad_request(message, param).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(APIError(exc.status_code, str(exc.detail), type=kind).body(), status_code=exc.status_code)

@@ -1,0 +1,325 @@
+"""The model worker: one engine behind FastChat's worker endpoints.
+
+It registers with the controller, sends heartbeats carrying its queue length, and re-registers
+when the controller restarts or forgets it. Generation streams `\\0`-terminated JSON chunks with
+cumulative text, as FastChat's workers do; a request may carry `messages` instead of `prompt`
+(parley's extension) so the worker renders them with the model's own chat template.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from parley.conversation.formatter import ChatFormatter
+from parley.conversation.matching import DEFAULT_TEMPLATE, template_for_model_name
+from parley.conversation.templates import NAMED_TEMPLATES
+from parley.engines.base import Engine, GenerationRequest, SamplingParams
+from parley.errors import ContextLengthError, InvalidRequestError, ParleyError
+from parley.serving.fastchat_conv import fastchat_conversation
+from parley.serving.metrics import ServerMetrics, install_metrics
+from parley.serving.protocol import (
+    HEART_BEAT_INTERVAL_S,
+    CountTokenRequest,
+    EmbeddingsRequest,
+    ErrorCode,
+    GenerateParams,
+    WorkerChunk,
+    WorkerStatus,
+)
+
+log = logging.getLogger("parley.worker")
+
+
+class WorkerSettings(BaseModel):
+    model_names: list[str] = Field(min_length=1)
+    worker_address: str
+    controller_address: str = "http://127.0.0.1:21001"
+    register_with_controller: bool = True
+    limit_worker_concurrency: int = Field(64, ge=1)  # requests generating at once
+    max_queue_length: int = Field(256, ge=0)  # requests waiting beyond that; more are refused (429)
+    stream_interval: int = Field(1, ge=1)  # engine steps per streamed chunk
+    conv_template: str | None = None
+    heart_beat_interval_s: float = Field(HEART_BEAT_INTERVAL_S, gt=0)
+    speed: float = Field(1.0, gt=0)
+
+
+class WorkerError(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _frame(chunk: WorkerChunk) -> bytes:
+    return json.dumps(chunk.model_dump(exclude_none=True) | {"error_code": chunk.error_code}).encode() + b"\0"
+
+
+class ModelWorker:
+    """The worker's state: engine, chat formatter, admission control, controller membership."""
+
+    def __init__(self, engine: Engine, settings: WorkerSettings, metrics: ServerMetrics):
+        self.engine = engine
+        self.settings = settings
+        self.metrics = metrics
+        info = engine.model_info
+        self.formatter = ChatFormatter.for_model(info, settings.conv_template)
+        # What FastChat's API server asks for: a named template, never the model's Jinja one.
+        conv_name = (settings.conv_template or template_for_model_name(info.name)
+                     or next(filter(None, map(template_for_model_name, settings.model_names)), None) or DEFAULT_TEMPLATE)
+        self.conv = NAMED_TEMPLATES[conv_name]
+        self._slots = asyncio.Semaphore(settings.limit_worker_concurrency)
+        self.in_flight = 0
+        self.registered = False
+
+    # -- controller membership -----------------------------------------------------------
+
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(model_names=self.settings.model_names, speed=self.settings.speed, queue_length=self.in_flight)
+
+    async def register(self, http: httpx.AsyncClient) -> bool:
+        url = self.settings.controller_address.rstrip("/") + "/register_worker"
+        response = await http.post(url, json={
+            "worker_name": self.settings.worker_address, "check_heart_beat": True,
+            "worker_status": self.status().model_dump(), "multimodal": False,
+        })
+        response.raise_for_status()
+        self.registered = bool(response.json().get("registered", True))
+        return self.registered
+
+    async def heartbeat(self, http: httpx.AsyncClient) -> None:
+        """One heartbeat; registers (again) when the controller does not know this worker."""
+        base = self.settings.controller_address.rstrip("/")
+        try:
+            if not self.registered:
+                if await self.register(http):
+                    log.info("registered with the controller at %s as %s (models: %s)", base,
+                             self.settings.worker_address, ", ".join(self.settings.model_names))
+                return
+            response = await http.post(base + "/receive_heart_beat", json={
+                "worker_name": self.settings.worker_address, "queue_length": self.in_flight})
+            response.raise_for_status()
+            if not response.json().get("exist", False):
+                log.warning("the controller at %s does not know this worker (restarted?); registering again", base)
+                self.registered = False
+                await self.heartbeat(http)
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("controller at %s unreachable (%s); will retry", base, type(exc).__name__)
+            self.registered = False
+
+    async def heartbeat_forever(self, http: httpx.AsyncClient) -> None:
+        while True:
+            await self.heartbeat(http)
+            # Until registered, retry sooner than the heartbeat interval.
+            await asyncio.sleep(self.settings.heart_beat_interval_s if self.registered else min(2.0, self.settings.heart_beat_interval_s))
+
+    # -- generation ----------------------------------------------------------------------
+
+    def build_request(self, params: GenerateParams) -> tuple[GenerationRequest, str]:
+        """The engine request and the prompt text (for `echo`)."""
+        if params.presence_penalty or params.frequency_penalty:
+            raise WorkerError(ErrorCode.PARAM_OUT_OF_RANGE,
+                              f"presence_penalty and frequency_penalty are not supported by the {self.engine.name} engine")
+        if params.logprobs:
+            raise WorkerError(ErrorCode.PARAM_OUT_OF_RANGE, f"logprobs are not supported by the {self.engine.name} engine")
+        stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
+        stop_ids = list(params.stop_token_ids or [])
+        try:
+            if params.messages is not None:
+                rendered = self.formatter.render(params.messages)
+                prompt, add_special = rendered.text, rendered.add_special_tokens
+                stop += [s for s in rendered.stop if s not in stop]
+                stop_ids += [i for i in rendered.stop_token_ids if i not in stop_ids]
+            elif params.prompt:
+                prompt, add_special = params.prompt, True
+            else:
+                raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR, "give a non-empty prompt or messages")
+        except InvalidRequestError as exc:
+            raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR, str(exc)) from None
+        try:
+            sampling = SamplingParams(
+                temperature=0.0 if params.temperature <= 1e-5 else params.temperature,
+                top_p=params.top_p, top_k=max(params.top_k, 0), repetition_penalty=params.repetition_penalty,
+                max_new_tokens=params.max_new_tokens, stop=[s for s in stop if s], stop_token_ids=stop_ids,
+                seed=params.seed, ignore_eos=params.ignore_eos,
+            )
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(x) for x in err["loc"]) or "parameters"
+            raise WorkerError(ErrorCode.PARAM_OUT_OF_RANGE, f"{field}: {err['msg']}") from None
+        return GenerationRequest(prompt=prompt, add_special_tokens=add_special, params=sampling), prompt
+
+    async def generate_stream(self, raw: dict, endpoint: str, started: float | None = None) -> AsyncIterator[WorkerChunk]:
+        """FastChat-style chunks with cumulative text; failures become a chunk with an error code."""
+        metrics = self.metrics
+        started = started or time.perf_counter()
+        text = ""
+        admitted = False
+        outcome: int | str = 200
+        try:
+            if "__invalid__" in raw:
+                raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR, raw["__invalid__"])
+            try:
+                params = GenerateParams.model_validate(raw)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR,
+                                  f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+            request, prompt = self.build_request(params)
+            limit = self.settings.limit_worker_concurrency + self.settings.max_queue_length
+            if self.in_flight >= limit:
+                raise WorkerError(ErrorCode.ENGINE_OVERLOADED,
+                                  f"the worker is overloaded ({self.in_flight} requests in flight); retry later")
+            self.in_flight += 1
+            admitted = True
+            prefix = prompt if params.echo else ""
+            async with self._slots:
+                steps = 0
+                first = True
+                async for chunk in self.engine.generate_stream(request):
+                    text += chunk.text
+                    steps += 1
+                    if chunk.text and first:
+                        metrics.observe_ttft(endpoint, started)
+                        first = False
+                    if chunk.finish_reason is not None:
+                        usage = chunk.usage
+                        metrics.observe_tokens(self.settings.model_names[0], usage.prompt_tokens, usage.completion_tokens)
+                        yield WorkerChunk(text=prefix + text, finish_reason=chunk.finish_reason, usage={
+                            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                            "total_tokens": usage.total_tokens})
+                    elif steps % self.settings.stream_interval == 0 and chunk.text:
+                        yield WorkerChunk(text=prefix + text)
+        except WorkerError as exc:
+            outcome = exc.code
+            yield WorkerChunk(text=exc.message, error_code=exc.code)
+        except ContextLengthError as exc:
+            outcome = ErrorCode.CONTEXT_OVERFLOW
+            yield WorkerChunk(text=str(exc), error_code=ErrorCode.CONTEXT_OVERFLOW)
+        except InvalidRequestError as exc:
+            outcome = ErrorCode.PARAM_OUT_OF_RANGE
+            yield WorkerChunk(text=str(exc), error_code=ErrorCode.PARAM_OUT_OF_RANGE)
+        except ParleyError as exc:
+            outcome = ErrorCode.INTERNAL_ERROR
+            yield WorkerChunk(text=str(exc), error_code=ErrorCode.INTERNAL_ERROR)
+        except Exception as exc:  # an engine bug must reach the client as an error, not a hung stream
+            log.exception("generation failed")
+            outcome = ErrorCode.INTERNAL_ERROR
+            yield WorkerChunk(text=f"internal error in the worker: {type(exc).__name__}: {exc}", error_code=ErrorCode.INTERNAL_ERROR)
+        finally:
+            if admitted:
+                self.in_flight -= 1
+            if outcome != 200:
+                metrics.observe_error(endpoint, outcome)
+            metrics.observe_request(endpoint, outcome, started)
+
+
+
+def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        beat = asyncio.create_task(worker.heartbeat_forever(app.state.http)) if settings.register_with_controller else None
+        info = engine.model_info
+        log.info("worker up at %s: %s (%s engine, %s, %s), models %s", settings.worker_address, info.name, engine.name,
+                 info.device, info.dtype, ", ".join(settings.model_names))
+        try:
+            yield
+        finally:
+            if beat:
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat
+            await app.state.http.aclose()
+            await engine.aclose()
+            log.info("worker stopped")
+
+    app = FastAPI(title="parley worker", lifespan=lifespan)
+    app.state.http = httpx.AsyncClient(timeout=10.0)
+    metrics = install_metrics(app, "worker", count_all_requests=True,
+                              self_counted=frozenset({"/worker_generate_stream", "/worker_generate"}))
+    worker = app.state.worker = ModelWorker(engine, settings, metrics)
+
+    def refresh_gauges() -> None:
+        metrics.queue_length.labels("worker").set(worker.in_flight)
+        metrics.running_batch_size.labels("worker").set(engine.stats().running)
+
+    metrics.on_collect(refresh_gauges)
+
+    @app.post("/worker_generate_stream")
+    async def worker_generate_stream(request: Request) -> StreamingResponse:
+        raw = await _json_body(request)
+        started = time.perf_counter()
+
+        async def frames() -> AsyncIterator[bytes]:
+            async for chunk in worker.generate_stream(raw, "/worker_generate_stream", started):
+                yield _frame(chunk)
+
+        return StreamingResponse(frames(), media_type="application/octet-stream")
+
+    @app.post("/worker_generate")
+    async def worker_generate(request: Request) -> JSONResponse:
+        raw = await _json_body(request)
+        last = None
+        async for chunk in worker.generate_stream(raw, "/worker_generate"):
+            last = chunk
+        return JSONResponse(last.model_dump(exclude_none=True) | {"error_code": last.error_code})
+
+    @app.post("/worker_get_embeddings")
+    async def worker_get_embeddings(body: EmbeddingsRequest) -> dict:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        try:
+            if not texts or any(not t for t in texts):
+                raise InvalidRequestError("embedding input must be non-empty text")
+            result = await engine.embed(texts)
+        except ContextLengthError as exc:
+            return {"text": str(exc), "error_code": ErrorCode.CONTEXT_OVERFLOW}
+        except InvalidRequestError as exc:
+            return {"text": str(exc), "error_code": ErrorCode.VALIDATION_TYPE_ERROR}
+        metrics.observe_tokens(settings.model_names[0], result.prompt_tokens, 0)
+        return {"embedding": result.embeddings, "token_num": result.prompt_tokens}
+
+    @app.post("/worker_get_status")
+    async def worker_get_status() -> WorkerStatus:
+        return worker.status()
+
+    @app.post("/count_token")
+    async def count_token(body: CountTokenRequest) -> dict:
+        return {"count": await engine.count_tokens(body.prompt), "error_code": 0}
+
+    @app.post("/worker_get_conv_template")
+    async def worker_get_conv_template() -> dict:
+        return {"conv": fastchat_conversation(worker.conv)}
+
+    @app.post("/model_details")
+    async def model_details() -> dict:
+        info = engine.model_info
+        # `parley` marks a parley worker: it accepts `messages` and renders them itself.
+        return {"context_length": info.context_length,
+                "parley": {"messages": True, "engine": engine.name, "chat_template": worker.formatter.name,
+                           "device": info.device, "dtype": info.dtype}}
+
+    @app.get("/health")
+    async def health() -> dict:
+        stats = engine.stats()
+        return {"status": "ok", "models": settings.model_names, "registered": worker.registered,
+                "queue_length": worker.in_flight, "running": stats.running}
+
+    return app
+
+
+async def _json_body(request: Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        return {"__invalid__": "the request body is not JSON"}
+    return body if isinstance(body, dict) else {"__invalid__": "the request body must be a JSON object"}
