@@ -86,6 +86,8 @@ def install_metrics(app: FastAPI, server: str, count_all_requests: bool = False,
             path = getattr(route, "path", None)
             if path is not None and path != "/metrics" and path not in self_counted:
                 metrics.observe_request(path, response.status_code, started)
+                if response.status_code >= 400:
+                    metrics.observe_error(path, response.status_code)
             return response
 
     @app.get("/metrics", include_in_schema=False)

@@ -1,0 +1,95 @@
+"""Real parley servers on 127.0.0.1 for tests: started as a user would, on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A `parley ...` subprocess whose output goes to a file (read it with `.log()`)."""
+
+    def __init__(self, *args: str, port: int | None = None, env: dict | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [*args, "--port", str(self.port)]
+        self._log = tempfile.NamedTemporaryFile("w+", prefix="parley-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen([sys.executable, "-m", "parley", *self.args], cwd=REPO, stdout=self._log,
+                                     stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+
+    def log(self) -> str:
+        return Path(self._log.name).read_text()
+
+    def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = 120) -> Server:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if ready():
+                    return self
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{' '.join(self.args)} exited ({self.proc.returncode}) before {what}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{' '.join(self.args)}: no {what} within {timeout} s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """As if the machine died: no clean shutdown, no goodbye to the controller."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_controller(*extra: str, port: int | None = None) -> Server:
+    server = Server("controller", *extra, port=port)
+    return server.wait_until(lambda: httpx.get(server.url + "/test_connection", timeout=1).text == "success",
+                             "controller")
+
+
+def models_at(controller: Server) -> list[str]:
+    return httpx.post(controller.url + "/list_models", timeout=2).json()["models"]
+
+
+def start_worker(controller: Server, *extra: str, names: str, echo: bool = False, delay_s: float = 0.0,
+                 wait: bool = True) -> Server:
+    args = ["worker", "--model-names", names, "--controller-address", controller.url, "--heart-beat-interval", "1", *extra]
+    if echo:
+        args += ["--engine", "echo"]
+    server = Server(*args, env={"PARLEY_ECHO_DELAY_S": str(delay_s)})
+    if wait:
+        name = names.split(",")[0]
+        server.wait_until(lambda: name in models_at(controller) and httpx.get(server.url + "/health", timeout=1).json()["registered"],
+                          f"registration of {name}", timeout=180)
+    return server
+
+
+def start_api(controller: Server, *extra: str) -> Server:
+    server = Server("api", "--controller-address", controller.url, *extra)
+    return server.wait_until(lambda: httpx.get(server.url + "/health", timeout=1).status_code == 200, "API")

@@ -1,0 +1,281 @@
+"""The whole stack as separate processes on 127.0.0.1: controller, workers, API; driven by the
+official `openai` SDK and LangChain, with the real bundled model for everything that generates."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.servers import models_at, start_api, start_controller, start_worker
+
+KEY = "sk-parley-test"
+REAL = "smollm2"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def stack():
+    controller = start_controller("--heart-beat-expiration", "3")
+    servers = [controller]
+    try:
+        servers.append(start_worker(controller, names=REAL))
+        servers.append(start_worker(controller, names="echo", echo=True))
+        api = start_api(controller, "--api-keys", f"other-key,{KEY}")
+        servers.append(api)
+        yield {"controller": controller, "api": api, "real": servers[1], "echo": servers[2]}
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+@pytest.fixture
+def client(stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack["api"].url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def test_models_are_listed(client):
+    assert {m.id for m in client.models.list()} == {REAL, "echo"}
+    assert client.models.retrieve("echo").id == "echo"
+
+
+def test_chat_plain_and_streamed_with_usage(client):
+    whole = client.chat.completions.create(model=REAL, messages=QUESTION, temperature=0, max_tokens=24)
+    answer = whole.choices[0].message.content
+    assert "Paris" in answer and whole.choices[0].finish_reason == "stop"
+    assert whole.usage.prompt_tokens > 10 and whole.usage.completion_tokens > 0
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+
+    events = list(client.chat.completions.create(model=REAL, messages=QUESTION, temperature=0, max_tokens=24,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert events[0].choices[0].delta.role == "assistant"
+    text = "".join(e.choices[0].delta.content or "" for e in events if e.choices)
+    assert text == answer  # greedy: the stream says exactly what the whole reply said
+    assert [e.choices[0].finish_reason for e in events if e.choices][-1] == "stop"
+    assert events[-1].choices == [] and events[-1].usage == whole.usage
+    assert all(e.usage is None for e in events[:-1])
+
+
+def test_chat_accepts_text_parts_system_and_max_completion_tokens(client):
+    r = client.chat.completions.create(model=REAL, max_completion_tokens=5, temperature=0, messages=[
+        {"role": "system", "content": "You are a geography teacher."},
+        {"role": "user", "content": [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": " of Italy?"}]},
+    ])
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5
+
+
+def test_n_choices_with_a_seed_are_reproducible(client):
+    kwargs = dict(model=REAL, messages=[{"role": "user", "content": "Write a word."}], n=2, seed=7,
+                  temperature=1.0, max_tokens=12)
+    first = client.chat.completions.create(**kwargs)
+    second = client.chat.completions.create(**kwargs)
+    assert [c.index for c in first.choices] == [0, 1]
+    assert [c.message.content for c in first.choices] == [c.message.content for c in second.choices]
+    prompt_only = client.chat.completions.create(**(kwargs | {"n": 1}))
+    assert first.usage.prompt_tokens == prompt_only.usage.prompt_tokens  # the prompt counts once
+
+
+def test_completions_with_list_prompt_echo_and_n(client):
+    r = client.completions.create(model=REAL, prompt=["The capital of France is", "1, 2, 3,"], max_tokens=6,
+                                  temperature=0, echo=True, n=2)
+    assert len(r.choices) == 4
+    assert r.choices[0].text.startswith("The capital of France is") and r.choices[2].text.startswith("1, 2, 3,")
+    assert r.choices[0].text == r.choices[1].text  # greedy
+    assert " 4" in r.choices[2].text
+    assert r.usage.completion_tokens == 4 * 6
+    streamed = client.completions.create(model=REAL, prompt="1, 2, 3,", max_tokens=6, temperature=0, stream=True)
+    assert "1, 2, 3," + "".join(e.choices[0].text for e in streamed) == r.choices[2].text
+
+
+def test_embeddings_float_and_base64(client):
+    floats = client.embeddings.create(model=REAL, input=["The cat sat on the mat.", "A dog barked."])
+    assert [d.index for d in floats.data] == [0, 1] and floats.usage.prompt_tokens > 5
+    vector = floats.data[0].embedding
+    assert len(vector) == 576 and abs(sum(x * x for x in vector) - 1) < 1e-3
+    raw = httpx.post(client.base_url.join("embeddings").__str__(), headers={"Authorization": f"Bearer {KEY}"},
+                     json={"model": REAL, "input": "The cat sat on the mat.", "encoding_format": "base64"}).json()
+    decoded = struct.unpack(f"<{len(vector)}f", base64.b64decode(raw["data"][0]["embedding"]))
+    assert max(abs(a - b) for a, b in zip(decoded, vector)) < 1e-5
+
+
+def test_langchain_chat_openai_invoke_and_stream(stack):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model=REAL, base_url=stack["api"].url + "/v1", api_key=KEY, temperature=0, max_tokens=24,
+                     max_retries=0)
+    assert "Paris" in llm.invoke("What is the capital of France?").content
+    assert "Paris" in "".join(chunk.content for chunk in llm.stream("What is the capital of France?"))
+
+
+def test_requests_are_routed_by_model_name(client):
+    echo = client.completions.create(model="echo", prompt="alpha beta gamma", max_tokens=2)
+    assert echo.choices[0].text == "alpha beta "  # only the echo engine answers like this
+    real = client.completions.create(model=REAL, prompt="alpha beta gamma", max_tokens=2, temperature=0)
+    assert real.choices[0].text != "alpha beta "
+
+
+@pytest.mark.parametrize("call, status, fragment", [
+    (lambda c: c.chat.completions.create(model=REAL, messages=QUESTION, temperature=5), 400, "temperature"),
+    (lambda c: c.chat.completions.create(model=REAL, messages=QUESTION, extra_body={"colour": "blue"}), 400,
+     "Unrecognized request argument supplied: colour"),
+    (lambda c: c.chat.completions.create(model=REAL, messages=[{"role": "assistant", "content": "hi"}]), 400,
+     "alternate"),
+    (lambda c: c.chat.completions.create(model=REAL, messages=QUESTION, presence_penalty=1.0), 400, "presence_penalty"),
+    (lambda c: c.chat.completions.create(model=REAL, messages=QUESTION, tools=[
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]), 400, "tools"),
+    (lambda c: c.chat.completions.create(model="no-such-model", messages=QUESTION), 404, "does not exist"),
+    (lambda c: c.chat.completions.create(model=REAL, messages=[{"role": "user", "content": "word " * 9000}]), 400,
+     "context window"),
+    (lambda c: c.completions.create(model=REAL, prompt=[1, 2, 3]), 400, "token-id"),
+    (lambda c: c.embeddings.create(model=REAL, input=""), 400, "empty"),
+])
+def test_errors_have_openai_bodies_and_statuses(client, call, status, fragment):
+    with pytest.raises(openai.APIStatusError) as info:
+        call(client)
+    assert info.value.status_code == status
+    body = info.value.body
+    assert set(body) >= {"message", "type", "code", "param"} and fragment in body["message"]
+
+
+def test_context_overflow_is_coded_like_openai(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=REAL, messages=[{"role": "user", "content": "word " * 9000}], stream=True)
+    assert info.value.code == "context_length_exceeded"
+
+
+def test_api_keys_are_required(stack):
+    url = stack["api"].url + "/v1/models"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong"}).json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(url, headers={"Authorization": "Bearer other-key"}).status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=stack["api"].url + "/v1", api_key="nope", max_retries=0).models.list()
+    assert httpx.get(stack["api"].url + "/health").status_code == 200  # health and metrics need no key
+
+
+def test_overload_is_429(stack, client):
+    busy = start_worker(stack["controller"], "--limit-worker-concurrency", "1", "--max-queue-length", "0",
+                        names="busy", echo=True, delay_s=0.1)
+    try:
+        results: list = []
+
+        def call():
+            try:
+                results.append(client.completions.create(model="busy", prompt="a b c d e f", max_tokens=6))
+            except openai.APIStatusError as exc:
+                results.append(exc)
+
+        threads = [threading.Thread(target=call) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        refused = [r for r in results if isinstance(r, openai.RateLimitError)]
+        assert len(refused) == 2 and "overloaded" in refused[0].message
+        assert sum(1 for r in results if not isinstance(r, Exception)) == 1
+    finally:
+        busy.stop()
+
+
+def test_two_workers_share_a_model_and_the_survivor_serves_when_one_is_killed(stack, client):
+    controller = stack["controller"]
+    pair = [start_worker(controller, names="pair", echo=True) for _ in range(2)]
+    try:
+        for _ in range(12):
+            assert client.completions.create(model="pair", prompt="x y", max_tokens=1).choices[0].text == "x "
+
+        def served(worker) -> float:
+            metrics = httpx.get(worker.url + "/metrics").text
+            line = next(line for line in metrics.splitlines()
+                        if line.startswith('parley_requests_total{endpoint="/worker_generate_stream"'))
+            return float(line.rsplit(" ", 1)[1])
+
+        counts = [served(w) for w in pair]
+        assert sum(counts) == 12 and min(counts) >= 3, counts  # the load is spread
+        pair[0].kill()
+        for _ in range(6):  # no error: the dead worker is reported, dropped, and the other one answers
+            assert client.completions.create(model="pair", prompt="x y", max_tokens=1).choices[0].text == "x "
+        assert served(pair[1]) == counts[1] + 6
+        assert "pair" in models_at(controller)
+    finally:
+        for w in pair:
+            w.stop()
+
+
+def test_a_worker_killed_mid_reply_ends_the_stream_with_an_error_not_a_hang(stack, client):
+    doomed = start_worker(stack["controller"], names="doomed", echo=True, delay_s=0.2)
+    stream = client.completions.create(model="doomed", prompt="word " * 200, max_tokens=200, stream=True)
+    received = [next(iter(stream))]
+    doomed.kill()
+    started = time.monotonic()
+    with pytest.raises(openai.APIError) as info:
+        for event in stream:
+            received.append(event)
+    assert time.monotonic() - started < 5
+    assert "stopped while answering" in str(info.value.message)
+    assert len(received) < 50
+    # The model is gone now: a new request says so with 503 (known model, no worker), not 404.
+    with pytest.raises(openai.APIStatusError) as info:
+        client.completions.create(model="doomed", prompt="x", max_tokens=1)
+    assert info.value.status_code == 503
+
+
+def test_metrics_on_every_server(stack, client):
+    client.chat.completions.create(model=REAL, messages=QUESTION, max_tokens=4, stream=True).close()
+    client.chat.completions.create(model=REAL, messages=QUESTION, max_tokens=4)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=QUESTION)
+    api = httpx.get(stack["api"].url + "/metrics").text
+    assert 'parley_requests_total{endpoint="/v1/chat/completions",server="api",status="200"}' in api
+    assert 'parley_time_to_first_token_seconds_bucket{endpoint="/v1/chat/completions"' in api
+    assert 'parley_request_errors_total{code="404",endpoint="/v1/chat/completions",server="api"}' in api
+    assert f'parley_prompt_tokens_total{{model="{REAL}",server="api"}}' in api
+    controller = httpx.get(stack["controller"].url + "/metrics").text
+    assert 'parley_workers{server="controller"}' in controller and 'endpoint="/get_worker_address"' in controller
+    worker = httpx.get(stack["real"].url + "/metrics").text
+    assert 'parley_running_batch_size{server="worker"}' in worker and "parley_generation_tokens_total" in worker
+
+
+def test_workers_re_register_after_a_controller_restart_and_silent_ones_expire():
+    controller = start_controller("--heart-beat-expiration", "3")
+    port = controller.port
+    worker = start_worker(controller, names="phoenix", echo=True)
+    try:
+        controller.kill()
+        from tests.servers import Server
+
+        controller = Server("controller", "--heart-beat-expiration", "3", port=port)
+        controller.wait_until(lambda: models_at(controller) == ["phoenix"], "re-registration", timeout=20)
+        worker.kill()
+        started = time.monotonic()
+        controller.wait_until(lambda: models_at(controller) == [], "expiry of the silent worker", timeout=20)
+        assert time.monotonic() - started < 8
+        assert "no heartbeat" in controller.log()
+        assert "does not know this worker" in worker.log() or "unreachable" in worker.log()
+    finally:
+        worker.stop()
+        controller.stop()
+
+
+def test_test_message_prints_a_streamed_reply_and_explains_failures(stack):
+    from tests.conftest import run_parley
+
+    controller = stack["controller"].url
+    ok = run_parley("test-message", "--model-name", REAL, "--controller-address", controller,
+                    "--message", "What is the capital of France?", timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert f"{REAL}: " in ok.stdout and "Paris" in ok.stdout
+    direct = run_parley("test-message", "--model-name", "echo", "--worker-address", stack["echo"].url,
+                        "--message", "ping pong", timeout=120)
+    # the echo engine repeats its prompt: the one_shot template's system message, until the "###" stop
+    assert direct.returncode == 0 and "echo: A chat between a curious human" in direct.stdout
+    missing = run_parley("test-message", "--model-name", "nope", "--controller-address", controller, timeout=120)
+    assert missing.returncode == 2 and "no worker serves 'nope'" in missing.stderr and REAL in missing.stderr
+    gone = run_parley("test-message", "--model-name", "x", "--worker-address", "http://127.0.0.1:9", timeout=120)
+    assert gone.returncode == 2 and "cannot reach the worker at http://127.0.0.1:9" in gone.stderr
+    assert "Traceback" not in missing.stderr + gone.stderr

@@ -1,0 +1,132 @@
+"""The worker's FastChat endpoints, in-process: stream framing, errors, templates, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+import httpx
+import pytest
+
+from parley.conversation.templates import NAMED_TEMPLATES
+from parley.engines.echo import EchoEngine
+from parley.serving.fastchat_conv import FASTCHAT_SEP_STYLE, fastchat_conversation, named_template_from_fastchat
+from parley.serving.protocol import ErrorCode
+from parley.serving.worker import WorkerSettings, create_app
+
+
+def frames(body: bytes) -> list[dict]:
+    assert body.endswith(b"\0"), "every chunk ends with a NUL byte"
+    return [json.loads(part) for part in body.split(b"\0")[:-1]]
+
+
+def client_for(engine, **settings) -> httpx.AsyncClient:
+    app = create_app(engine, WorkerSettings(model_names=["m"], worker_address="http://w",
+                                            register_with_controller=False, **settings))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w")
+
+
+async def test_stream_is_nul_delimited_cumulative_text_with_usage_at_the_end():
+    async with client_for(EchoEngine()) as w:
+        r = await w.post("/worker_generate_stream", json={"prompt": "one two three four", "max_new_tokens": 3})
+    chunks = frames(r.content)
+    texts = [c["text"] for c in chunks]
+    assert texts == ["one ", "one two ", "one two three "]
+    assert all(c["error_code"] == 0 for c in chunks)
+    assert chunks[-1]["finish_reason"] == "length"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+    assert "finish_reason" not in chunks[0]
+
+
+async def test_echo_stop_and_stream_interval():
+    async with client_for(EchoEngine(), stream_interval=2) as w:
+        r = await w.post("/worker_generate_stream", json={
+            "prompt": "a b c d e f", "max_new_tokens": 10, "echo": True, "stop": "e"})
+        chunks = frames(r.content)
+        # a chunk every 2 engine steps, then the final one; the stop string "e" is never shown
+        assert [c["text"] for c in chunks] == ["a b c d e fa b ", "a b c d e fa b c d ", "a b c d e fa b c d "]
+        assert chunks[-1]["finish_reason"] == "stop"
+        whole = (await w.post("/worker_generate", json={"prompt": "a b c", "max_new_tokens": 2})).json()
+        assert whole["text"] == "a b " and whole["error_code"] == 0 and whole["usage"]["completion_tokens"] == 2
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"prompt": "x", "presence_penalty": 0.5}, ErrorCode.PARAM_OUT_OF_RANGE),
+    ({"prompt": "x", "logprobs": 2}, ErrorCode.PARAM_OUT_OF_RANGE),
+    ({"prompt": "x", "top_p": 0}, ErrorCode.PARAM_OUT_OF_RANGE),
+    ({"prompt": "x", "max_new_tokens": "many"}, ErrorCode.VALIDATION_TYPE_ERROR),
+    ({"prompt": ""}, ErrorCode.VALIDATION_TYPE_ERROR),
+    ({"messages": [{"role": "assistant", "content": "hi"}]}, ErrorCode.VALIDATION_TYPE_ERROR),
+    ({"prompt": "word " * 5000}, ErrorCode.CONTEXT_OVERFLOW),
+])
+async def test_errors_come_back_as_one_chunk_with_fastchat_codes(body, code):
+    async with client_for(EchoEngine()) as w:
+        r = await w.post("/worker_generate_stream", json=body)
+    [chunk] = frames(r.content)
+    assert chunk["error_code"] == code and chunk["text"]
+
+
+async def test_a_body_that_is_not_json_is_a_validation_error():
+    async with client_for(EchoEngine()) as w:
+        r = await w.post("/worker_generate_stream", content=b"{not json", headers={"content-type": "application/json"})
+    assert frames(r.content)[0]["error_code"] == ErrorCode.VALIDATION_TYPE_ERROR
+
+
+async def test_overload_is_refused_with_42903_and_the_queue_length_is_reported():
+    async with client_for(EchoEngine(delay_s=0.05), limit_worker_concurrency=1, max_queue_length=1) as w:
+        async def one():
+            return frames((await w.post("/worker_generate_stream", json={"prompt": "a b c d e f g h"})).content)
+
+        async def status_while_busy():
+            await asyncio.sleep(0.1)
+            return (await w.post("/worker_get_status")).json()
+
+        *results, status = await asyncio.gather(one(), one(), one(), status_while_busy())
+    codes = sorted(r[-1]["error_code"] for r in results)
+    assert codes == [0, 0, ErrorCode.ENGINE_OVERLOADED]  # one generating, one waiting, one refused
+    assert status == {"model_names": ["m"], "speed": 1.0, "queue_length": 2}
+
+
+async def test_embeddings_count_token_and_model_details():
+    async with client_for(EchoEngine(context_length=100)) as w:
+        emb = (await w.post("/worker_get_embeddings", json={"model": "m", "input": ["a b", "c"]})).json()
+        assert len(emb["embedding"]) == 2 and emb["token_num"] == 3
+        assert (await w.post("/count_token", json={"prompt": "a b c"})).json() == {"count": 3, "error_code": 0}
+        details = (await w.post("/model_details")).json()
+        assert details["context_length"] == 100 and details["parley"]["messages"] is True
+
+
+@pytest.mark.parametrize("name", sorted(NAMED_TEMPLATES))
+def test_conv_template_is_what_fastchat_would_send(name):
+    fastchat = pytest.importorskip("fastchat.conversation")
+    template = NAMED_TEMPLATES[name]
+    ours = json.loads(json.dumps(fastchat_conversation(template)))
+    try:
+        theirs = json.loads(json.dumps(dataclasses.asdict(fastchat.get_conv_template(name)), default=int))
+    except KeyError:
+        pytest.skip(f"fschat 0.2.36 has no template {name}")
+    assert ours == theirs
+    if template.style in FASTCHAT_SEP_STYLE:
+        assert named_template_from_fastchat(theirs) == template  # and back, to render for a FastChat worker
+
+
+async def test_worker_endpoint_for_conv_template_follows_the_model_name():
+    engine = EchoEngine(model_name="vicuna-7b-v1.5")
+    async with client_for(engine) as w:
+        conv = (await w.post("/worker_get_conv_template")).json()["conv"]
+    assert conv["name"] == "vicuna_v1.1" and conv["sep_style"] == 2
+
+
+async def test_real_model_answers_messages_with_its_own_template(engine):
+    """The bundled model behind the worker: `messages` are rendered by the worker (parley's extension)."""
+    async with client_for(engine) as w:
+        r = await w.post("/worker_generate_stream", json={
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "temperature": 0, "max_new_tokens": 24})
+        chunks = frames(r.content)
+        assert "Paris" in chunks[-1]["text"] and chunks[-1]["finish_reason"] == "stop"
+        metrics = (await w.get("/metrics")).text
+    assert 'parley_time_to_first_token_seconds_count{endpoint="/worker_generate_stream",server="worker"} 1.0' in metrics
+    assert 'parley_generation_tokens_total{model="m",server="worker"}' in metrics
+    assert "parley_running_batch_size" in metrics and "parley_queue_length" in metrics
