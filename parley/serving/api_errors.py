@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parley.serving.protocol import ErrorCode
+
+log = logging.getLogger("parley.api")
 
 
 class APIError(Exception):
@@ -58,6 +62,12 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             message = f"Invalid value for {param}: {err.get('msg')}" if param else str(err.get("msg"))
         return JSONResponse(bad_request(message, param).body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error serving %s", request.url.path)
+        body = APIError(500, f"internal server error: {type(exc).__name__}", type="server_error").body()
+        return JSONResponse(body, status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

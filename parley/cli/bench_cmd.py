@@ -1,0 +1,66 @@
+"""`parley bench`: throughput and latency of any OpenAI-compatible server at several concurrencies."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from parley.bench.load import DEFAULT_PROMPT, LoadResult, run_load
+from parley.errors import ParleyError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark an OpenAI-compatible server", description=__doc__)
+    p.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", required=True)
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--concurrency", default="1,4,16", help="comma-separated levels (default %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--num-requests", type=int, default=None, help="per level (default: 2 x concurrency, at least 4)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="ask for exactly --max-tokens tokens (parley, vLLM; servers without it reject the field)")
+    p.add_argument("--output", default=None, help="write the results as JSON here")
+    p.set_defaults(run=run)
+
+
+def results_table(results: list[LoadResult], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("concurrency", "requests", "failed", "tokens/s", "req/s", "TTFT p50 ms", "TTFT p90 ms",
+                "ITL p50 ms", "ITL p90 ms", "ITL p99 ms", "latency p50 s"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(str(r.concurrency), str(r.requests), str(r.failed), f"{r.tokens_per_s:.1f}",
+                      f"{r.requests_per_s:.2f}", f"{r.ttft_ms['p50']:.0f}", f"{r.ttft_ms['p90']:.0f}",
+                      f"{r.itl_ms['p50']:.1f}", f"{r.itl_ms['p90']:.1f}", f"{r.itl_ms['p99']:.1f}",
+                      f"{r.latency_s['p50']:.2f}")
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    except ValueError:
+        raise ParleyError(f"--concurrency must be comma-separated integers, not {args.concurrency!r}") from None
+    if not levels or min(levels) < 1:
+        raise ParleyError("--concurrency needs at least one level >= 1")
+    results = []
+    with Progress(console=Console(stderr=True)) as progress:
+        for level in levels:
+            n = args.num_requests or max(4, 2 * level)
+            task = progress.add_task(f"concurrency {level}", total=n)
+            result = asyncio.run(run_load(args.base_url, args.model, level, n, args.max_tokens, args.api_key,
+                                          args.prompt, args.ignore_eos, on_done=lambda t=task: progress.advance(t)))
+            if result.requests == 0:
+                raise ParleyError(f"every request failed at concurrency {level}; is {args.base_url} serving {args.model}?")
+            results.append(result)
+    Console().print(results_table(results, f"{args.model} at {args.base_url}, {args.max_tokens} tokens per request"))
+    if args.output:
+        Path(args.output).write_text(json.dumps([r.model_dump() for r in results], indent=2))
+    return 0
