@@ -281,18 +281,24 @@ def test_test_message_prints_a_streamed_reply_and_explains_failures(stack):
     assert "Traceback" not in missing.stderr + gone.stderr
 
 
-def test_fastchat_api_server_uses_our_controller_and_workers(stack):
+def test_fastchat_api_server_uses_our_controller_and_workers(stack, tmp_path):
     """FastChat's own OpenAI API server (fschat 0.2.36) in front of parley's controller and worker:
     it reads our conversation template, checks the context length, and generates through our worker."""
-    pytest.importorskip("fastchat.serve.openai_api_server", reason="needs fschat with aiohttp and shortuuid")
+    import importlib.util
+
+    # (not imported here: importing it writes a log file into the working directory)
+    if importlib.util.find_spec("fastchat") is None or importlib.util.find_spec("shortuuid") is None:
+        pytest.skip("needs fschat with aiohttp and shortuuid (make test installs them)")
     from tests.servers import free_port
 
+    import os
     import subprocess
     import sys
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "fastchat.serve.openai_api_server", "--host", "127.0.0.1",
                              "--port", str(port), "--controller-address", stack["controller"].url],
+                            cwd=tmp_path, env={**os.environ, "LOGDIR": str(tmp_path)},  # FastChat writes logs to cwd
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         fastchat = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
@@ -312,6 +318,36 @@ def test_fastchat_api_server_uses_our_controller_and_workers(stack):
         # whatever the backend, so streaming is not checked through it.)
         completion = fastchat.completions.create(model=REAL, prompt="1, 2, 3,", max_tokens=6, temperature=0)
         assert " 4" in completion.choices[0].text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_fastchat_worker_joins_our_controller_and_is_served_through_our_api(stack, client, tmp_path):
+    """FastChat's own worker app and inference loop (fschat 0.2.36) on the bundled model: it
+    registers with parley's controller, and parley's API renders prompts for it from its template."""
+    pytest.importorskip("fastchat.serve.base_model_worker", reason="needs fschat")
+    import os
+    import subprocess
+    import sys
+
+    from tests.servers import REPO, free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "fastchat_worker.py"), stack["controller"].url,
+                             str(port), "fastchat-smol", "qwen-7b-chat"], cwd=tmp_path,
+                            env={**os.environ, "LOGDIR": str(tmp_path), "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "fastchat-smol" not in models_at(stack["controller"]):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "model_worker_test.log").read_text()
+            time.sleep(0.3)
+        reply = client.chat.completions.create(model="fastchat-smol", messages=QUESTION, temperature=0, max_tokens=24)
+        assert "Paris" in reply.choices[0].message.content
+        streamed = client.chat.completions.create(model="fastchat-smol", messages=QUESTION, temperature=0,
+                                                  max_tokens=24, stream=True)
+        assert "".join(e.choices[0].delta.content or "" for e in streamed if e.choices) == reply.choices[0].message.content
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -256,7 +256,7 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
         })
         messages = chat_messages(body.messages)
         max_tokens = body.max_completion_tokens or body.max_tokens
-        payload = sampling_payload(body, max_tokens) | {"messages": messages}
+        payload = sampling_payload(body, max_tokens) | {"messages": messages, "echo": False}
         n = body.n or 1
         payloads = choice_payloads(payload, n, body.seed)
         cid, created = new_id("chatcmpl"), int(time.time())
