@@ -87,7 +87,7 @@ async def main() -> None:
     ap.add_argument("--concurrent", type=int, default=16)
     ap.add_argument("--output", default="benchmarks/results/serving_overhead.json")
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=max(Console().width, 110))
 
     proc, base_url, model = start_stack(console)
     try:

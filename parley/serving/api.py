@@ -92,6 +92,20 @@ def choice_payloads(payload: dict, n: int, seed: int | None) -> list[dict]:
     return [payload | {"seed": None if seed is None else seed + i} for i in range(n)]
 
 
+def chunk_builder(kind: str, cid: str, created: int, model: str, include_usage: bool):
+    """Streamed chunks of one response: with include_usage, every chunk has a `usage` key (null
+    until the last), as OpenAI sends them."""
+
+    def chunk(choices: list[dict], usage: dict | None = None) -> dict:
+        out = {"id": cid, "object": kind, "created": created, "model": model, "system_fingerprint": None,
+               "choices": choices}
+        if include_usage:
+            out["usage"] = usage
+        return out
+
+    return chunk
+
+
 def sse(data: dict | str) -> bytes:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
 
@@ -260,15 +274,7 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
         n = body.n or 1
         payloads = choice_payloads(payload, n, body.seed)
         cid, created = new_id("chatcmpl"), int(time.time())
-
-        def chunk(choices: list[dict], usage: dict | None = None) -> dict:
-            out = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": body.model,
-                   "system_fingerprint": None, "choices": choices}
-            if include_usage:
-                out["usage"] = usage
-            return out
-
-        include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+        chunk = chunk_builder("chat.completion.chunk", cid, created, body.model, body.include_usage)
         if body.stream:
             def render(d: Delta | None) -> list[dict]:
                 if d is None:  # the first event of each choice carries the role
@@ -283,7 +289,7 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
                                           "finish_reason": d.finish_reason}]))
                 return events
 
-            return await stream_replies(endpoint, body.model, payloads, [0] * n, started, render, include_usage,
+            return await stream_replies(endpoint, body.model, payloads, [0] * n, started, render, body.include_usage,
                                         lambda usage: chunk([], usage.model_dump()))
         results, usage = await run_replies(endpoint, body.model, payloads, [0] * n, started)
         return {
@@ -315,15 +321,7 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
             payloads += choice_payloads(base | {"prompt": prompt}, n, body.seed)
             groups += [p_index] * n
         cid, created = new_id("cmpl"), int(time.time())
-        include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-
-        def chunk(choices: list[dict], usage: dict | None = None) -> dict:
-            out = {"id": cid, "object": "text_completion", "created": created, "model": body.model,
-                   "system_fingerprint": None, "choices": choices}
-            if include_usage:
-                out["usage"] = usage
-            return out
-
+        chunk = chunk_builder("text_completion", cid, created, body.model, body.include_usage)
         if body.stream:
             def render(d: Delta | None) -> list[dict]:
                 if d is None or (not d.text and d.finish_reason is None):
@@ -331,7 +329,7 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
                 return [chunk([{"index": d.index, "text": d.text, "logprobs": None,
                                 "finish_reason": d.finish_reason}])]
 
-            return await stream_replies(endpoint, body.model, payloads, groups, started, render, include_usage,
+            return await stream_replies(endpoint, body.model, payloads, groups, started, render, body.include_usage,
                                         lambda usage: chunk([], usage.model_dump()))
         results, usage = await run_replies(endpoint, body.model, payloads, groups, started)
         return {

@@ -54,13 +54,12 @@ class _SamplingExtensions(_Request):
     stop_token_ids: list[int] | None = None
 
 
-class ChatCompletionRequest(_SamplingExtensions):
+class _GenerationRequest(_SamplingExtensions):
+    """Fields chat and completions share."""
+
     model: str
-    messages: list[ChatMessageIn] = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     n: int | None = Field(None, ge=1, le=128)
     seed: int | None = None
@@ -69,9 +68,19 @@ class ChatCompletionRequest(_SamplingExtensions):
     user: str | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    logit_bias: dict[str, float] | None = None
     tools: list[dict] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
@@ -92,23 +101,11 @@ class ChatCompletionRequest(_SamplingExtensions):
     safety_identifier: str | None = None
 
 
-class CompletionRequest(_SamplingExtensions):
-    model: str
+class CompletionRequest(_GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
-    stop: str | list[str] | None = None
-    n: int | None = Field(None, ge=1, le=128)
     echo: bool | None = False
-    seed: int | None = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logprobs: int | None = None
-    logit_bias: dict[str, float] | None = None
     best_of: int | None = None
     suffix: str | None = None
 
