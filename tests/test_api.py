@@ -336,7 +336,9 @@ def test_a_fastchat_worker_joins_our_controller_and_is_served_through_our_api(st
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "fastchat_worker.py"), stack["controller"].url,
                              str(port), "fastchat-smol", "qwen-7b-chat"], cwd=tmp_path,
-                            env={**os.environ, "LOGDIR": str(tmp_path), "PYTHONPATH": str(REPO)},
+                            # heartbeats every second: the test controller forgets workers after 3 s
+                            env={**os.environ, "LOGDIR": str(tmp_path), "PYTHONPATH": str(REPO),
+                                 "FASTCHAT_WORKER_HEART_BEAT_INTERVAL": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
@@ -351,3 +353,23 @@ def test_a_fastchat_worker_joins_our_controller_and_is_served_through_our_api(st
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_parley_bench_measures_a_server(stack, tmp_path):
+    from tests.conftest import run_parley
+
+    out = tmp_path / "bench.json"
+    result = run_parley("bench", "--base-url", stack["api"].url + "/v1", "--api-key", KEY, "--model", REAL,
+                        "--concurrency", "1,2", "--max-tokens", "4", "--num-requests", "2", "--ignore-eos",
+                        "--output", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "tokens/s" in result.stdout and "TTFT p50 ms" in result.stdout
+    import json
+
+    levels = json.loads(out.read_text())
+    assert [lv["concurrency"] for lv in levels] == [1, 2]
+    assert all(lv["requests"] == 2 and lv["failed"] == 0 and lv["output_tokens"] == 8 for lv in levels)
+    assert all(lv["tokens_per_s"] > 0 and lv["ttft_ms"]["p50"] > 0 for lv in levels)
+    wrong = run_parley("bench", "--base-url", stack["api"].url + "/v1", "--model", REAL, "--num-requests", "1",
+                       "--concurrency", "1", timeout=120)  # no key: every request fails
+    assert wrong.returncode == 2 and "every request failed" in wrong.stderr

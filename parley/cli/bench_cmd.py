@@ -60,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
             if result.requests == 0:
                 raise ParleyError(f"every request failed at concurrency {level}; is {args.base_url} serving {args.model}?")
             results.append(result)
-    Console().print(results_table(results, f"{args.model} at {args.base_url}, {args.max_tokens} tokens per request"))
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file: do not squeeze the table into 80 columns
+        console = Console(width=160)
+    console.print(results_table(results, f"{args.model} at {args.base_url}, {args.max_tokens} tokens per request"))
     if args.output:
         Path(args.output).write_text(json.dumps([r.model_dump() for r in results], indent=2))
     return 0
