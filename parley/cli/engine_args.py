@@ -8,6 +8,7 @@ from rich.console import Console
 
 from parley.engines.base import Engine, EngineOptions
 from parley.engines.registry import EngineRegistry
+from parley.errors import ParleyError
 from parley.models.source import resolve_model_source
 
 
@@ -25,6 +26,17 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu-offloading", action="store_true", help="spill layers that do not fit on the GPU(s) to the CPU")
     g.add_argument("--max-batch-size", type=int, default=32, help="most sequences decoded together")
     g.add_argument("--trust-remote-code", action="store_true")
+    g = parser.add_argument_group("llamacpp engine")
+    g.add_argument("--n-ctx", type=int, default=None,
+                   help="KV-cache cells shared by all sequences (default: the model's context, at most 8192)")
+    g.add_argument("--n-threads", type=int, default=None, help="CPU threads (default: all cores)")
+    g.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded to the GPU (-1: all)")
+    g = parser.add_argument_group("openai engine (forward to an OpenAI-compatible server)")
+    g.add_argument("--upstream-base-url", default=None, help="e.g. http://gpu-box:8000/v1 (vLLM, Ollama, llama-server...)")
+    g.add_argument("--upstream-model", default=None, help="the model's name upstream (default: the served name)")
+    g.add_argument("--upstream-api-key", default=None, help="API key for the upstream (default: $OPENAI_API_KEY)")
+    g.add_argument("--api-endpoint-file", default=None,
+                   help='JSON: {"served-name": {"api_base": URL, "api_key": KEY, "model_name": NAME}, ...}')
 
 
 def engine_options(args: argparse.Namespace) -> EngineOptions:
@@ -32,6 +44,7 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
         model_name=args.model_name, device=args.device, dtype=args.dtype, load_8bit=args.load_8bit,
         num_gpus=args.num_gpus, max_gpu_memory=args.max_gpu_memory, cpu_offloading=args.cpu_offloading,
         max_batch_size=args.max_batch_size, trust_remote_code=args.trust_remote_code,
+        n_ctx=args.n_ctx, n_threads=args.n_threads, n_gpu_layers=args.n_gpu_layers,
     )
 
 
@@ -39,7 +52,26 @@ def load_engine(args: argparse.Namespace, registry: EngineRegistry | None = None
     """Resolve the model path (fails fast with a one-line error) and load the engine, with a spinner."""
     registry = registry or EngineRegistry.from_entry_points()
     engine_cls = registry.get(args.engine)
+    if args.engine == "openai":
+        return proxy_engine(args)
     source = resolve_model_source(args.model_path)
     options = engine_options(args)
     with Console(stderr=True).status(f"loading {source.name} ({args.engine})…"):
         return engine_cls.create(source, options)
+
+
+def proxy_engine(args: argparse.Namespace) -> Engine:
+    import os
+
+    from parley.engines.openai_proxy import OpenAIProxyEngine, Upstream, load_endpoint_file
+
+    if args.api_endpoint_file:
+        return OpenAIProxyEngine(load_endpoint_file(args.api_endpoint_file))
+    if not args.upstream_base_url:
+        raise ParleyError("--engine openai needs --upstream-base-url or --api-endpoint-file")
+    name = args.model_name or args.upstream_model
+    if not name:
+        raise ParleyError("--engine openai needs --upstream-model or --model-names")
+    upstream = Upstream(api_base=args.upstream_base_url, model_name=args.upstream_model or name,
+                        api_key=args.upstream_api_key or os.environ.get("OPENAI_API_KEY"))
+    return OpenAIProxyEngine({name: upstream})

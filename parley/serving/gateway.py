@@ -128,8 +128,13 @@ class WorkerGateway:
     @staticmethod
     def _worker_payload(info: WorkerInfo, payload: dict) -> dict:
         body = dict(payload)
-        if body.get("max_new_tokens") is None:
-            body["max_new_tokens"] = info.context_length  # the worker caps it to the room left
+        if body.get("max_new_tokens") is None and not info.native:
+            body["max_new_tokens"] = info.context_length  # a FastChat worker caps it to the room left
+        if not info.native:
+            for field in ("tools", "response_format", "logprobs"):
+                if body.get(field) is not None:
+                    raise APIError(400, f"'{field}' is not supported by the FastChat worker serving this model",
+                                   param=field)
         if "messages" in body and not info.native:
             try:
                 rendered = info.formatter.render(body.pop("messages"))

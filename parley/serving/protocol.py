@@ -91,13 +91,17 @@ class GenerateParams(BaseModel):
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None  # None: up to the end of the context window
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     echo: bool = False
     seed: int | None = None
     ignore_eos: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = None  # None: none; N: the chosen token's and the N likeliest
+    # parley's extensions, in OpenAI's shapes:
+    response_format: dict | None = None
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
 
 
 class WorkerChunk(BaseModel):
@@ -107,7 +111,11 @@ class WorkerChunk(BaseModel):
     error_code: int = 0
     usage: dict | None = None
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: None = None  # FastChat's field; parley sends its own below
+    # parley's extensions: log-probabilities of the tokens new in this chunk (OpenAI's
+    # chat shape), and the tool calls so far (cumulative, like `text`).
+    token_logprobs: list[dict] | None = None
+    tool_calls: list[dict] | None = None
 
 
 class EmbeddingsRequest(BaseModel):

@@ -16,6 +16,24 @@ class Delta:
     text: str
     finish_reason: str | None = None
     usage: dict | None = None
+    logprobs: list[dict] | None = None  # OpenAI chat shape, for the tokens of this delta
+    tool_calls: list[dict] | None = None  # OpenAI's streamed tool-call deltas
+
+
+def tool_call_deltas(calls: list[dict], seen: list[dict]) -> list[dict]:
+    """OpenAI's streamed tool-call deltas between two cumulative lists of calls: a new call
+    comes with its id, type and name; after that only argument text is added."""
+    out = []
+    for i, c in enumerate(calls):
+        args = c["function"].get("arguments", "")
+        if i >= len(seen):
+            out.append({"index": i, "id": c["id"], "type": "function",
+                        "function": {"name": c["function"]["name"], "arguments": args}})
+        else:
+            before = seen[i]["function"].get("arguments", "")
+            if args != before:
+                out.append({"index": i, "function": {"arguments": args[len(before):] if args.startswith(before) else args}})
+    return out
 
 
 class Reply:
@@ -38,15 +56,21 @@ class Reply:
 
     async def deltas(self) -> AsyncIterator[Delta]:
         seen = ""
+        seen_calls: list[dict] = []
 
         def delta_of(chunk: dict) -> Delta:
-            nonlocal seen
+            nonlocal seen, seen_calls
             if chunk.get("error_code"):
                 raise APIError.from_worker(chunk["error_code"], chunk.get("text", ""))
             text = chunk.get("text", "")
             new = text[len(seen):] if text.startswith(seen) else text  # cumulative, as FastChat sends it
             seen = text
-            return Delta(self.index, new, chunk.get("finish_reason"), chunk.get("usage"))
+            calls = None
+            if chunk.get("tool_calls"):
+                calls = tool_call_deltas(chunk["tool_calls"], seen_calls) or None
+                seen_calls = chunk["tool_calls"]
+            return Delta(self.index, new, chunk.get("finish_reason"), chunk.get("usage"),
+                         chunk.get("token_logprobs"), calls)
 
         assert self._first is not None, "start() first"
         delta = delta_of(self._first)

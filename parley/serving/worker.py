@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from parley.conversation.formatter import ChatFormatter
+from parley.serving.structured import ToolPlan, guided_from_response_format
 from parley.conversation.matching import DEFAULT_TEMPLATE, template_for_model_name
 from parley.conversation.templates import NAMED_TEMPLATES
 from parley.engines.base import Engine, GenerationRequest, SamplingParams
@@ -124,23 +125,37 @@ class ModelWorker:
 
     # -- generation ----------------------------------------------------------------------
 
-    def build_request(self, params: GenerateParams) -> tuple[GenerationRequest, str]:
-        """The engine request and the prompt text (for `echo`)."""
-        if params.presence_penalty or params.frequency_penalty:
+    def build_request(self, params: GenerateParams) -> tuple[GenerationRequest, str, ToolPlan | None]:
+        """The engine request, the prompt text (for `echo`) and, when tools are offered, how to
+        read the reply back into tool calls."""
+        features = self.engine.features
+        if (params.presence_penalty or params.frequency_penalty) and "penalties" not in features:
             raise WorkerError(ErrorCode.PARAM_OUT_OF_RANGE,
                               f"presence_penalty and frequency_penalty are not supported by the {self.engine.name} engine")
-        if params.logprobs:
+        if params.logprobs is not None and "logprobs" not in features:
             raise WorkerError(ErrorCode.PARAM_OUT_OF_RANGE, f"logprobs are not supported by the {self.engine.name} engine")
+        if params.logprobs is not None and params.echo:
+            raise WorkerError(ErrorCode.PARAM_OUT_OF_RANGE, "logprobs together with echo are not supported")
         stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
         stop_ids = list(params.stop_token_ids or [])
         try:
+            guided = guided_from_response_format(params.response_format)
+            plan = ToolPlan.of(params.tools, params.tool_choice) if params.tools else None
+            if plan is not None and plan.constraint is not None:
+                guided = plan.constraint
+            if guided is not None and "guided" not in features:
+                raise WorkerError(ErrorCode.PARAM_OUT_OF_RANGE,
+                                  f"structured output and forced tool calls are not supported by the {self.engine.name} engine")
             if params.messages is not None:
-                rendered = self.formatter.render(params.messages)
+                offered = params.tools if plan is not None and plan.mode != "none" else None
+                rendered = self.formatter.render(params.messages, tools=offered)
                 prompt, add_special = rendered.text, rendered.add_special_tokens
                 stop += [s for s in rendered.stop if s not in stop]
                 stop_ids += [i for i in rendered.stop_token_ids if i not in stop_ids]
             elif params.prompt:
                 prompt, add_special = params.prompt, True
+                if plan is not None:
+                    raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR, "tools need messages, not a prompt")
             else:
                 raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR, "give a non-empty prompt or messages")
         except InvalidRequestError as exc:
@@ -149,14 +164,15 @@ class ModelWorker:
             sampling = SamplingParams(
                 temperature=0.0 if params.temperature <= 1e-5 else params.temperature,
                 top_p=params.top_p, top_k=max(params.top_k, 0), repetition_penalty=params.repetition_penalty,
-                max_new_tokens=params.max_new_tokens, stop=[s for s in stop if s], stop_token_ids=stop_ids,
-                seed=params.seed, ignore_eos=params.ignore_eos,
+                max_new_tokens=params.max_new_tokens or self.engine.model_info.context_length, stop=[s for s in stop if s], stop_token_ids=stop_ids,
+                seed=params.seed, ignore_eos=params.ignore_eos, presence_penalty=params.presence_penalty,
+                frequency_penalty=params.frequency_penalty, logprobs=params.logprobs, guided=guided,
             )
         except ValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(x) for x in err["loc"]) or "parameters"
             raise WorkerError(ErrorCode.PARAM_OUT_OF_RANGE, f"{field}: {err['msg']}") from None
-        return GenerationRequest(prompt=prompt, add_special_tokens=add_special, params=sampling), prompt
+        return GenerationRequest(prompt=prompt, add_special_tokens=add_special, params=sampling), prompt, plan
 
     async def generate_stream(self, raw: dict, endpoint: str, started: float | None = None) -> AsyncIterator[WorkerChunk]:
         """FastChat-style chunks with cumulative text; failures become a chunk with an error code."""
@@ -174,7 +190,12 @@ class ModelWorker:
                 err = exc.errors()[0]
                 raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR,
                                   f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
-            request, prompt = self.build_request(params)
+            forwarding = "forwarding" in self.engine.features
+            if forwarding:  # an upstream server does it all: forward the request as it came
+                request, prompt, reader = None, params.prompt or "", None
+            else:
+                request, prompt, plan = self.build_request(params)
+                reader = plan.reader() if plan is not None else None
             limit = self.settings.limit_worker_concurrency + self.settings.max_queue_length
             if self.in_flight >= limit:
                 raise WorkerError(ErrorCode.ENGINE_OVERLOADED,
@@ -183,22 +204,41 @@ class ModelWorker:
             admitted = True
             prefix = prompt if params.echo else ""
             async with self._slots:
+                if forwarding:
+                    first = True
+                    async for out in self.engine.forward(params.model_dump(exclude_none=True)):
+                        if first and (out.get("text") or out.get("tool_calls")):
+                            metrics.observe_ttft(endpoint, started)
+                            first = False
+                        if out.get("usage"):
+                            u = out["usage"]
+                            metrics.observe_tokens(self.settings.model_names[0], u["prompt_tokens"], u["completion_tokens"])
+                        yield WorkerChunk(**out)
+                    return
                 steps = 0
                 first = True
+                logprobs: list[dict] = []  # not yet sent
                 async for chunk in self.engine.generate_stream(request):
                     text += chunk.text
                     steps += 1
+                    if chunk.logprobs:
+                        logprobs += [lp.model_dump() for lp in chunk.logprobs]
                     if chunk.text and first:
                         metrics.observe_ttft(endpoint, started)
                         first = False
                     if chunk.finish_reason is not None:
                         usage = chunk.usage
                         metrics.observe_tokens(self.settings.model_names[0], usage.prompt_tokens, usage.completion_tokens)
-                        yield WorkerChunk(text=prefix + text, finish_reason=chunk.finish_reason, usage={
+                        content, calls, finish = (text, None, chunk.finish_reason) if reader is None \
+                            else reader.final(text, chunk.finish_reason)
+                        yield WorkerChunk(text=prefix + content, finish_reason=finish, tool_calls=calls,
+                                          token_logprobs=logprobs or None, usage={
                             "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                             "total_tokens": usage.total_tokens})
                     elif steps % self.settings.stream_interval == 0 and chunk.text:
-                        yield WorkerChunk(text=prefix + text)
+                        content, calls = (text, None) if reader is None else reader.partial(text)
+                        yield WorkerChunk(text=prefix + content, tool_calls=calls, token_logprobs=logprobs or None)
+                        logprobs = []
         except WorkerError as exc:
             outcome = exc.code
             yield WorkerChunk(text=exc.message, error_code=exc.code)
@@ -208,9 +248,9 @@ class ModelWorker:
         except InvalidRequestError as exc:
             outcome = ErrorCode.PARAM_OUT_OF_RANGE
             yield WorkerChunk(text=str(exc), error_code=ErrorCode.PARAM_OUT_OF_RANGE)
-        except ParleyError as exc:
-            outcome = ErrorCode.INTERNAL_ERROR
-            yield WorkerChunk(text=str(exc), error_code=ErrorCode.INTERNAL_ERROR)
+        except ParleyError as exc:  # an upstream's 429 stays a 429
+            outcome = ErrorCode.ENGINE_OVERLOADED if getattr(exc, "status", None) == 429 else ErrorCode.INTERNAL_ERROR
+            yield WorkerChunk(text=str(exc), error_code=outcome)
         except Exception as exc:  # an engine bug must reach the client as an error, not a hung stream
             log.exception("generation failed")
             outcome = ErrorCode.INTERNAL_ERROR

@@ -23,39 +23,16 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
-from parley.engines.base import EngineStats, FinishReason, SamplingParams
-from parley.engines.hf.sampling import RequestSampler
+from parley.engines.base import EngineStats
+from parley.engines.sampling import RequestSampler, SequenceState, advance_rows
 from parley.errors import EngineClosedError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TokenEvent:
-    token_ids: list[int]
-    finish: FinishReason | None = None
-    hidden_last: bool = False  # the last token ends generation and is not shown
-
-
-Emit = Callable[[Any], None]  # receives TokenEvent or an exception; must be thread-safe
-
-
-@dataclass(eq=False)
-class SequenceState:
-    prompt_ids: list[int]
-    params: SamplingParams
-    max_new_tokens: int
-    stop_ids: frozenset[int]
-    emit: Emit
-    generated: list[int] = field(default_factory=list)
-    cancelled: bool = False  # set by the consumer (client gone, stop string found)
-    sampler: RequestSampler | None = None
 
 
 class _Batch:
@@ -115,7 +92,8 @@ class ContinuousBatcher:
     def submit(self, seq: SequenceState) -> None:
         if self._closed.is_set():
             raise EngineClosedError("the engine is shut down")
-        seq.sampler = RequestSampler(seq.params, self._device)
+        if seq.sampler is None:
+            seq.sampler = RequestSampler(seq.params, self._device)
         self._inbox.put(seq)
 
     def call(self, fn: Callable[[], Any]) -> Future:
@@ -238,30 +216,15 @@ class ContinuousBatcher:
 
     def _advance(self, batch: _Batch, logits: torch.Tensor) -> _Batch | None:
         """Choose each row's next token, emit it, and drop the rows that finished."""
-        greedy = logits.argmax(-1).tolist()
-        keep: list[int] = []
-        for row, seq in enumerate(batch.seqs):
-            assert seq.sampler is not None
-            token = seq.sampler.choose(logits[row : row + 1], seq.prompt_ids + seq.generated) if seq.sampler.needs_row else greedy[row]
-            seq.generated.append(token)
-            finish: FinishReason | None = None
-            if token in seq.stop_ids:
-                finish = "stop"
-            elif len(seq.generated) >= seq.max_new_tokens:
-                finish = "length"
-            try:
-                seq.emit(TokenEvent([token], finish, hidden_last=finish == "stop"))
-            except RuntimeError:  # the consumer's event loop is gone
-                seq.cancelled = True
-            if finish is None and not seq.cancelled:
-                keep.append(row)
-            elif finish is not None:
-                self.stats.requests_finished += 1
+        keep = advance_rows(batch.seqs, logits, self._finished_one)
         if not keep:
             return None
         if len(keep) < len(batch):
             batch.keep(keep)
         return batch
+
+    def _finished_one(self) -> None:
+        self.stats.requests_finished += 1
 
     def _fail_all(self, exc: BaseException) -> None:
         seqs = (self._batch.seqs if self._batch else []) + list(self._waiting)

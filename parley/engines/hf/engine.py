@@ -17,8 +17,9 @@ from parley.engines.base import (
     GenerationRequest,
     ModelInfo,
 )
-from parley.engines.hf.batching import ContinuousBatcher, SequenceState
+from parley.engines.hf.batching import ContinuousBatcher
 from parley.engines.hf.loading import LoadPlan, load_model_and_tokenizer
+from parley.engines.sampling import SequenceState, VocabularyTools
 from parley.errors import ContextLengthError
 from parley.models.source import ModelSource
 
@@ -48,6 +49,7 @@ def eos_ids_of(model, tokenizer) -> frozenset[int]:
 
 class TransformersEngine(Engine):
     name = "transformers"
+    features = frozenset({"logprobs", "penalties", "guided"})
 
     def __init__(self, model, tokenizer, model_name: str, plan: LoadPlan, max_batch_size: int = 32):
         self._model = model
@@ -67,6 +69,13 @@ class TransformersEngine(Engine):
             num_parameters=sum(p.numel() for p in model.parameters()),
         )
         self._batcher = ContinuousBatcher(model, plan.device, max_batch_size=max_batch_size)
+        vocab_size = model.config.get_text_config().vocab_size
+        self._vocab = VocabularyTools(lambda: self._grammar_factory(vocab_size))
+
+    def _grammar_factory(self, vocab_size: int):
+        from parley.engines.guided import GrammarFactory
+
+        return GrammarFactory.from_hf(self._tokenizer, vocab_size, self._eos_ids)
 
     @classmethod
     def create(cls, source: ModelSource, options: EngineOptions) -> TransformersEngine:
@@ -107,6 +116,7 @@ class TransformersEngine(Engine):
             max_new_tokens=min(params.max_new_tokens, self._context_length - len(prompt_ids)),
             stop_ids=frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self._eos_ids),
             emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            sampler=await self._vocab.sampler(params, self._device),
         )
         assembler = OutputAssembler(self._decode, params.stop, len(prompt_ids))
         self._batcher.submit(seq)
@@ -115,7 +125,7 @@ class TransformersEngine(Engine):
                 event = await events.get()
                 if isinstance(event, BaseException):
                     raise event
-                chunk = assembler.push(event.token_ids, event.finish, event.hidden_last)
+                chunk = assembler.push(event.token_ids, event.finish, event.hidden_last, event.logprobs)
                 if chunk is not None:
                     yield chunk
         finally:

@@ -1,0 +1,418 @@
+"""`LlamaCppEngine`: GGUF models through llama-cpp-python, with continuous batching.
+
+One thread owns the llama.cpp context. Each step puts one decode token for every running
+sequence and as much of the waiting prompts as fits (`n_batch`) into a single `llama_decode`;
+each sequence lives under its own sequence id in a KV cache shared by all of them (`--n-ctx`
+cells in total). Tokens are chosen by the same per-request sampler as the transformers
+engine, so sampling, penalties, grammars and log-probabilities behave identically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from parley.engines.assembler import OutputAssembler
+from parley.engines.base import (
+    EmbeddingResult,
+    Engine,
+    EngineOptions,
+    EngineStats,
+    GenerationChunk,
+    GenerationRequest,
+    ModelInfo,
+)
+from parley.engines.sampling import SequenceState, TokenEvent, VocabularyTools, advance_rows
+from parley.errors import ContextLengthError, EngineClosedError, ParleyError
+from parley.models.source import ModelSource, SourceKind
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CTX = 8192
+
+
+EMBED_MAX_TOKENS = 2048  # one micro-batch per text when embedding
+
+
+def _llama_cpp():
+    try:
+        import llama_cpp
+        import llama_cpp._logger
+    except ImportError:
+        raise ParleyError("the llamacpp engine needs llama-cpp-python: pip install 'parley[llamacpp]'") from None
+    # llama.cpp logs every tensor it sets up; keep its errors only, unless parley runs at DEBUG.
+    llama_cpp._logger.set_verbose(log.isEnabledFor(logging.DEBUG))
+    return llama_cpp
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A sequence and its place in the KV cache."""
+
+    seq: SequenceState
+    seq_id: int
+    n_past: int = 0  # tokens of this sequence already in the KV cache
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_past < len(self.seq.prompt_ids)
+
+
+class LlamaCppBatcher:
+    def __init__(self, model, ctx, n_vocab: int, n_batch: int, n_seq: int):
+        self._lib = _llama_cpp()
+        self._model, self._ctx = model, ctx
+        self._n_vocab = n_vocab
+        self._n_batch = n_batch
+        self._n_ctx = ctx.n_ctx()
+        self._free_ids = list(range(n_seq))
+        self._batch = self._lib.llama_batch_init(max(n_batch, n_seq), 0, 1)
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        self._waiting: deque[SequenceState] = deque()
+        self._running: list[_Slot] = []
+        self._closed = threading.Event()
+        self.stats = EngineStats()
+        self._thread = threading.Thread(target=self._run, name="parley-llamacpp", daemon=True)
+        self._thread.start()
+
+    # ---- called from other threads -------------------------------------------------
+    def submit(self, seq: SequenceState) -> None:
+        if self._closed.is_set():
+            raise EngineClosedError("the engine is shut down")
+        self._inbox.put(seq)
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        fut: Future = Future()
+        self._inbox.put((fn, fut))
+        return fut
+
+    def snapshot(self) -> EngineStats:
+        stats = self.stats.model_copy()
+        stats.running = len(self._running)
+        stats.waiting = len(self._waiting) + self._inbox.qsize()
+        return stats
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._closed.set()
+        self._inbox.put(None)
+        self._thread.join(timeout)
+        self._lib.llama_batch_free(self._batch)
+
+    # ---- the model thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            self._collect(block=not self._running and not self._waiting)
+            if self._closed.is_set():
+                self._fail_all(EngineClosedError("the engine was shut down"))
+                return
+            try:
+                self._admit()
+                if self._running:
+                    self._step()
+            except Exception as exc:  # a failed step fails its requests, not the engine
+                log.exception("llama.cpp step failed")
+                self._fail_all(exc)
+
+    def _collect(self, block: bool) -> None:
+        try:
+            item = self._inbox.get(block=block)
+        except queue.Empty:
+            return
+        while True:
+            if isinstance(item, SequenceState):
+                self._waiting.append(item)
+            elif isinstance(item, tuple):
+                fn, fut = item
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn())
+                    except Exception as exc:
+                        fut.set_exception(exc)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _cells_in_use(self) -> int:
+        return sum(len(s.seq.prompt_ids) + len(s.seq.generated) for s in self._running)
+
+    def _admit(self) -> None:
+        used = self._cells_in_use()
+        while self._waiting and self._free_ids:
+            seq = self._waiting[0]
+            if seq.cancelled:
+                self._waiting.popleft()
+                continue
+            if self._running and used + len(seq.prompt_ids) + len(self._running) + 1 > self._n_ctx:
+                break  # the KV cache is full: wait for running sequences to finish
+            self._waiting.popleft()
+            if self._running:
+                self.stats.joined_running_batch += 1
+            self._running.append(_Slot(seq, self._free_ids.pop()))
+            used += len(seq.prompt_ids)
+
+    def _release(self, slot: _Slot) -> None:
+        self._lib.llama_memory_seq_rm(self._ctx.memory, slot.seq_id, -1, -1)
+        self._free_ids.append(slot.seq_id)
+
+    def _step(self) -> None:
+        live = []
+        for slot in self._running:
+            if slot.seq.cancelled:
+                self._release(slot)
+            else:
+                live.append(slot)
+        self._running = live
+        if not live:
+            return
+        # One shared cache: when it is about to overflow, the longest sequence ends at its length limit.
+        while len(self._running) > 1 and self._cells_in_use() + len(self._running) > self._n_ctx:
+            longest = max(self._running, key=lambda s: len(s.seq.prompt_ids) + len(s.seq.generated))
+            self._finish_for_length(longest)
+        batch, n = self._batch, 0
+        sampled: list[tuple[_Slot, int]] = []  # slots that get a token this step, with their logits row
+
+        def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n], batch.pos[n] = token, pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq_id
+            batch.logits[n] = logits
+            n += 1
+
+        decoding = [s for s in self._running if not s.prefilling]
+        for slot in decoding:
+            add(slot.seq.generated[-1], slot.n_past, slot.seq_id, True)
+            slot.n_past += 1
+            sampled.append((slot, n - 1))
+        budget = self._n_batch - n
+        prefilled = False
+        for slot in self._running:
+            if budget <= 0:
+                break
+            if not slot.prefilling:
+                continue
+            prompt = slot.seq.prompt_ids
+            chunk = prompt[slot.n_past: slot.n_past + budget]
+            for i, token in enumerate(chunk):
+                last = slot.n_past + i == len(prompt) - 1
+                add(token, slot.n_past + i, slot.seq_id, last)
+            slot.n_past += len(chunk)
+            budget -= len(chunk)
+            prefilled = True
+            if not slot.prefilling:
+                sampled.append((slot, n - 1))
+        batch.n_tokens = n
+        code = self._lib.llama_decode(self._ctx.ctx, batch)
+        if code != 0:
+            raise RuntimeError(f"llama_decode returned {code}")
+        if prefilled:
+            self.stats.prefill_batches += 1
+        if decoding:
+            self.stats.decode_steps += 1
+            self.stats.decode_tokens += len(decoding)
+            self.stats.max_batch_size_seen = max(self.stats.max_batch_size_seen, len(decoding))
+        if not sampled:
+            return
+        rows = np.empty((len(sampled), self._n_vocab), dtype=np.float32)
+        for r, (_, index) in enumerate(sampled):
+            ptr = self._lib.llama_get_logits_ith(self._ctx.ctx, index)
+            rows[r] = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        slots = [slot for slot, _ in sampled]
+        keep = set(advance_rows([s.seq for s in slots], torch.from_numpy(rows), self._finished_one))
+        for i, slot in enumerate(slots):
+            if i not in keep:
+                self._running.remove(slot)
+                self._release(slot)
+
+    def _finished_one(self) -> None:
+        self.stats.requests_finished += 1
+
+    def _finish_for_length(self, slot: _Slot) -> None:
+        self._running.remove(slot)
+        self._release(slot)
+        try:
+            slot.seq.emit(TokenEvent([], "length"))
+        except RuntimeError:
+            pass
+        self._finished_one()
+
+    def _fail_all(self, exc: BaseException) -> None:
+        seqs = [s.seq for s in self._running] + list(self._waiting)
+        for slot in self._running:
+            self._release(slot)
+        self._running = []
+        self._waiting.clear()
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, SequenceState):
+                seqs.append(item)
+            elif isinstance(item, tuple):
+                item[1].set_exception(exc)
+        for seq in seqs:
+            try:
+                seq.emit(exc)
+            except RuntimeError:
+                pass
+
+
+class LlamaCppEngine(Engine):
+    name = "llamacpp"
+    features = frozenset({"logprobs", "penalties", "guided"})
+
+    def __init__(self, gguf_path: str, model_name: str, options: EngineOptions):
+        lib = _llama_cpp()
+        from llama_cpp import _internals
+
+        self._lib = lib
+        model_params = lib.llama_model_default_params()
+        model_params.n_gpu_layers = 0x7FFFFFFF if options.n_gpu_layers < 0 else options.n_gpu_layers
+        self._model = _internals.LlamaModel(path_model=gguf_path, params=model_params, verbose=False)
+        model = self._model
+        self._n_vocab = model.n_vocab()
+        self._context_length = min(model.n_ctx_train(), options.n_ctx or DEFAULT_MAX_CTX)
+        n_seq = min(options.max_batch_size, lib.llama_max_parallel_sequences())
+        self._threads = options.n_threads or os.cpu_count() or 1
+        ctx_params = lib.llama_context_default_params()
+        ctx_params.n_ctx = options.n_ctx or self._context_length
+        ctx_params.n_batch = ctx_params.n_ubatch = max(512, n_seq)
+        ctx_params.n_seq_max = n_seq
+        ctx_params.kv_unified = True
+        ctx_params.n_threads = ctx_params.n_threads_batch = self._threads
+        self._ctx = _internals.LlamaContext(model=model, params=ctx_params, verbose=False)
+        self._embed_ctx = None
+        self._eos_ids = frozenset(t for t in range(self._n_vocab) if lib.llama_vocab_is_eog(model.vocab, t))
+        self._add_bos = model.add_bos_token()
+        meta = model.metadata()
+        self._info = ModelInfo(
+            name=model_name, engine=self.name, context_length=self._context_length,
+            chat_template=meta.get("tokenizer.chat_template"),
+            bos_token=self._token_text(model.token_bos()), eos_token=self._token_text(model.token_eos()),
+            device="cuda" if options.n_gpu_layers else "cpu", dtype=meta.get("general.file_type", "gguf"),
+            num_parameters=model.n_params(),
+        )
+        self._batcher = LlamaCppBatcher(model, self._ctx, self._n_vocab, ctx_params.n_batch, n_seq)
+        self._vocab = VocabularyTools(self._grammar_factory)
+
+    def _grammar_factory(self):
+        from parley.engines.guided import GrammarFactory
+
+        return GrammarFactory.from_llamacpp(self._model.vocab, self._n_vocab, self._eos_ids)
+
+    def _token_text(self, token: int) -> str | None:
+        return None if token < 0 else self._model.token_get_text(token)
+
+    @classmethod
+    def create(cls, source: ModelSource, options: EngineOptions) -> LlamaCppEngine:
+        if source.kind != SourceKind.GGUF:
+            raise ParleyError(f"the llamacpp engine serves GGUF files; {source.location!r} is not one "
+                              "(use --engine transformers for Hugging Face models)")
+        return cls(source.location, options.model_name or source.name, options)
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return self._info
+
+    def stats(self) -> EngineStats:
+        return self._batcher.snapshot()
+
+    def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        return self._model.tokenize(text.encode(), add_bos=add_special_tokens and self._add_bos, special=True)
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = self._lib.llama_token_to_piece(self._model.vocab, token, buf, len(buf), 0, False)
+        return bytes(buf[: max(n, 0)])
+
+    def _decode(self, ids) -> str:
+        return b"".join(self._piece(t) for t in ids).decode("utf-8", errors="replace")
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        params = request.params
+        prompt_ids = request.prompt_token_ids or self._encode(request.prompt or "", request.add_special_tokens)
+        if len(prompt_ids) >= self._context_length:
+            raise ContextLengthError(len(prompt_ids), self._context_length)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        seq = SequenceState(
+            prompt_ids=list(prompt_ids), params=params,
+            max_new_tokens=min(params.max_new_tokens, self._context_length - len(prompt_ids)),
+            stop_ids=frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self._eos_ids),
+            emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            sampler=await self._vocab.sampler(params, "cpu"),
+        )
+        assembler = OutputAssembler(self._decode, params.stop, len(prompt_ids))
+        self._batcher.submit(seq)
+        try:
+            while not assembler.finished:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                chunk = assembler.push(event.token_ids, event.finish, event.hidden_last, event.logprobs)
+                if chunk is not None:
+                    yield chunk
+        finally:
+            seq.cancelled = True
+
+    async def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
+        return len(self._encode(text, add_special_tokens))
+
+    async def embed(self, texts: list[str]) -> EmbeddingResult:
+        """Mean-pooled, normalized embeddings from a second context in embedding mode."""
+        if not texts:
+            return EmbeddingResult(embeddings=[], prompt_tokens=0)
+        return await asyncio.wrap_future(self._batcher.call(lambda: self._embed_now(texts)))
+
+    def _embed_now(self, texts: list[str]) -> EmbeddingResult:
+        lib = self._lib
+        from llama_cpp import _internals
+
+        limit = min(self._context_length, EMBED_MAX_TOKENS)
+        encoded = [self._encode(t, True) for t in texts]
+        for ids in encoded:
+            if len(ids) > limit:
+                raise ContextLengthError(len(ids), limit)
+        if self._embed_ctx is None:
+            params = lib.llama_context_default_params()
+            params.n_ctx = params.n_batch = params.n_ubatch = limit
+            params.embeddings = True
+            params.pooling_type = lib.LLAMA_POOLING_TYPE_MEAN
+            params.n_threads = params.n_threads_batch = self._threads
+            self._embed_ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
+        ctx = self._embed_ctx
+        n_embd = self._model.n_embd()
+        batch = lib.llama_batch_init(limit, 0, 1)
+        vectors = []
+        try:
+            for ids in encoded:
+                lib.llama_memory_clear(ctx.memory, True)
+                batch.n_tokens = len(ids)
+                for i, token in enumerate(ids):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = True
+                if lib.llama_decode(ctx.ctx, batch) != 0:
+                    raise RuntimeError("llama_decode failed while embedding")
+                vec = np.ctypeslib.as_array(lib.llama_get_embeddings_seq(ctx.ctx, 0), shape=(n_embd,)).astype(np.float64)
+                vectors.append((vec / (np.linalg.norm(vec) or 1.0)).tolist())
+        finally:
+            lib.llama_batch_free(batch)
+        return EmbeddingResult(embeddings=vectors, prompt_tokens=sum(len(ids) for ids in encoded))
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._batcher.close)
