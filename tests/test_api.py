@@ -376,4 +376,4 @@ def test_parley_bench_measures_a_server(stack, tmp_path):
     assert all(lv["tokens_per_s"] > 0 and lv["ttft_ms"]["p50"] > 0 for lv in levels)
     wrong = run_parley("bench", "--base-url", stack["api"].url + "/v1", "--model", REAL, "--num-requests", "1",
                        "--concurrency", "1", timeout=120)  # no key: every request fails
-    assert wrong.returncode == 2 and "every request failed" in wrong.stderr
+    assert wrong.returncode == 2 and "every plain request failed" in wrong.stderr

@@ -208,3 +208,17 @@ def test_frequency_and_presence_penalties_cut_repetition(client):
             temperature=0, **penalties).choices[0].message.content
 
     assert chat(presence_penalty=2.0) != chat()
+
+
+def test_bench_measures_constrained_decoding_against_plain(engine_stack, tmp_path):
+    from tests.conftest import run_parley
+
+    out = tmp_path / "bench.json"
+    result = run_parley("bench", "--base-url", engine_stack[1].url + "/v1", "--model", MODEL, "--concurrency", "2",
+                        "--max-tokens", "12", "--num-requests", "2", "--ignore-eos", "--response-format", "json",
+                        "--tools", "--output", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "vs plain" in result.stdout
+    runs = json.loads(out.read_text())
+    assert [r["mode"] for r in runs] == ["plain", "json", "tools"]
+    assert all(r["failed"] == 0 and r["output_tokens"] > 0 and r["ttft_ms"]["p50"] > 0 for r in runs)

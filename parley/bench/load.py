@@ -12,6 +12,18 @@ from pydantic import BaseModel
 
 DEFAULT_PROMPT = "Write a long story about a dragon who learns to bake bread."
 
+# The constrained modes ask for the same long text inside a structure, so their token counts
+# match the unconstrained run's and the throughput ratio measures the constraint's cost.
+STORY_SCHEMA = {"type": "object", "properties": {"title": {"type": "string", "maxLength": 60}, "story": {"type": "string"}},
+                "required": ["title", "story"], "additionalProperties": False}
+MODES: dict[str, dict] = {
+    "plain": {},
+    "json": {"response_format": {"type": "json_schema", "json_schema": {"name": "story", "schema": STORY_SCHEMA}}},
+    "tools": {"tools": [{"type": "function", "function": {"name": "publish_story", "description": "Publish a story",
+                                                          "parameters": STORY_SCHEMA}}],
+              "tool_choice": {"type": "function", "function": {"name": "publish_story"}}},
+}
+
 
 class RequestTiming(BaseModel):
     ttft_s: float
@@ -21,6 +33,7 @@ class RequestTiming(BaseModel):
 
 
 class LoadResult(BaseModel):
+    mode: str = "plain"
     concurrency: int
     requests: int
     failed: int
@@ -44,7 +57,8 @@ def percentiles(values: list[float], scale: float = 1.0) -> dict[str, float]:
     return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "mean": statistics.fmean(ordered) * scale}
 
 
-async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str, max_tokens: int, ignore_eos: bool) -> RequestTiming:
+async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str, max_tokens: int, ignore_eos: bool,
+                      mode: str = "plain") -> RequestTiming:
     started = time.perf_counter()
     first = last = None
     gaps: list[float] = []
@@ -52,12 +66,12 @@ async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str, max_t
     stream = await client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
         stream=True, stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True} if ignore_eos else None,
+        extra_body={"ignore_eos": True} if ignore_eos else None, **MODES[mode],
     )
     async for event in stream:
         if event.usage is not None:
             tokens = event.usage.completion_tokens
-        if event.choices and event.choices[0].delta.content:
+        if event.choices and (event.choices[0].delta.content or event.choices[0].delta.tool_calls):
             now = time.perf_counter()
             if first is None:
                 first = now
@@ -70,7 +84,7 @@ async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str, max_t
 
 async def run_load(base_url: str, model: str, concurrency: int, num_requests: int, max_tokens: int,
                    api_key: str | None = None, prompt: str = DEFAULT_PROMPT, ignore_eos: bool = False,
-                   on_done: Callable[[], None] | None = None) -> LoadResult:
+                   on_done: Callable[[], None] | None = None, mode: str = "plain") -> LoadResult:
     """`num_requests` requests, `concurrency` in flight at any time (each worker loop sends the next
     one as soon as its previous reply ends)."""
     client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=600)
@@ -83,7 +97,7 @@ async def run_load(base_url: str, model: str, concurrency: int, num_requests: in
         while remaining > 0:
             remaining -= 1
             try:
-                timings.append(await one_request(client, model, prompt, max_tokens, ignore_eos))
+                timings.append(await one_request(client, model, prompt, max_tokens, ignore_eos, mode))
             except openai.APIError:
                 failed += 1
             if on_done:
@@ -97,7 +111,7 @@ async def run_load(base_url: str, model: str, concurrency: int, num_requests: in
     wall = time.perf_counter() - started
     tokens = sum(t.output_tokens for t in timings)
     return LoadResult(
-        concurrency=concurrency, requests=len(timings), failed=failed, wall_s=wall, output_tokens=tokens,
+        mode=mode, concurrency=concurrency, requests=len(timings), failed=failed, wall_s=wall, output_tokens=tokens,
         tokens_per_s=tokens / wall if wall else 0.0, requests_per_s=len(timings) / wall if wall else 0.0,
         ttft_ms=percentiles([t.ttft_s for t in timings], 1000),
         itl_ms=percentiles([g for t in timings for g in t.inter_token_s], 1000),

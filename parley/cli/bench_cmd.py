@@ -26,20 +26,32 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--ignore-eos", action="store_true",
                    help="ask for exactly --max-tokens tokens (parley, vLLM; servers without it reject the field)")
+    p.add_argument("--response-format", choices=["json"], default=None,
+                   help="also run with JSON-schema constrained output and report its throughput against plain")
+    p.add_argument("--tools", action="store_true",
+                   help="also run with a forced tool call (constrained arguments) and report it against plain")
     p.add_argument("--output", default=None, help="write the results as JSON here")
     p.set_defaults(run=run)
 
 
 def results_table(results: list[LoadResult], title: str) -> Table:
     table = Table(title=title)
+    plain = {r.concurrency: r.tokens_per_s for r in results if r.mode == "plain"}
+    modes = len({r.mode for r in results}) > 1
+    if modes:
+        table.add_column("mode")
     for col in ("concurrency", "requests", "failed", "tokens/s", "req/s", "TTFT p50 ms", "TTFT p90 ms",
                 "ITL p50 ms", "ITL p90 ms", "ITL p99 ms", "latency p50 s"):
         table.add_column(col, justify="right")
+    if modes:
+        table.add_column("vs plain", justify="right")
     for r in results:
-        table.add_row(str(r.concurrency), str(r.requests), str(r.failed), f"{r.tokens_per_s:.1f}",
+        lead = [r.mode] if modes else []
+        tail = [f"{r.tokens_per_s / plain[r.concurrency]:.2f}" if plain.get(r.concurrency) else "-"] if modes else []
+        table.add_row(*lead, str(r.concurrency), str(r.requests), str(r.failed), f"{r.tokens_per_s:.1f}",
                       f"{r.requests_per_s:.2f}", f"{r.ttft_ms['p50']:.0f}", f"{r.ttft_ms['p90']:.0f}",
                       f"{r.itl_ms['p50']:.1f}", f"{r.itl_ms['p90']:.1f}", f"{r.itl_ms['p99']:.1f}",
-                      f"{r.latency_s['p50']:.2f}")
+                      f"{r.latency_s['p50']:.2f}", *tail)
     return table
 
 
@@ -50,19 +62,23 @@ def run(args: argparse.Namespace) -> int:
         raise ParleyError(f"--concurrency must be comma-separated integers, not {args.concurrency!r}") from None
     if not levels or min(levels) < 1:
         raise ParleyError("--concurrency needs at least one level >= 1")
+    modes = ["plain"] + (["json"] if args.response_format == "json" else []) + (["tools"] if args.tools else [])
     results = []
     with Progress(console=Console(stderr=True)) as progress:
         for level in levels:
-            n = args.num_requests or max(4, 2 * level)
-            task = progress.add_task(f"concurrency {level}", total=n)
-            result = asyncio.run(run_load(args.base_url, args.model, level, n, args.max_tokens, args.api_key,
-                                          args.prompt, args.ignore_eos, on_done=lambda t=task: progress.advance(t)))
-            if result.requests == 0:
-                raise ParleyError(f"every request failed at concurrency {level}; is {args.base_url} serving {args.model}?")
-            results.append(result)
+            for mode in modes:  # alternating modes per level, so drift on a shared machine hits both
+                n = args.num_requests or max(4, 2 * level)
+                task = progress.add_task(f"{mode}, concurrency {level}", total=n)
+                result = asyncio.run(run_load(args.base_url, args.model, level, n, args.max_tokens, args.api_key,
+                                              args.prompt, args.ignore_eos, on_done=lambda t=task: progress.advance(t),
+                                              mode=mode))
+                if result.requests == 0:
+                    raise ParleyError(f"every {mode} request failed at concurrency {level}; "
+                                      f"is {args.base_url} serving {args.model}?")
+                results.append(result)
     console = Console()
     if not console.is_terminal:  # a pipe or a file: do not squeeze the table into 80 columns
-        console = Console(width=160)
+        console = Console(width=200)
     console.print(results_table(results, f"{args.model} at {args.base_url}, {args.max_tokens} tokens per request"))
     if args.output:
         Path(args.output).write_text(json.dumps([r.model_dump() for r in results], indent=2))
