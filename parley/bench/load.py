@@ -10,20 +10,9 @@ from collections.abc import Callable
 import openai
 from pydantic import BaseModel
 
+from parley.bench.modes import MODES
+
 DEFAULT_PROMPT = "Write a long story about a dragon who learns to bake bread."
-
-# The constrained modes ask for the same long text inside a structure, so their token counts
-# match the unconstrained run's and the throughput ratio measures the constraint's cost.
-STORY_SCHEMA = {"type": "object", "properties": {"title": {"type": "string", "maxLength": 60}, "story": {"type": "string"}},
-                "required": ["title", "story"], "additionalProperties": False}
-MODES: dict[str, dict] = {
-    "plain": {},
-    "json": {"response_format": {"type": "json_schema", "json_schema": {"name": "story", "schema": STORY_SCHEMA}}},
-    "tools": {"tools": [{"type": "function", "function": {"name": "publish_story", "description": "Publish a story",
-                                                          "parameters": STORY_SCHEMA}}],
-              "tool_choice": {"type": "function", "function": {"name": "publish_story"}}},
-}
-
 
 class RequestTiming(BaseModel):
     ttft_s: float

@@ -1,0 +1,15 @@
+"""The request shapes `parley bench` compares: plain, JSON-schema output, a forced tool call."""
+
+from __future__ import annotations
+
+# The constrained modes ask for the same long text inside a structure, so their token counts
+# match the unconstrained run's and the throughput ratio measures the constraint's cost.
+STORY_SCHEMA = {"type": "object", "properties": {"title": {"type": "string", "maxLength": 60}, "story": {"type": "string"}},
+                "required": ["title", "story"], "additionalProperties": False}
+MODES: dict[str, dict] = {
+    "plain": {},
+    "json": {"response_format": {"type": "json_schema", "json_schema": {"name": "story", "schema": STORY_SCHEMA}}},
+    "tools": {"tools": [{"type": "function", "function": {"name": "publish_story", "description": "Publish a story",
+                                                          "parameters": STORY_SCHEMA}}],
+              "tool_choice": {"type": "function", "function": {"name": "publish_story"}}},
+}
