@@ -51,6 +51,38 @@ def client(engine_stack) -> openai.OpenAI:
     return openai.OpenAI(base_url=engine_stack[1].url + "/v1", api_key="unused", max_retries=0, timeout=300)
 
 
+def test_chat_streaming_usage_n_seed_and_stop(client):
+    plain = client.chat.completions.create(model=MODEL, messages=ASK_WEATHER, max_tokens=24, temperature=0)
+    text = plain.choices[0].message.content
+    assert text and plain.usage.completion_tokens > 0 and plain.choices[0].finish_reason in ("stop", "length")
+    pieces, usage = [], None
+    for chunk in client.chat.completions.create(model=MODEL, messages=ASK_WEATHER, max_tokens=24, temperature=0,
+                                                stream=True, stream_options={"include_usage": True}):
+        pieces += [c.delta.content or "" for c in chunk.choices]
+        usage = chunk.usage or usage
+    assert "".join(pieces) == text and usage.completion_tokens == plain.usage.completion_tokens
+    seeded = dict(model=MODEL, messages=ASK_WEATHER, max_tokens=16, temperature=1.0, n=2, seed=7)
+    first, again = client.chat.completions.create(**seeded), client.chat.completions.create(**seeded)
+    assert [c.message.content for c in first.choices] == [c.message.content for c in again.choices]
+    word = text.split()[2]
+    cut = client.chat.completions.create(model=MODEL, messages=ASK_WEATHER, max_tokens=24, temperature=0, stop=[word])
+    assert cut.choices[0].message.content == text[: text.index(word)] and cut.choices[0].finish_reason == "stop"
+
+
+def test_completions_with_echo(client):
+    reply = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0, echo=True)
+    assert reply.choices[0].text.startswith("Once upon a time") and reply.usage.completion_tokens == 6
+
+
+def test_embeddings_from_the_chat_model(client):
+    data = client.embeddings.create(model=MODEL, input=["The cat sat on the mat.", "A cat was sitting on a mat.",
+                                                        "Stock prices fell sharply."]).data
+    v = [d.embedding for d in data]
+    assert len(v[0]) == 576 and all(abs(sum(x * x for x in e) - 1) < 1e-3 for e in v)
+    cos = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    assert cos(v[0], v[1]) > cos(v[0], v[2])
+
+
 # Closed objects (additionalProperties false), as OpenAI's strict structured outputs require.
 SCHEMAS = [
     {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer"}},
