@@ -13,13 +13,8 @@ import asyncio
 import ctypes
 import logging
 import os
-import queue
-import threading
-from collections import deque
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +29,9 @@ from parley.engines.base import (
     GenerationRequest,
     ModelInfo,
 )
+from parley.engines.model_loop import ModelLoop, stream_sequence
 from parley.engines.sampling import SequenceState, TokenEvent, VocabularyTools, advance_rows
-from parley.errors import ContextLengthError, EngineClosedError, ParleyError
+from parley.errors import ContextLengthError, ParleyError
 from parley.models.source import ModelSource, SourceKind
 
 log = logging.getLogger(__name__)
@@ -70,8 +66,11 @@ class _Slot:
         return self.n_past < len(self.seq.prompt_ids)
 
 
-class LlamaCppBatcher:
+class LlamaCppBatcher(ModelLoop):
+    thread_name = "parley-llamacpp"
+
     def __init__(self, model, ctx, n_vocab: int, n_batch: int, n_seq: int):
+        super().__init__("cpu")
         self._lib = _llama_cpp()
         self._model, self._ctx = model, ctx
         self._n_vocab = n_vocab
@@ -79,71 +78,21 @@ class LlamaCppBatcher:
         self._n_ctx = ctx.n_ctx()
         self._free_ids = list(range(n_seq))
         self._batch = self._lib.llama_batch_init(max(n_batch, n_seq), 0, 1)
-        self._inbox: queue.Queue[Any] = queue.Queue()
-        self._waiting: deque[SequenceState] = deque()
         self._running: list[_Slot] = []
-        self._closed = threading.Event()
-        self.stats = EngineStats()
-        self._thread = threading.Thread(target=self._run, name="parley-llamacpp", daemon=True)
-        self._thread.start()
+        self.start()
 
-    # ---- called from other threads -------------------------------------------------
-    def submit(self, seq: SequenceState) -> None:
-        if self._closed.is_set():
-            raise EngineClosedError("the engine is shut down")
-        self._inbox.put(seq)
+    def running_count(self) -> int:
+        return len(self._running)
 
-    def call(self, fn: Callable[[], Any]) -> Future:
-        fut: Future = Future()
-        self._inbox.put((fn, fut))
-        return fut
+    def _take_running(self) -> list[SequenceState]:
+        seqs = [s.seq for s in self._running]
+        for slot in self._running:
+            self._release(slot)
+        self._running = []
+        return seqs
 
-    def snapshot(self) -> EngineStats:
-        stats = self.stats.model_copy()
-        stats.running = len(self._running)
-        stats.waiting = len(self._waiting) + self._inbox.qsize()
-        return stats
-
-    def close(self, timeout: float = 10.0) -> None:
-        self._closed.set()
-        self._inbox.put(None)
-        self._thread.join(timeout)
+    def _on_close(self) -> None:
         self._lib.llama_batch_free(self._batch)
-
-    # ---- the model thread ---------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            self._collect(block=not self._running and not self._waiting)
-            if self._closed.is_set():
-                self._fail_all(EngineClosedError("the engine was shut down"))
-                return
-            try:
-                self._admit()
-                if self._running:
-                    self._step()
-            except Exception as exc:  # a failed step fails its requests, not the engine
-                log.exception("llama.cpp step failed")
-                self._fail_all(exc)
-
-    def _collect(self, block: bool) -> None:
-        try:
-            item = self._inbox.get(block=block)
-        except queue.Empty:
-            return
-        while True:
-            if isinstance(item, SequenceState):
-                self._waiting.append(item)
-            elif isinstance(item, tuple):
-                fn, fut = item
-                if fut.set_running_or_notify_cancel():
-                    try:
-                        fut.set_result(fn())
-                    except Exception as exc:
-                        fut.set_exception(exc)
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return
 
     def _cells_in_use(self) -> int:
         return sum(len(s.seq.prompt_ids) + len(s.seq.generated) for s in self._running)
@@ -237,9 +186,6 @@ class LlamaCppBatcher:
                 self._running.remove(slot)
                 self._release(slot)
 
-    def _finished_one(self) -> None:
-        self.stats.requests_finished += 1
-
     def _finish_for_length(self, slot: _Slot) -> None:
         self._running.remove(slot)
         self._release(slot)
@@ -248,27 +194,6 @@ class LlamaCppBatcher:
         except RuntimeError:
             pass
         self._finished_one()
-
-    def _fail_all(self, exc: BaseException) -> None:
-        seqs = [s.seq for s in self._running] + list(self._waiting)
-        for slot in self._running:
-            self._release(slot)
-        self._running = []
-        self._waiting.clear()
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, SequenceState):
-                seqs.append(item)
-            elif isinstance(item, tuple):
-                item[1].set_exception(exc)
-        for seq in seqs:
-            try:
-                seq.emit(exc)
-            except RuntimeError:
-                pass
 
 
 class LlamaCppEngine(Engine):
@@ -347,27 +272,18 @@ class LlamaCppEngine(Engine):
         prompt_ids = request.prompt_token_ids or self._encode(request.prompt or "", request.add_special_tokens)
         if len(prompt_ids) >= self._context_length:
             raise ContextLengthError(len(prompt_ids), self._context_length)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-        seq = SequenceState(
-            prompt_ids=list(prompt_ids), params=params,
-            max_new_tokens=min(params.max_new_tokens, self._context_length - len(prompt_ids)),
-            stop_ids=frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self._eos_ids),
-            emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-            sampler=await self._vocab.sampler(params, "cpu"),
-        )
+        sampler = await self._vocab.sampler(params, "cpu")
+
+        def new_sequence(emit) -> SequenceState:
+            return SequenceState(
+                prompt_ids=list(prompt_ids), params=params,
+                max_new_tokens=min(params.max_new_tokens, self._context_length - len(prompt_ids)),
+                stop_ids=frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self._eos_ids),
+                emit=emit, sampler=sampler)
+
         assembler = OutputAssembler(self._decode, params.stop, len(prompt_ids))
-        self._batcher.submit(seq)
-        try:
-            while not assembler.finished:
-                event = await events.get()
-                if isinstance(event, BaseException):
-                    raise event
-                chunk = assembler.push(event.token_ids, event.finish, event.hidden_last, event.logprobs)
-                if chunk is not None:
-                    yield chunk
-        finally:
-            seq.cancelled = True
+        async for chunk in stream_sequence(self._batcher, new_sequence, assembler):
+            yield chunk
 
     async def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
         return len(self._encode(text, add_special_tokens))

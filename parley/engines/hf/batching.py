@@ -17,22 +17,11 @@ penalty, which requests here need.
 
 from __future__ import annotations
 
-import logging
-import queue
-import threading
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future
-from typing import Any
-
 import torch
 from transformers import DynamicCache
 
-from parley.engines.base import EngineStats
-from parley.engines.sampling import RequestSampler, SequenceState, advance_rows
-from parley.errors import EngineClosedError
-
-log = logging.getLogger(__name__)
+from parley.engines.model_loop import ModelLoop
+from parley.engines.sampling import SequenceState, advance_rows
 
 
 class _Batch:
@@ -74,82 +63,25 @@ class _Batch:
         self.seqs = [self.seqs[i] for i in rows]
 
 
-class ContinuousBatcher:
+class ContinuousBatcher(ModelLoop):
+    thread_name = "parley-batcher"
+
     def __init__(self, model, device: str, max_batch_size: int = 32, max_prefill_tokens: int = 8192):
+        super().__init__(device)
         self._model = model
-        self._device = device
         self._max_batch = max_batch_size
         self._max_prefill_tokens = max_prefill_tokens
-        self._inbox: queue.Queue[Any] = queue.Queue()
-        self._waiting: deque[SequenceState] = deque()
         self._batch: _Batch | None = None
-        self._closed = threading.Event()
-        self.stats = EngineStats()
-        self._thread = threading.Thread(target=self._run, name="parley-batcher", daemon=True)
-        self._thread.start()
+        self.start()
 
-    # ---- called from other threads -------------------------------------------------
-    def submit(self, seq: SequenceState) -> None:
-        if self._closed.is_set():
-            raise EngineClosedError("the engine is shut down")
-        if seq.sampler is None:
-            seq.sampler = RequestSampler(seq.params, self._device)
-        self._inbox.put(seq)
-
-    def call(self, fn: Callable[[], Any]) -> Future:
-        """Run `fn` on the model thread between steps (embeddings, token counting with the model)."""
-        fut: Future = Future()
-        self._inbox.put((fn, fut))
-        return fut
-
-    def snapshot(self) -> EngineStats:
-        """The counters, with the running/waiting gauges read now."""
-        stats = self.stats.model_copy()
+    def running_count(self) -> int:
         batch = self._batch
-        stats.running = len(batch) if batch is not None else 0
-        stats.waiting = len(self._waiting) + self._inbox.qsize()
-        return stats
+        return len(batch) if batch is not None else 0
 
-    def close(self, timeout: float = 10.0) -> None:
-        self._closed.set()
-        self._inbox.put(None)
-        self._thread.join(timeout)
-
-    # ---- the model thread ---------------------------------------------------------------
-    def _run(self) -> None:
-        with torch.inference_mode():
-            while True:
-                self._collect(block=self._batch is None and not self._waiting)
-                if self._closed.is_set():
-                    self._fail_all(EngineClosedError("the engine was shut down"))
-                    return
-                try:
-                    self._admit()
-                    if self._batch is not None:
-                        self._decode_step()
-                except Exception as exc:  # a failed step fails its requests, not the engine
-                    log.exception("batch step failed")
-                    self._fail_all(exc)
-
-    def _collect(self, block: bool) -> None:
-        try:
-            item = self._inbox.get(block=block)
-        except queue.Empty:
-            return
-        while True:
-            if isinstance(item, SequenceState):
-                self._waiting.append(item)
-            elif isinstance(item, tuple):
-                fn, fut = item
-                if fut.set_running_or_notify_cancel():
-                    try:
-                        fut.set_result(fn())
-                    except Exception as exc:
-                        fut.set_exception(exc)
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return
+    def _take_running(self) -> list[SequenceState]:
+        seqs = self._batch.seqs if self._batch else []
+        self._batch = None
+        return seqs
 
     def _admit(self) -> None:
         running = len(self._batch) if self._batch else 0
@@ -194,7 +126,7 @@ class ContinuousBatcher:
         batch = _Batch(out.past_key_values, mask, seqs)
         return self._advance(batch, out.logits[:, -1, :])
 
-    def _decode_step(self) -> None:
+    def _step(self) -> None:
         batch = self._batch
         assert batch is not None
         live = [i for i, s in enumerate(batch.seqs) if not s.cancelled]
@@ -222,25 +154,3 @@ class ContinuousBatcher:
         if len(keep) < len(batch):
             batch.keep(keep)
         return batch
-
-    def _finished_one(self) -> None:
-        self.stats.requests_finished += 1
-
-    def _fail_all(self, exc: BaseException) -> None:
-        seqs = (self._batch.seqs if self._batch else []) + list(self._waiting)
-        self._batch = None
-        self._waiting.clear()
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, SequenceState):
-                seqs.append(item)
-            elif isinstance(item, tuple):
-                item[1].set_exception(exc)
-        for seq in seqs:
-            try:
-                seq.emit(exc)
-            except RuntimeError:
-                pass

@@ -19,6 +19,7 @@ from parley.engines.base import (
 )
 from parley.engines.hf.batching import ContinuousBatcher
 from parley.engines.hf.loading import LoadPlan, load_model_and_tokenizer
+from parley.engines.model_loop import stream_sequence
 from parley.engines.sampling import SequenceState, VocabularyTools
 from parley.errors import ContextLengthError
 from parley.models.source import ModelSource
@@ -108,28 +109,18 @@ class TransformersEngine(Engine):
         prompt_ids = request.prompt_token_ids or self._encode(request.prompt or "", request.add_special_tokens)
         if len(prompt_ids) >= self._context_length:
             raise ContextLengthError(len(prompt_ids), self._context_length)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-        seq = SequenceState(
-            prompt_ids=list(prompt_ids),
-            params=params,
-            max_new_tokens=min(params.max_new_tokens, self._context_length - len(prompt_ids)),
-            stop_ids=frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self._eos_ids),
-            emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-            sampler=await self._vocab.sampler(params, self._device),
-        )
+        sampler = await self._vocab.sampler(params, self._device)
+
+        def new_sequence(emit) -> SequenceState:
+            return SequenceState(
+                prompt_ids=list(prompt_ids), params=params,
+                max_new_tokens=min(params.max_new_tokens, self._context_length - len(prompt_ids)),
+                stop_ids=frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self._eos_ids),
+                emit=emit, sampler=sampler)
+
         assembler = OutputAssembler(self._decode, params.stop, len(prompt_ids))
-        self._batcher.submit(seq)
-        try:
-            while not assembler.finished:
-                event = await events.get()
-                if isinstance(event, BaseException):
-                    raise event
-                chunk = assembler.push(event.token_ids, event.finish, event.hidden_last, event.logprobs)
-                if chunk is not None:
-                    yield chunk
-        finally:
-            seq.cancelled = True  # no-op when it already finished; frees its batch row otherwise
+        async for chunk in stream_sequence(self._batcher, new_sequence, assembler):
+            yield chunk
 
     async def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
         return len(self._encode(text, add_special_tokens))

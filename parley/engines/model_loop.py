@@ -1,0 +1,166 @@
+"""The thread that owns a local model, shared by the transformers and llama.cpp engines.
+
+Requests reach it through an inbox; each iteration it takes what arrived, admits waiting
+requests into the running batch, and runs one step for the batch. Other work that needs the
+model (embeddings) runs between steps through `call`. A failed step fails the requests in it,
+not the engine. The engines say how to admit and how to step; everything else is here, along
+with `stream_sequence`, which turns a request's token events into `GenerationChunk`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+
+from parley.engines.assembler import OutputAssembler
+from parley.engines.base import EngineStats, GenerationChunk
+from parley.engines.sampling import Emit, RequestSampler, SequenceState
+from parley.errors import EngineClosedError
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoop(ABC):
+    thread_name = "parley-model"
+
+    def __init__(self, device: str = "cpu"):
+        self._device = device
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        self._waiting: deque[SequenceState] = deque()
+        self._closed = threading.Event()
+        self.stats = EngineStats()
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # ---- what an engine's loop provides ----------------------------------------------------
+    @abstractmethod
+    def running_count(self) -> int: ...
+
+    @abstractmethod
+    def _admit(self) -> None:
+        """Move requests from `self._waiting` into the running batch."""
+
+    @abstractmethod
+    def _step(self) -> None:
+        """One decoding step for the running batch."""
+
+    @abstractmethod
+    def _take_running(self) -> list[SequenceState]:
+        """Empty the running batch (freeing what it holds) and return its sequences."""
+
+    def _on_close(self) -> None:
+        """Free what the loop holds, after its thread has ended."""
+
+    # ---- called from other threads ---------------------------------------------------------
+    def submit(self, seq: SequenceState) -> None:
+        if self._closed.is_set():
+            raise EngineClosedError("the engine is shut down")
+        if seq.sampler is None:
+            seq.sampler = RequestSampler(seq.params, self._device)
+        self._inbox.put(seq)
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn` on the model thread between steps (embeddings and the like)."""
+        fut: Future = Future()
+        self._inbox.put((fn, fut))
+        return fut
+
+    def snapshot(self) -> EngineStats:
+        """The counters, with the running/waiting gauges read now."""
+        stats = self.stats.model_copy()
+        stats.running = self.running_count()
+        stats.waiting = len(self._waiting) + self._inbox.qsize()
+        return stats
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._closed.set()
+        self._inbox.put(None)
+        self._thread.join(timeout)
+        self._on_close()
+
+    # ---- the model thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                self._collect(block=self.running_count() == 0 and not self._waiting)
+                if self._closed.is_set():
+                    self._fail_all(EngineClosedError("the engine was shut down"))
+                    return
+                try:
+                    self._admit()
+                    if self.running_count():
+                        self._step()
+                except Exception as exc:  # a failed step fails its requests, not the engine
+                    log.exception("%s: step failed", self.thread_name)
+                    self._fail_all(exc)
+
+    def _collect(self, block: bool) -> None:
+        try:
+            item = self._inbox.get(block=block)
+        except queue.Empty:
+            return
+        while True:
+            if isinstance(item, SequenceState):
+                self._waiting.append(item)
+            elif isinstance(item, tuple):
+                fn, fut = item
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn())
+                    except Exception as exc:
+                        fut.set_exception(exc)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _finished_one(self) -> None:
+        self.stats.requests_finished += 1
+
+    def _fail_all(self, exc: BaseException) -> None:
+        seqs = self._take_running() + list(self._waiting)
+        self._waiting.clear()
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, SequenceState):
+                seqs.append(item)
+            elif isinstance(item, tuple):
+                item[1].set_exception(exc)
+        for seq in seqs:
+            try:
+                seq.emit(exc)
+            except RuntimeError:
+                pass
+
+
+async def stream_sequence(loop: ModelLoop, make_seq: Callable[[Emit], SequenceState],
+                          assembler: OutputAssembler) -> AsyncIterator[GenerationChunk]:
+    """Submit one request and stream its chunks; closing the stream early cancels it."""
+    aloop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    seq = make_seq(lambda event: aloop.call_soon_threadsafe(events.put_nowait, event))
+    loop.submit(seq)
+    try:
+        while not assembler.finished:
+            event = await events.get()
+            if isinstance(event, BaseException):
+                raise event
+            chunk = assembler.push(event.token_ids, event.finish, event.hidden_last, event.logprobs)
+            if chunk is not None:
+                yield chunk
+    finally:
+        seq.cancelled = True  # no-op when it already finished; frees its batch row otherwise
