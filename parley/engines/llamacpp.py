@@ -13,23 +13,17 @@ import asyncio
 import ctypes
 import logging
 import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from parley.engines.assembler import OutputAssembler
 from parley.engines.base import (
     EmbeddingResult,
-    Engine,
     EngineOptions,
-    EngineStats,
-    GenerationChunk,
-    GenerationRequest,
     ModelInfo,
 )
-from parley.engines.model_loop import ModelLoop, stream_sequence
+from parley.engines.model_loop import LocalEngine, ModelLoop
 from parley.engines.sampling import SequenceState, TokenEvent, VocabularyTools, advance_rows
 from parley.errors import ContextLengthError, ParleyError
 from parley.models.source import ModelSource, SourceKind
@@ -196,7 +190,7 @@ class LlamaCppBatcher(ModelLoop):
         self._finished_one()
 
 
-class LlamaCppEngine(Engine):
+class LlamaCppEngine(LocalEngine):
     name = "llamacpp"
     features = frozenset({"logprobs", "penalties", "guided"})
 
@@ -231,7 +225,7 @@ class LlamaCppEngine(Engine):
             device="cuda" if options.n_gpu_layers else "cpu", dtype=meta.get("general.file_type", "gguf"),
             num_parameters=model.n_params(),
         )
-        self._batcher = LlamaCppBatcher(model, self._ctx, self._n_vocab, ctx_params.n_batch, n_seq)
+        self._loop = LlamaCppBatcher(model, self._ctx, self._n_vocab, ctx_params.n_batch, n_seq)
         self._vocab = VocabularyTools(self._grammar_factory)
 
     def _grammar_factory(self):
@@ -253,9 +247,6 @@ class LlamaCppEngine(Engine):
     def model_info(self) -> ModelInfo:
         return self._info
 
-    def stats(self) -> EngineStats:
-        return self._batcher.snapshot()
-
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return self._model.tokenize(text.encode(), add_bos=add_special_tokens and self._add_bos, special=True)
 
@@ -267,32 +258,11 @@ class LlamaCppEngine(Engine):
     def _decode(self, ids) -> str:
         return b"".join(self._piece(t) for t in ids).decode("utf-8", errors="replace")
 
-    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        params = request.params
-        prompt_ids = request.prompt_token_ids or self._encode(request.prompt or "", request.add_special_tokens)
-        if len(prompt_ids) >= self._context_length:
-            raise ContextLengthError(len(prompt_ids), self._context_length)
-        sampler = await self._vocab.sampler(params, "cpu")
-
-        def new_sequence(emit) -> SequenceState:
-            return SequenceState(
-                prompt_ids=list(prompt_ids), params=params,
-                max_new_tokens=min(params.max_new_tokens, self._context_length - len(prompt_ids)),
-                stop_ids=frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self._eos_ids),
-                emit=emit, sampler=sampler)
-
-        assembler = OutputAssembler(self._decode, params.stop, len(prompt_ids))
-        async for chunk in stream_sequence(self._batcher, new_sequence, assembler):
-            yield chunk
-
-    async def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
-        return len(self._encode(text, add_special_tokens))
-
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         """Mean-pooled, normalized embeddings from a second context in embedding mode."""
         if not texts:
             return EmbeddingResult(embeddings=[], prompt_tokens=0)
-        return await asyncio.wrap_future(self._batcher.call(lambda: self._embed_now(texts)))
+        return await asyncio.wrap_future(self._loop.call(lambda: self._embed_now(texts)))
 
     def _embed_now(self, texts: list[str]) -> EmbeddingResult:
         lib = self._lib
@@ -329,6 +299,3 @@ class LlamaCppEngine(Engine):
         finally:
             lib.llama_batch_free(batch)
         return EmbeddingResult(embeddings=vectors, prompt_tokens=sum(len(ids) for ids in encoded))
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self._batcher.close)

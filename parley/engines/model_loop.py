@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from parley.engines.assembler import OutputAssembler
-from parley.engines.base import EngineStats, GenerationChunk
-from parley.engines.sampling import Emit, RequestSampler, SequenceState
-from parley.errors import EngineClosedError
+from parley.engines.base import Engine, EngineStats, GenerationChunk, GenerationRequest
+from parley.engines.sampling import Emit, RequestSampler, SequenceState, VocabularyTools
+from parley.errors import ContextLengthError, EngineClosedError
 
 log = logging.getLogger(__name__)
 
@@ -164,3 +164,47 @@ async def stream_sequence(loop: ModelLoop, make_seq: Callable[[Emit], SequenceSt
                 yield chunk
     finally:
         seq.cancelled = True  # no-op when it already finished; frees its batch row otherwise
+
+
+class LocalEngine(Engine):
+    """An engine whose model runs in this process on a `ModelLoop`: the request path is the same
+    for all of them (tokenize, check the window, build the sampler, stream the sequence)."""
+
+    _loop: ModelLoop
+    _vocab: VocabularyTools
+    _context_length: int
+    _eos_ids: frozenset[int]
+    _sampler_device: str = "cpu"
+
+    @abstractmethod
+    def _encode(self, text: str, add_special_tokens: bool) -> list[int]: ...
+
+    @abstractmethod
+    def _decode(self, ids) -> str: ...
+
+    def stats(self) -> EngineStats:
+        return self._loop.snapshot()
+
+    async def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
+        return len(self._encode(text, add_special_tokens))
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        params = request.params
+        prompt_ids = request.prompt_token_ids or self._encode(request.prompt or "", request.add_special_tokens)
+        if len(prompt_ids) >= self._context_length:
+            raise ContextLengthError(len(prompt_ids), self._context_length)
+        sampler = await self._vocab.sampler(params, self._sampler_device)
+
+        def new_sequence(emit: Emit) -> SequenceState:
+            return SequenceState(
+                prompt_ids=list(prompt_ids), params=params,
+                max_new_tokens=min(params.max_new_tokens, self._context_length - len(prompt_ids)),
+                stop_ids=frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self._eos_ids),
+                emit=emit, sampler=sampler)
+
+        assembler = OutputAssembler(self._decode, params.stop, len(prompt_ids))
+        async for chunk in stream_sequence(self._loop, new_sequence, assembler):
+            yield chunk
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._loop.close)

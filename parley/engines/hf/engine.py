@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import torch
 
-from parley.engines.assembler import OutputAssembler
 from parley.engines.base import (
     EmbeddingResult,
-    Engine,
     EngineOptions,
-    EngineStats,
-    GenerationChunk,
-    GenerationRequest,
     ModelInfo,
 )
 from parley.engines.hf.batching import ContinuousBatcher
 from parley.engines.hf.loading import LoadPlan, load_model_and_tokenizer
-from parley.engines.model_loop import stream_sequence
-from parley.engines.sampling import SequenceState, VocabularyTools
+from parley.engines.model_loop import LocalEngine
+from parley.engines.sampling import VocabularyTools
 from parley.errors import ContextLengthError
 from parley.models.source import ModelSource
 
@@ -48,14 +42,14 @@ def eos_ids_of(model, tokenizer) -> frozenset[int]:
     return frozenset(i for i in ids if i >= 0)
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(LocalEngine):
     name = "transformers"
     features = frozenset({"logprobs", "penalties", "guided"})
 
     def __init__(self, model, tokenizer, model_name: str, plan: LoadPlan, max_batch_size: int = 32):
         self._model = model
         self._tokenizer = tokenizer
-        self._device = plan.device
+        self._device = self._sampler_device = plan.device
         self._eos_ids = eos_ids_of(model, tokenizer)
         self._context_length = context_length_of(model, tokenizer)
         self._info = ModelInfo(
@@ -69,7 +63,7 @@ class TransformersEngine(Engine):
             dtype=plan.dtype + ("+int8" if plan.cpu_int8 else ""),
             num_parameters=sum(p.numel() for p in model.parameters()),
         )
-        self._batcher = ContinuousBatcher(model, plan.device, max_batch_size=max_batch_size)
+        self._loop = ContinuousBatcher(model, plan.device, max_batch_size=max_batch_size)
         vocab_size = model.config.get_text_config().vocab_size
         self._vocab = VocabularyTools(lambda: self._grammar_factory(vocab_size))
 
@@ -95,41 +89,17 @@ class TransformersEngine(Engine):
     def model(self):
         return self._model
 
-    def stats(self) -> EngineStats:
-        return self._batcher.snapshot()
-
     def _decode(self, ids) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True)
 
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return self._tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
 
-    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        params = request.params
-        prompt_ids = request.prompt_token_ids or self._encode(request.prompt or "", request.add_special_tokens)
-        if len(prompt_ids) >= self._context_length:
-            raise ContextLengthError(len(prompt_ids), self._context_length)
-        sampler = await self._vocab.sampler(params, self._device)
-
-        def new_sequence(emit) -> SequenceState:
-            return SequenceState(
-                prompt_ids=list(prompt_ids), params=params,
-                max_new_tokens=min(params.max_new_tokens, self._context_length - len(prompt_ids)),
-                stop_ids=frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self._eos_ids),
-                emit=emit, sampler=sampler)
-
-        assembler = OutputAssembler(self._decode, params.stop, len(prompt_ids))
-        async for chunk in stream_sequence(self._batcher, new_sequence, assembler):
-            yield chunk
-
-    async def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
-        return len(self._encode(text, add_special_tokens))
-
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         """Normalized mean of the last hidden states over each text's tokens (as FastChat does)."""
         if not texts:
             return EmbeddingResult(embeddings=[], prompt_tokens=0)
-        future = self._batcher.call(lambda: self._embed_now(texts))
+        future = self._loop.call(lambda: self._embed_now(texts))
         return await asyncio.wrap_future(future)
 
     def _embed_now(self, texts: list[str]) -> EmbeddingResult:
@@ -149,6 +119,3 @@ class TransformersEngine(Engine):
         mean = summed / mask.sum(1, keepdim=True)
         vectors = torch.nn.functional.normalize(mean, p=2, dim=1)
         return EmbeddingResult(embeddings=vectors.cpu().tolist(), prompt_tokens=int(mask.sum()))
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self._batcher.close)
