@@ -55,6 +55,7 @@ test-slow: $(TEST_INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/engine_throughput.py
 	$(BIN)/python benchmarks/serving_overhead.py
+	$(BIN)/python benchmarks/engines_compared.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
