@@ -35,9 +35,10 @@ def stack(tmp_path_factory):
                                     "--upstream-model", LOCAL, names=PROXIED))
         endpoints = tmp_path_factory.mktemp("endpoints") / "endpoints.json"
         endpoints.write_text(json.dumps({"api-a": {"api_base": api.url + "/v1", "model_name": LOCAL},
-                                         "api-b": {"api_base": api.url + "/v1", "model_name": LOCAL, "api_key": "x"}}))
+                                         "api-b": {"api_base": api.url + "/v1", "model_name": LOCAL, "api_key": "x"},
+                                         "api-gone": {"api_base": api.url + "/v1", "model_name": "no-such-model"}}))
         servers.append(start_worker(controller, "--engine", "openai", "--api-endpoint-file", str(endpoints),
-                                    names="api-a,api-b"))
+                                    names="api-a,api-b,api-gone"))
         if HAS_EMBEDDER:
             servers.append(start_worker(controller, "--engine", "sentence-transformers", "--model-path",
                                         "all-minilm-l6-v2", names=EMBEDDER))
@@ -91,8 +92,9 @@ def test_an_endpoint_file_registers_several_api_models_at_once(stack, client):
 
 
 def test_upstream_errors_reach_the_client(client):
-    with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model=PROXIED, messages=QUESTION, temperature=5)
+    with pytest.raises(openai.BadRequestError) as info:  # the upstream answers 404 for its model
+        client.chat.completions.create(model="api-gone", messages=QUESTION)
+    assert "upstream" in info.value.body["message"] and "no-such-model" in info.value.body["message"]
 
 
 @pytest.mark.skipif(not HAS_EMBEDDER, reason="parley[embeddings] is not installed (make installs it)")

@@ -41,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
                             repetition_penalty=args.repetition_penalty, seed=args.seed)
     except ValueError as exc:
         raise ParleyError(f"bad sampling parameter: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+    if args.engine == "openai" and not args.base_url:  # chat with the server directly: it applies its own template
+        args.base_url, args.model = args.upstream_base_url, args.model or args.upstream_model
+        args.api_key = args.api_key or args.upstream_api_key
+        if not args.base_url:
+            raise ParleyError("--engine openai needs --upstream-base-url (or use --base-url)")
     if args.base_url:
         if not args.model:
             raise ParleyError("--base-url needs --model NAME")
