@@ -85,11 +85,11 @@ def test_embeddings_from_the_chat_model(client):
 
 # Closed objects (additionalProperties false), as OpenAI's strict structured outputs require.
 SCHEMAS = [
-    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer"}},
+    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer", "minimum": 0, "maximum": 150}},
      "required": ["name", "age"], "additionalProperties": False},
     {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
                                       "country": {"type": "string", "maxLength": 30},
-                                      "population": {"type": "integer", "minimum": 0}},
+                                      "population": {"type": "integer", "minimum": 0, "maximum": 10000000000}},
      "required": ["city", "country", "population"], "additionalProperties": False},
     {"type": "object", "properties": {"sentiment": {"enum": ["positive", "negative", "neutral"]},
                                       "score": {"type": "integer", "minimum": 0, "maximum": 10}},

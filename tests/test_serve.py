@@ -11,26 +11,20 @@ import openai
 from tests.servers import REPO, free_port
 
 
-def test_serve_answers_through_the_sdk_and_stops_on_sigterm(tmp_path):
-    api_port, controller_port = free_port(), free_port()
-    log = tmp_path / "serve.log"
+def start_serve(log, *args: str) -> subprocess.Popen:
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "parley", "serve", "--port", str(api_port),
-                                 "--controller-port", str(controller_port), "--worker-port", str(free_port())],
-                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen([sys.executable, "-m", "parley", "serve", *args], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+    for _ in range(600):
+        if "Press Ctrl-C to stop" in log.read_text() or proc.poll() is not None:
+            break
+        subprocess.run(["sleep", "0.5"])
+    assert proc.poll() is None, log.read_text()
+    return proc
+
+
+def stop_serve(proc: subprocess.Popen, log) -> None:
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{api_port}/v1", api_key="none", max_retries=0)
-        for _ in range(600):
-            if "Press Ctrl-C to stop" in log.read_text() or proc.poll() is not None:
-                break
-            subprocess.run(["sleep", "0.5"])
-        assert proc.poll() is None, log.read_text()
-        text = log.read_text()
-        assert f"http://127.0.0.1:{api_port}/v1" in text
-        [model] = [m.id for m in client.models.list()]
-        reply = client.chat.completions.create(model=model, temperature=0, max_tokens=24,
-                                               messages=[{"role": "user", "content": "What is the capital of France?"}])
-        assert "Paris" in reply.choices[0].message.content
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
@@ -39,6 +33,27 @@ def test_serve_answers_through_the_sdk_and_stops_on_sigterm(tmp_path):
     assert "Traceback" not in text
     for server in ("API stopped", "worker stopped", "controller stopped", "stopped"):
         assert server in text
+
+
+def test_serve_answers_through_the_sdk_stops_on_sigterm_and_restarts_at_once(tmp_path):
+    api_port, controller_port, worker_port = free_port(), free_port(), free_port()
+    ports = ["--port", str(api_port), "--controller-port", str(controller_port), "--worker-port", str(worker_port)]
+    log = tmp_path / "serve.log"
+    proc = start_serve(log, *ports)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{api_port}/v1", api_key="none", max_retries=0)
+    assert f"http://127.0.0.1:{api_port}/v1" in log.read_text()
+    [model] = [m.id for m in client.models.list()]
+    reply = client.chat.completions.create(model=model, temperature=0, max_tokens=24,
+                                           messages=[{"role": "user", "content": "What is the capital of France?"}])
+    assert "Paris" in reply.choices[0].message.content
+    stop_serve(proc, log)
+
+    # The same ports at once (their connections are still in TIME_WAIT), with the llama.cpp engine.
+    log = tmp_path / "serve-again.log"
+    proc = start_serve(log, *ports, "--engine", "llamacpp")
+    reply = client.chat.completions.create(model=model, max_tokens=8, messages=[{"role": "user", "content": "Hi"}])
+    assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
+    stop_serve(proc, log)
 
 
 def test_serve_refuses_a_port_in_use(tmp_path):

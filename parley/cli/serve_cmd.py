@@ -67,7 +67,10 @@ class Child:
 
 
 def _port_free(host: str, port: int) -> bool:
+    """Whether a server could listen there now. SO_REUSEADDR, as uvicorn sets it, so that
+    connections of a stack stopped a moment ago (TIME_WAIT) do not count as in use."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

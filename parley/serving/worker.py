@@ -21,7 +21,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from parley.conversation.formatter import ChatFormatter
-from parley.serving.structured import ToolPlan, guided_from_response_format
 from parley.conversation.matching import DEFAULT_TEMPLATE, template_for_model_name
 from parley.conversation.templates import NAMED_TEMPLATES
 from parley.engines.base import Engine, GenerationRequest, SamplingParams
@@ -37,6 +36,7 @@ from parley.serving.protocol import (
     WorkerChunk,
     WorkerStatus,
 )
+from parley.serving.structured import ReplyReader, ToolPlan, guided_from_response_format
 
 log = logging.getLogger("parley.worker")
 
@@ -164,7 +164,8 @@ class ModelWorker:
             sampling = SamplingParams(
                 temperature=0.0 if params.temperature <= 1e-5 else params.temperature,
                 top_p=params.top_p, top_k=max(params.top_k, 0), repetition_penalty=params.repetition_penalty,
-                max_new_tokens=params.max_new_tokens or self.engine.model_info.context_length, stop=[s for s in stop if s], stop_token_ids=stop_ids,
+                max_new_tokens=params.max_new_tokens or self.engine.model_info.context_length,
+                stop=[s for s in stop if s], stop_token_ids=stop_ids,
                 seed=params.seed, ignore_eos=params.ignore_eos, presence_penalty=params.presence_penalty,
                 frequency_penalty=params.frequency_penalty, logprobs=params.logprobs, guided=guided,
             )
@@ -178,7 +179,6 @@ class ModelWorker:
         """FastChat-style chunks with cumulative text; failures become a chunk with an error code."""
         metrics = self.metrics
         started = started or time.perf_counter()
-        text = ""
         admitted = False
         outcome: int | str = 200
         try:
@@ -204,41 +204,11 @@ class ModelWorker:
             admitted = True
             prefix = prompt if params.echo else ""
             async with self._slots:
-                if forwarding:
-                    first = True
-                    async for out in self.engine.forward(params.model_dump(exclude_none=True)):
-                        if first and (out.get("text") or out.get("tool_calls")):
-                            metrics.observe_ttft(endpoint, started)
-                            first = False
-                        if out.get("usage"):
-                            u = out["usage"]
-                            metrics.observe_tokens(self.settings.model_names[0], u["prompt_tokens"], u["completion_tokens"])
-                        yield WorkerChunk(**out)
-                    return
-                steps = 0
-                first = True
-                logprobs: list[dict] = []  # not yet sent
-                async for chunk in self.engine.generate_stream(request):
-                    text += chunk.text
-                    steps += 1
-                    if chunk.logprobs:
-                        logprobs += [lp.model_dump() for lp in chunk.logprobs]
-                    if chunk.text and first:
-                        metrics.observe_ttft(endpoint, started)
-                        first = False
-                    if chunk.finish_reason is not None:
-                        usage = chunk.usage
-                        metrics.observe_tokens(self.settings.model_names[0], usage.prompt_tokens, usage.completion_tokens)
-                        content, calls, finish = (text, None, chunk.finish_reason) if reader is None \
-                            else reader.final(text, chunk.finish_reason)
-                        yield WorkerChunk(text=prefix + content, finish_reason=finish, tool_calls=calls,
-                                          token_logprobs=logprobs or None, usage={
-                            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                            "total_tokens": usage.total_tokens})
-                    elif steps % self.settings.stream_interval == 0 and chunk.text:
-                        content, calls = (text, None) if reader is None else reader.partial(text)
-                        yield WorkerChunk(text=prefix + content, tool_calls=calls, token_logprobs=logprobs or None)
-                        logprobs = []
+                chunks = self._forwarded(params, endpoint, started) if forwarding \
+                    else self._generated(request, prefix, reader, endpoint, started)
+                async with contextlib.aclosing(chunks):  # a client that leaves cancels the generation
+                    async for chunk in chunks:
+                        yield chunk
         except WorkerError as exc:
             outcome = exc.code
             yield WorkerChunk(text=exc.message, error_code=exc.code)
@@ -262,6 +232,46 @@ class ModelWorker:
                 metrics.observe_error(endpoint, outcome)
             metrics.observe_request(endpoint, outcome, started)
 
+    async def _generated(self, request: GenerationRequest, prefix: str, reader: ReplyReader | None, endpoint: str,
+                         started: float) -> AsyncIterator[WorkerChunk]:
+        """From the local engine: cumulative text (or tool calls), new log-probabilities, usage."""
+        text = ""
+        steps = 0
+        first = True
+        logprobs: list[dict] = []  # not yet sent
+        async for chunk in self.engine.generate_stream(request):
+            text += chunk.text
+            steps += 1
+            if chunk.logprobs:
+                logprobs += [lp.model_dump() for lp in chunk.logprobs]
+            if chunk.text and first:
+                self.metrics.observe_ttft(endpoint, started)
+                first = False
+            if chunk.finish_reason is not None:
+                usage = chunk.usage
+                self.metrics.observe_tokens(self.settings.model_names[0], usage.prompt_tokens, usage.completion_tokens)
+                content, calls, finish = (text, None, chunk.finish_reason) if reader is None \
+                    else reader.final(text, chunk.finish_reason)
+                yield WorkerChunk(text=prefix + content, finish_reason=finish, tool_calls=calls,
+                                  token_logprobs=logprobs or None, usage={
+                                      "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                                      "total_tokens": usage.total_tokens})
+            elif steps % self.settings.stream_interval == 0 and chunk.text:
+                content, calls = (text, None) if reader is None else reader.partial(text)
+                yield WorkerChunk(text=prefix + content, tool_calls=calls, token_logprobs=logprobs or None)
+                logprobs = []
+
+    async def _forwarded(self, params: GenerateParams, endpoint: str, started: float) -> AsyncIterator[WorkerChunk]:
+        """From an upstream server (the `openai` engine): the request goes as it came."""
+        first = True
+        async for out in self.engine.forward(params.model_dump(exclude_none=True)):
+            if first and (out.get("text") or out.get("tool_calls")):
+                self.metrics.observe_ttft(endpoint, started)
+                first = False
+            if out.get("usage"):
+                u = out["usage"]
+                self.metrics.observe_tokens(self.settings.model_names[0], u["prompt_tokens"], u["completion_tokens"])
+            yield WorkerChunk(**out)
 
 
 def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
