@@ -142,7 +142,16 @@ def advance_rows(seqs: Sequence[SequenceState], logits: torch.Tensor, on_finish:
         assert sampler is not None
         logprob = None
         if sampler.needs_row:
-            token, logprob = sampler.choose(logits[row: row + 1], seq.prompt_ids + seq.generated)
+            try:
+                token, logprob = sampler.choose(logits[row: row + 1], seq.prompt_ids + seq.generated)
+            except Exception as exc:  # this request's sampler or grammar failed: end it, not the batch
+                try:
+                    seq.emit(exc)
+                except RuntimeError:
+                    pass
+                seq.cancelled = True
+                on_finish()
+                continue
         else:
             token = greedy[row]
         seq.generated.append(token)

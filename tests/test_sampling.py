@@ -1,0 +1,45 @@
+"""The per-request sampler shared by the local engines: penalties, log-probabilities, fault isolation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from parley.engines.base import SamplingParams
+from parley.engines.sampling import RequestSampler, SequenceState, TokenEvent, advance_rows
+
+
+class BrokenGrammar:
+    finished = False
+
+    def mask(self, scores):
+        raise RuntimeError("grammar dead end")
+
+
+def sequence(params: SamplingParams, events: list, matcher=None) -> SequenceState:
+    return SequenceState(prompt_ids=[1, 2], params=params, max_new_tokens=5, stop_ids=frozenset({0}),
+                         emit=events.append, sampler=RequestSampler(params, "cpu", matcher=matcher))
+
+
+def test_one_requests_failure_does_not_end_the_others_in_the_batch():
+    ok_events, bad_events, finished = [], [], []
+    ok = sequence(SamplingParams(temperature=0), ok_events)
+    bad = sequence(SamplingParams(temperature=0), bad_events, matcher=BrokenGrammar())
+    logits = torch.randn(2, 10)
+    keep = advance_rows([ok, bad], logits, lambda: finished.append(1))
+    assert keep == [0] and len(finished) == 1
+    assert isinstance(ok_events[0], TokenEvent) and ok_events[0].token_ids == [int(logits[0].argmax())]
+    assert isinstance(bad_events[0], RuntimeError) and bad.cancelled
+
+
+def test_penalties_and_logprobs():
+    logits = torch.tensor([[0.0, 5.0, 4.9, 1.0]])
+    plain = RequestSampler(SamplingParams(temperature=0, logprobs=2), "cpu", token_bytes=lambda t: str(t).encode())
+    token, lp = plain.choose(logits, [])
+    assert token == 1 and lp.token == "1" and math.isclose(lp.logprob, float(torch.log_softmax(logits[0], -1)[1]))
+    assert [t.token for t in lp.top_logprobs] == ["1", "2"]
+    assert plain.choose(logits, [])[0] == 1  # no penalty: the same token again
+    penalized = RequestSampler(SamplingParams(temperature=0, frequency_penalty=0.5), "cpu")
+    assert penalized.choose(logits, [])[0] == 1
+    assert penalized.choose(logits, [])[0] == 2  # 5.0 - 0.5 < 4.9
