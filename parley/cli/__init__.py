@@ -7,10 +7,19 @@ import logging
 import sys
 
 from parley import __version__
-from parley.cli import api_cmd, bench_cmd, chat_cmd, controller_cmd, serve_cmd, test_message_cmd, worker_cmd
+from parley.cli import (
+    api_cmd,
+    bench_cmd,
+    chat_cmd,
+    controller_cmd,
+    eval_cmd,
+    serve_cmd,
+    test_message_cmd,
+    worker_cmd,
+)
 from parley.errors import ParleyError
 
-SUBCOMMANDS = (chat_cmd, controller_cmd, worker_cmd, api_cmd, test_message_cmd, serve_cmd, bench_cmd)
+SUBCOMMANDS = (chat_cmd, controller_cmd, worker_cmd, api_cmd, test_message_cmd, serve_cmd, bench_cmd, eval_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

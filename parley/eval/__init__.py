@@ -1,0 +1,1 @@
+"""Evaluation: MT-bench with an LLM judge, and Arena ratings."""
