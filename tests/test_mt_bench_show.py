@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from parley.errors import ParleyError
-from parley.eval.mt_bench_results import read_jsonl, single_scores, to_csv, to_markdown
+from parley.eval.mt_bench_files import read_jsonl
+from parley.eval.mt_bench_results import single_scores, to_csv, to_markdown
 from tests.conftest import run_parley
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mt_bench"
