@@ -56,6 +56,7 @@ bench: $(INSTALLED)
 	$(BIN)/python benchmarks/engine_throughput.py
 	$(BIN)/python benchmarks/serving_overhead.py
 	$(BIN)/python benchmarks/engines_compared.py
+	$(BIN)/python benchmarks/judge_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,7 +9,7 @@ import pytest
 
 from parley.errors import ParleyError
 from parley.eval.mt_bench_files import read_jsonl
-from parley.eval.mt_bench_results import single_scores, to_csv, to_markdown
+from parley.eval.mt_bench_results import pair_scores, single_scores, to_csv, to_markdown
 from tests.conftest import run_parley
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mt_bench"
@@ -29,11 +29,13 @@ def test_the_published_gpt4_judgments_give_the_published_scores(tmp_path):
     assert ordered[0] == "gpt-4" and ordered.index("gpt-3.5-turbo") < ordered.index("vicuna-13b-v1.3") < ordered.index("llama-13b")
 
     csv_file = tmp_path / "scores.csv"
+    radar = tmp_path / "radar.png"
     result = run_parley("eval", "mt-bench", "show", "--data-dir", str(DATA), "--model-list", "gpt-4", "llama-13b",
-                        "--csv", str(csv_file), timeout=120)
+                        "--csv", str(csv_file), "--radar", str(radar), timeout=120)
     assert result.returncode == 0, result.stderr
     assert "8.99" in result.stdout and "2.61" in result.stdout and "vicuna" not in result.stdout
     assert csv_file.read_text().splitlines()[1] == "gpt-4,8.96,9.03,8.99,160,0"
+    assert radar.read_bytes()[:4] == b"\x89PNG" and radar.stat().st_size > 20_000
 
 
 def test_failed_judgments_are_counted_not_averaged(tmp_path):
@@ -51,3 +53,20 @@ def test_failed_judgments_are_counted_not_averaged(tmp_path):
         read_jsonl(bad)
     missing = run_parley("eval", "mt-bench", "show", "--input-file", str(tmp_path / "none.jsonl"), timeout=60)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_pairwise_table_counts_disagreement_as_a_tie_and_failures_apart():
+    def pair(q, g1, g2, m1="a", m2="base"):
+        return {"question_id": q, "model_1": m1, "model_2": m2, "g1_winner": g1, "g2_winner": g2, "turn": 1}
+
+    rows = [pair(1, "model_1", "model_1"), pair(2, "model_1", "model_2"), pair(3, "tie", "tie"),
+            pair(4, "model_2", "model_2"), pair(5, "error", "model_1"), pair(6, "model_1", "model_1", "b", "base"),
+            pair(7, "model_1", "model_1", "a", "b")]
+    scores, failed = pair_scores(rows, baseline="base")
+    assert failed == 1
+    [b, a] = scores  # the baseline is not a row; the pair without it is not counted
+    assert (a.model, a.win, a.loss, a.tie, a.failures) == ("a", 1, 1, 2, 1)
+    assert (a.win_rate, a.win_rate_adjusted) == (0.25, 0.5) and (b.model, b.win, b.win_rate_adjusted) == ("b", 1, 1.0)
+    assert "| a | 1 | 1 | 2 | 0.2500 | 0.2500 | 0.5000 | 1 |" in to_markdown(scores)
+    every, _ = pair_scores(rows)
+    assert {s.model: s.win for s in every} == {"a": 2, "b": 1, "base": 1}
