@@ -12,6 +12,7 @@ from parley.cli import (
     bench_cmd,
     chat_cmd,
     controller_cmd,
+    db_cmd,
     eval_cmd,
     serve_cmd,
     test_message_cmd,
@@ -19,7 +20,7 @@ from parley.cli import (
 )
 from parley.errors import ParleyError
 
-SUBCOMMANDS = (chat_cmd, controller_cmd, worker_cmd, api_cmd, test_message_cmd, serve_cmd, bench_cmd, eval_cmd)
+SUBCOMMANDS = (chat_cmd, controller_cmd, worker_cmd, api_cmd, test_message_cmd, serve_cmd, bench_cmd, eval_cmd, db_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

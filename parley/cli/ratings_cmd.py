@@ -16,7 +16,10 @@ def add_parser(tasks) -> None:
     p = tasks.add_parser("ratings", help="Arena ratings (Bradley–Terry, Elo) with intervals from pairwise votes",
                          description="Arena ratings from votes: FastChat-format conversation logs (leftvote, rightvote, "
                                      "tievote, bothbad_vote records) or battle files, cleaned as FastChat does.")
-    p.add_argument("inputs", nargs="+", type=Path, help="log or battle files (JSON / JSON lines), or directories of them")
+    p.add_argument("inputs", nargs="*", type=Path, help="log or battle files (JSON / JSON lines), or directories of them")
+    p.add_argument("--db-url", default=None,
+                   help="also read the votes stored by the web UI in this database (e.g. sqlite:///PATH or "
+                        "postgresql://...; `--db-url default` is the web UI's default SQLite file)")
     p.add_argument("--output-dir", type=Path, default=Path("arena_ratings"),
                    help="where leaderboard.json/.md/.csv and the PNG plots go (default: ./arena_ratings)")
     p.add_argument("--include-named", action="store_true", help="also count side-by-side battles with named models")
@@ -35,7 +38,20 @@ def run_ratings(args: argparse.Namespace) -> int:
     from parley.eval import arena_leaderboard
     from parley.eval.arena_battles import load_battles
 
-    battles, cleaning = load_battles(args.inputs, anony_only=not args.include_named, keep_leaks=args.keep_identity_leaks)
+    if not args.inputs and not args.db_url:
+        raise ParleyError("name vote logs or battle files, or --db-url")
+    stored = []
+    if args.db_url:
+        from parley.store.database import Database
+        from parley.store.votes import Votes
+
+        db = Database(None if args.db_url == "default" else args.db_url)
+        try:
+            stored = Votes(db).battles()
+        finally:
+            db.close()
+    battles, cleaning = load_battles(args.inputs, anony_only=not args.include_named, keep_leaks=args.keep_identity_leaks,
+                                     extra=stored)
     console = Console() if Console().is_terminal else Console(width=160)
     dropped = ", ".join(f"{n} {why}" for why, n in sorted(cleaning.dropped.items())) or "none"
     console.print(f"{cleaning.records} records -> {cleaning.battles} battles (dropped: {dropped})", markup=False)

@@ -122,10 +122,20 @@ def _records(path: Path) -> list[dict]:
     return rows
 
 
-def load_battles(paths: Iterable[Path], anony_only: bool = True, keep_leaks: bool = False) -> tuple[list[Battle], Cleaning]:
-    """Battles from FastChat conversation logs and/or battle files (files, or directories of *.json/*.jsonl)."""
+def load_battles(paths: Iterable[Path], anony_only: bool = True, keep_leaks: bool = False,
+                 extra: Iterable[Battle] = ()) -> tuple[list[Battle], Cleaning]:
+    """Battles from FastChat conversation logs and/or battle files (files, or directories of *.json/*.jsonl),
+    plus `extra` ones (the web UI's stored votes), cleaned alike."""
     cleaning = Cleaning()
     battles: list[Battle] = []
+    for battle in extra:
+        cleaning.records += 1
+        answers = " ".join(m.get("content") or "" for m in (*battle.conversation_a, *battle.conversation_b)
+                           if m.get("role") == "assistant")
+        if not keep_leaks and _leaks_identity(answers, (battle.model_a, battle.model_b)):
+            cleaning.drop("identity revealed")
+        else:
+            battles.append(battle)
     files: list[Path] = []
     for path in paths:
         if path.is_dir():

@@ -1,0 +1,76 @@
+"""`parley db`: the web UI's database — migrate, add users, vote statistics, FastChat-format export."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+from parley.errors import ParleyError
+
+URL_HELP = "database URL: sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB (default: ~/.local/share/parley/parley.db)"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("db", help="the web UI's database: migrate, users, vote stats, export", description=__doc__)
+    steps = p.add_subparsers(dest="db_step", required=True, metavar="STEP")
+    for name, helptext, run in (("upgrade", "apply the migrations (the web UI does this at start)", run_upgrade),
+                                ("stats", "vote and feedback counts", run_stats)):
+        step = steps.add_parser(name, help=helptext)
+        step.add_argument("--db-url", default=None, help=URL_HELP)
+        step.set_defaults(run=run)
+    user = steps.add_parser("create-user", help="an account for `parley web --auth` (password read from the terminal "
+                                                "or, with --password-stdin, from standard input)")
+    user.add_argument("username")
+    user.add_argument("--admin", action="store_true", help="may see vote statistics in the UI")
+    user.add_argument("--password-stdin", action="store_true")
+    user.add_argument("--db-url", default=None, help=URL_HELP)
+    user.set_defaults(run=run_create_user)
+    export = steps.add_parser("export-logs", help="votes as FastChat conversation-log JSON lines")
+    export.add_argument("output", type=Path)
+    export.add_argument("--db-url", default=None, help=URL_HELP)
+    export.set_defaults(run=run_export)
+
+
+def _db(args):
+    from parley.store.database import Database
+
+    db = Database(args.db_url)
+    db.upgrade()
+    return db
+
+
+def run_upgrade(args: argparse.Namespace) -> int:
+    db = _db(args)
+    print(f"{db.display_url}: at revision {db.revision()}")
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from parley.store.votes import Votes
+
+    print(Votes(_db(args)).stats().model_dump_json(indent=2))
+    return 0
+
+
+def run_create_user(args: argparse.Namespace) -> int:
+    from parley.store.accounts import Accounts
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.username}: ")
+        if getpass.getpass("again: ") != password:
+            raise ParleyError("the passwords differ")
+    user = Accounts(_db(args)).create(args.username, password, is_admin=args.admin)
+    print(f"created {'admin ' if user.is_admin else ''}user {user.username}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from parley.store.votes import Votes
+
+    n = Votes(_db(args)).export_fastchat_log(args.output)
+    print(f"wrote {n} votes to {args.output}")
+    return 0

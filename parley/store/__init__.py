@@ -1,0 +1,1 @@
+"""The database behind the web UI: users, conversations, messages, votes, feedback."""

@@ -1,0 +1,105 @@
+"""Connecting to the store: a SQLite file by default (WAL mode), PostgreSQL with a postgresql:// URL.
+
+The schema comes from the Alembic migrations, applied by `upgrade()` (the web UI does it at start).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from parley.errors import ParleyError
+from parley.eval.mt_bench_files import data_home
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def default_url() -> str:
+    """sqlite:///$PARLEY_DATA_DIR/parley.db (~/.local/share/parley/parley.db)."""
+    return f"sqlite:///{data_home() / 'parley.db'}"
+
+
+def normalize_url(url: str) -> str:
+    """postgresql:// and postgres:// use psycopg 3 (the driver we install)."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")  # writers wait for each other instead of failing
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class Database:
+    def __init__(self, url: str | None = None):
+        self.url = normalize_url(url or default_url())
+        try:
+            parsed = make_url(self.url)
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy raises ArgumentError and ValueError
+            raise ParleyError(f"not a database URL: {url!r} ({exc})") from None
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 30})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def display_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def _alembic(self, connection):
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        return config
+
+    def upgrade(self, revision: str = "head") -> None:
+        from alembic import command
+
+        log.info("database %s: migrating to %s", self.display_url, revision)
+        with self.engine.begin() as connection:
+            command.upgrade(self._alembic(connection), revision)
+
+    def downgrade(self, revision: str = "base") -> None:
+        from alembic import command
+
+        with self.engine.begin() as connection:
+            command.downgrade(self._alembic(connection), revision)
+
+    def revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def tables(self) -> set[str]:
+        return set(inspect(self.engine).get_table_names())
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: committed when the block ends, rolled back if it raises."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,201 @@
+"""The web UI's store on SQLite and on a real PostgreSQL: migrations, privacy, history, concurrency, votes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import pytest
+from sqlalchemy import func, select
+
+from parley.errors import ParleyError
+from parley.eval.arena_battles import load_battles
+from parley.eval.arena_ratings import bradley_terry
+from parley.store.accounts import Accounts
+from parley.store.conversations import Conversations, NotFound
+from parley.store.database import Database
+from parley.store.models import Base, Conversation, Message, Vote
+from parley.store.votes import Votes
+from tests.conftest import run_parley
+from tests.postgres import PostgresServer, postgres_bin
+
+TABLES = {"users", "conversations", "messages", "votes", "feedback"}
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL server binaries are absent (Debian package postgresql)")
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'parley.db'}"
+    return request.getfixturevalue("postgres").create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def db(db_url):
+    database = Database(db_url)
+    database.upgrade()
+    yield database
+    database.close()
+
+
+def test_migrations_upgrade_an_empty_database_and_round_trip(db_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    database = Database(db_url)
+    assert database.tables() == set() and database.revision() is None
+    database.upgrade()
+    assert TABLES <= database.tables() and database.revision() == "0001"
+    with database.engine.connect() as connection:  # the migration and the models describe the same schema
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    database.downgrade()
+    assert database.tables() & TABLES == set() and database.revision() is None
+    database.upgrade()
+    user = Accounts(database).local_user()
+    Conversations(database).create(user.id, "m")
+    assert len(Conversations(database).list(user.id)) == 1
+    if database.is_sqlite:
+        with database.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    database.close()
+
+
+def test_history_titles_search_rename_export_and_delete(db):
+    conversations = Conversations(db)
+    me = Accounts(db).local_user().id
+    first = conversations.create(me, "smollm2", system_prompt="Be brief.")
+    conversations.add_message(me, first.id, "user", "What is the capital of   France?")
+    reply = conversations.add_message(me, first.id, "assistant", "Paris.", model="smollm2",
+                                      parameters={"temperature": 0.7}, completion_tokens=2, latency_s=0.4)
+    second = conversations.create(me, "other")
+    conversations.add_message(me, second.id, "user", "Tell me about the ```python``` fences — ünïcode too")
+    listed = conversations.list(me)
+    assert [c.id for c in listed] == [second.id, first.id]
+    assert listed[1].title == "What is the capital of France?"
+    assert [c.id for c in conversations.list(me, search="paris")] == [first.id]  # message text, any case
+    assert [c.id for c in conversations.list(me, search="ünïcode")] == [second.id]
+    conversations.rename(me, first.id, "Geography")
+    with pytest.raises(ParleyError):
+        conversations.rename(me, first.id, "   ")
+    view = conversations.get(me, first.id)
+    assert view.title == "Geography" and [m.content for m in view.messages] == ["What is the capital of   France?", "Paris."]
+    assert view.messages[1].parameters == {"temperature": 0.7} and view.messages[1].completion_tokens == 2
+    assert view.openai_messages()[0] == {"role": "system", "content": "Be brief."}
+    exported = json.loads(conversations.export_json(me, first.id))
+    assert exported["messages"][1]["content"] == "Paris." and exported["messages"][1]["id"] == reply.id
+    markdown = conversations.export_markdown(me, first.id)
+    assert markdown.startswith("# Geography") and "**smollm2**\n\nParis." in markdown
+    assert conversations.drop_last_reply(me, first.id).content == "Paris."
+    assert conversations.drop_last_reply(me, first.id) is None  # the last message is now the user's
+    conversations.delete(me, first.id)
+    assert [c.id for c in conversations.list(me)] == [second.id]
+    with pytest.raises(NotFound):
+        conversations.get(me, first.id)
+
+
+def test_a_user_cannot_see_or_touch_another_users_conversations(db):
+    accounts, conversations, votes = Accounts(db), Conversations(db), Votes(db)
+    alice = accounts.create("alice", "correct horse battery")
+    bob = accounts.create("bob", "another long password")
+    mine = conversations.create(alice.id, "m")
+    message = conversations.add_message(alice.id, mine.id, "user", "secret plans")
+    assert conversations.list(bob.id) == [] and conversations.list(bob.id, search="secret") == []
+    for attempt in (lambda: conversations.get(bob.id, mine.id), lambda: conversations.rename(bob.id, mine.id, "x"),
+                    lambda: conversations.delete(bob.id, mine.id),
+                    lambda: conversations.add_message(bob.id, mine.id, "user", "hi"),
+                    lambda: votes.feedback(bob.id, message.id, "downvote"),
+                    lambda: votes.record(bob.id, "model_a", "a", "b", True, mine.id, None)):
+        with pytest.raises(NotFound, match="no such"):
+            attempt()
+    with pytest.raises(NotFound):  # a made-up id reads the same as someone else's
+        conversations.get(bob.id, uuid.uuid4().hex)
+    assert conversations.get(alice.id, mine.id).messages[0].content == "secret plans"
+
+
+def test_accounts_hash_passwords_with_argon2(db):
+    accounts = Accounts(db)
+    user = accounts.create("carol", "a good password", is_admin=True)
+    assert user.password_hash.startswith("$argon2id$") and "a good password" not in user.password_hash
+    assert accounts.authenticate("carol", "a good password").id == user.id
+    assert accounts.authenticate("carol", "a bad password") is None and accounts.authenticate("nobody", "x" * 9) is None
+    with pytest.raises(ParleyError, match="taken"):
+        accounts.create("carol", "whatever password")
+    with pytest.raises(ParleyError, match="at least"):
+        accounts.create("dave", "short")
+    with pytest.raises(ParleyError, match="username"):
+        accounts.create("bad name!", "long enough password")
+
+
+def test_concurrent_writers_lose_nothing(db):
+    accounts, conversations, votes = Accounts(db), Conversations(db), Votes(db)
+    users = [accounts.create(f"user{i}", "password-long-enough").id for i in range(6)]
+    shared = conversations.create(users[0], "m")
+    errors: list[BaseException] = []
+
+    def work(user_id: int) -> None:
+        try:
+            for i in range(15):
+                a = conversations.create(user_id, "model-a", mode="battle")
+                b = conversations.create(user_id, "model-b", mode="battle")
+                for c in (a, b):
+                    conversations.add_message(user_id, c.id, "user", f"question {i}")
+                    conversations.add_message(user_id, c.id, "assistant", f"answer {i}")
+                votes.record(user_id, "model_a" if i % 2 else "tie", "model-a", "model-b", True, a.id, b.id)
+                conversations.add_message(users[0], shared.id, "user", f"{user_id}-{i}")  # all into one
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Conversation)) == 6 * 15 * 2 + 1
+        assert s.scalar(select(func.count()).select_from(Vote)) == 6 * 15
+        assert s.scalar(select(func.count()).select_from(Message)) == 6 * 15 * 4 + 6 * 15
+    positions = [m.position for m in conversations.get(users[0], shared.id).messages]
+    assert positions == list(range(6 * 15))
+
+
+def test_stored_votes_feed_ratings_and_export_as_fastchat_logs(db, db_url, tmp_path):
+    accounts, conversations, votes = Accounts(db), Conversations(db), Votes(db)
+    me = accounts.local_user().id
+    for i, kind in enumerate(["model_a"] * 6 + ["model_b"] * 2 + ["tie", "tie (bothbad)"]):
+        a, b = conversations.create(me, "strong", mode="battle"), conversations.create(me, "weak", mode="battle")
+        for c, answer in ((a, "A fine answer."), (b, "An answer.")):
+            conversations.add_message(me, c.id, "user", f"Question {i}?")
+            conversations.add_message(me, c.id, "assistant", answer)
+        votes.record(me, kind, "strong", "weak", True, a.id, b.id)
+    message = conversations.get(me, a.id).messages[1]
+    votes.feedback(me, message.id, "upvote")
+    stats = votes.stats()
+    assert stats.votes == 10 and stats.by_kind["model_a"] == 6 and stats.by_model == {"strong": 10, "weak": 10}
+    assert stats.feedback == {"upvote": 1} and stats.users_voting == 1
+
+    battles = votes.battles()
+    assert len(battles) == 10 and battles[0].conversation_a[1] == {"role": "assistant", "content": "A fine answer."}
+    ratings, _ = bradley_terry(battles)
+    assert ratings["strong"] - ratings["weak"] == pytest.approx(400 * __import__("math").log10(7 / 3), abs=1e-6)
+
+    log = tmp_path / "votes-conv.json"
+    assert votes.export_fastchat_log(log) == 10
+    reread, cleaning = load_battles([log])
+    assert cleaning.battles == 10 and [b.winner for b in reread] == [b.winner for b in battles]
+
+    out = tmp_path / "board"
+    result = run_parley("eval", "ratings", "--db-url", db_url, "--output-dir", str(out), "--bootstrap-rounds", "50",
+                        "--elo-rounds", "10", "--no-plots", timeout=180)
+    assert result.returncode == 0, result.stderr
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert [r["model"] for r in board["rows"]] == ["strong", "weak"] and board["battles"] == 10
