@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import httpx
 import openai
 
 from tests.servers import REPO, free_port
@@ -36,8 +37,9 @@ def stop_serve(proc: subprocess.Popen, log) -> None:
 
 
 def test_serve_answers_through_the_sdk_stops_on_sigterm_and_restarts_at_once(tmp_path):
-    api_port, controller_port, worker_port = free_port(), free_port(), free_port()
-    ports = ["--port", str(api_port), "--controller-port", str(controller_port), "--worker-port", str(worker_port)]
+    api_port, controller_port, worker_port, web_port = free_port(), free_port(), free_port(), free_port()
+    ports = ["--port", str(api_port), "--controller-port", str(controller_port), "--worker-port", str(worker_port),
+             "--web-port", str(web_port), "--db-url", f"sqlite:///{tmp_path / 'parley.db'}"]
     log = tmp_path / "serve.log"
     proc = start_serve(log, *ports)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{api_port}/v1", api_key="none", max_retries=0)
@@ -46,7 +48,11 @@ def test_serve_answers_through_the_sdk_stops_on_sigterm_and_restarts_at_once(tmp
     reply = client.chat.completions.create(model=model, temperature=0, max_tokens=24,
                                            messages=[{"role": "user", "content": "What is the capital of France?"}])
     assert "Paris" in reply.choices[0].message.content
+    assert f"web UI       http://127.0.0.1:{web_port}" in log.read_text()
+    page = httpx.get(f"http://127.0.0.1:{web_port}/", timeout=30)
+    assert page.status_code == 200 and "parley" in page.text
     stop_serve(proc, log)
+    assert "web UI stopped" in log.read_text()
 
     # The same ports at once (their connections are still in TIME_WAIT), with the llama.cpp engine.
     log = tmp_path / "serve-again.log"

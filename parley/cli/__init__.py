@@ -16,11 +16,12 @@ from parley.cli import (
     eval_cmd,
     serve_cmd,
     test_message_cmd,
+    web_cmd,
     worker_cmd,
 )
 from parley.errors import ParleyError
 
-SUBCOMMANDS = (chat_cmd, controller_cmd, worker_cmd, api_cmd, test_message_cmd, serve_cmd, bench_cmd, eval_cmd, db_cmd)
+SUBCOMMANDS = (chat_cmd, controller_cmd, worker_cmd, api_cmd, test_message_cmd, serve_cmd, bench_cmd, eval_cmd, db_cmd, web_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

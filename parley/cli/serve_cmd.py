@@ -27,8 +27,11 @@ def add_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="API port")
     p.add_argument("--controller-port", type=int, default=21001)
     p.add_argument("--worker-port", type=int, default=None, help="first worker's port (default: controller port + 1)")
-    p.add_argument("--web-port", type=int, default=7860, help="web UI port (reserved: the web UI is not in this build)")
-    p.add_argument("--db-url", default=None, help="database for the web UI (reserved: the web UI is not in this build)")
+    p.add_argument("--web-port", type=int, default=7860, help="web UI port (listens on --host, like the API)")
+    p.add_argument("--no-web", action="store_true", help="do not start the web UI")
+    p.add_argument("--db-url", default=None, help="the web UI's database: sqlite:///PATH or postgresql://... "
+                                                  "(default: ~/.local/share/parley/parley.db)")
+    p.add_argument("--auth", action="store_true", help="the web UI requires login (see `parley db create-user`)")
     p.add_argument("--api-keys", default=None, help="comma-separated keys the API requires")
     g = p.add_argument_group("workers")
     g.add_argument("--engine", default="transformers")
@@ -91,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     local = "127.0.0.1"
     worker_port = args.worker_port or args.controller_port + 1
     ports = {"controller": (local, args.controller_port), "api": (args.host, args.port)}
+    if not args.no_web:
+        ports["web UI"] = (args.host, args.web_port)
     for i in range(len(sources)):
         ports[f"worker {names[i]}"] = (local, worker_port + i)
     for what, (host, port) in ports.items():
@@ -112,7 +117,11 @@ def run(args: argparse.Namespace) -> int:
     api = Child("api", base + ["api", "--host", args.host, "--port", str(args.port),
                                "--controller-address", controller_url,
                                *(["--api-keys", args.api_keys] if args.api_keys else [])])
-    children = [controller, *workers, api]
+    web = Child("web UI", base + ["web", "--host", args.host, "--port", str(args.web_port),
+                                  "--controller-address", controller_url,
+                                  *(["--db-url", args.db_url] if args.db_url else []),
+                                  *(["--auth"] if args.auth else [])])
+    children = [controller, *workers, api] + ([] if args.no_web else [web])
 
     def on_signal(signum, frame):
         for s in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not break the orderly stop
@@ -135,7 +144,14 @@ def run(args: argparse.Namespace) -> int:
         api_url = f"http://{shown_host}:{args.port}"
         _wait_for(console, "API", api, lambda: httpx.get(api_url + "/health", timeout=2).json()["status"] == "ok",
                   args.startup_timeout)
+        web_url = f"http://{shown_host}:{args.web_port}"
+        if not args.no_web:
+            web.start()
+            _wait_for(console, "web UI", web, lambda: httpx.get(web_url + "/health", timeout=2).json()["status"] == "ok",
+                      args.startup_timeout)
         console.print(f"[bold green]parley is serving[/] {', '.join(names)}")
+        if not args.no_web:
+            console.print(f"  web UI       {web_url}   (chat, arena, leaderboard)")
         console.print(f"  OpenAI API   {api_url}/v1   (try: parley chat --base-url {api_url}/v1 --model {names[0]})")
         console.print(f"  controller   {controller_url}")
         for w, i in zip(workers, range(len(workers))):

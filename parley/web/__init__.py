@@ -1,0 +1,1 @@
+"""The web UI: direct chat, Chatbot Arena (battle and side-by-side), leaderboard, history (Gradio)."""

@@ -1,0 +1,59 @@
+"""What the web UI's handlers use: the store, the models, the policies, and who the user is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from parley.store.accounts import Accounts
+from parley.store.conversations import Conversations
+from parley.store.database import Database
+from parley.store.models import User
+from parley.store.votes import Votes
+from parley.web.model_client import ModelClient
+from parley.web.policies import Limits, ModelInfo, Moderator
+
+
+class WebSettings(BaseModel):
+    controller_address: str = "http://127.0.0.1:21001"
+    db_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 7860
+    auth: bool = False
+    battle_weights: dict[str, float] = {}
+    model_info_file: Path | None = None
+    moderation: str | None = None
+    limits: Limits = Limits()
+    leaderboard_file: Path | None = None  # default: DATA_HOME/arena_ratings/leaderboard.json
+    mt_bench_judgments: Path | None = None  # default: DATA_HOME/mt_bench/model_judgment/gpt-4_single.jsonl
+    leaderboard_interval_s: float = 0.0  # recompute from stored votes this often (0: on demand only)
+    bootstrap_rounds: int = 200
+
+
+@dataclass
+class WebServices:
+    settings: WebSettings
+    db: Database
+    client: ModelClient
+    model_info: ModelInfo
+    moderator: Moderator | None
+    accounts: Accounts = field(init=False)
+    conversations: Conversations = field(init=False)
+    votes: Votes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.accounts = Accounts(self.db)
+        self.conversations = Conversations(self.db)
+        self.votes = Votes(self.db)
+
+    def user(self, request) -> User:
+        """The signed-in user (with --auth), else the one local user."""
+        if self.settings.auth:
+            username = getattr(request, "username", None)
+            user = self.accounts.get(username) if username else None
+            if user is None:
+                raise PermissionError("not signed in")
+            return user
+        return self.accounts.local_user()

@@ -1,0 +1,241 @@
+"""The web UI in a real browser: Playwright driving Debian's headless Chromium against `parley serve` on
+127.0.0.1 with the bundled model (llama.cpp engine) plus an echo worker, so that a battle has two models.
+Screenshots of each screen go to test-artifacts/screens/."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from parley.store.database import Database
+from parley.store.models import Message, Vote
+from tests.servers import REPO, Server, free_port, models_at, start_worker
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = REPO / "test-artifacts" / "screens"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium)")
+MODEL = "smollm2-135m-instruct"
+
+
+class Stack:
+    def __init__(self, tmp: Path):
+        self.db_url = f"sqlite:///{tmp / 'parley.db'}"
+        self.web_port, self.controller_port = free_port(), free_port()
+        self.log = tmp / "serve.log"
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "parley", "serve", "--engine", "llamacpp", "--port", str(free_port()),
+                 "--controller-port", str(self.controller_port), "--worker-port", str(free_port()),
+                 "--web-port", str(self.web_port), "--db-url", self.db_url], cwd=REPO, stdout=out,
+                stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 300
+        while "Press Ctrl-C to stop" not in self.log.read_text():
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.5)
+        self.url = f"http://127.0.0.1:{self.web_port}/"
+        self.controller = Server.__new__(Server)
+        self.controller.url = f"http://127.0.0.1:{self.controller_port}"
+        self.echo = start_worker(self.controller, names="echo-model", echo=True, delay_s=0.01)
+        assert set(models_at(self.controller)) == {MODEL, "echo-model"}
+
+    def stop(self) -> None:
+        self.echo.stop()
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("web"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    return page
+
+
+def wait_text(page, selector: str, predicate, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = page.inner_text(selector)
+        if predicate(text):
+            return text
+        assert time.monotonic() < deadline, f"{selector}: {text!r}"
+        time.sleep(0.05)
+
+
+def wait_value(page, selector: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while not (value := page.input_value(selector)):
+        assert time.monotonic() < deadline, f"{selector} stayed empty"
+        time.sleep(0.1)
+    return value
+
+
+def assistant_texts(page, selector: str) -> list[str]:
+    """The replies shown (not the "Loading content" placeholder of one still pending)."""
+    return [t.strip() for t in page.locator(f"{selector} .bot-row").all_inner_texts()]
+
+
+def stored_messages(db_url: str) -> list[Message]:
+    db = Database(db_url)
+    with db.session() as s:
+        rows = s.query(Message).order_by(Message.conversation_id, Message.position).all()
+    db.close()
+    return rows
+
+
+def send_and_watch(page, text: str, replies_before: int) -> list[int]:
+    """Send a chat message; return the lengths of the reply seen while it streamed."""
+    page.fill("#chat-input textarea", text)
+    page.click("#chat-send")
+    seen: list[int] = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        replies = assistant_texts(page, "#chatbot")
+        if len(replies) > replies_before:
+            seen.append(len(replies[-1]))
+            if len(seen) > 40 and seen[-1] == seen[-41] and seen[-1] > 0:
+                break  # no growth for two seconds: finished
+        time.sleep(0.05)
+    return seen
+
+
+def test_chat_two_turns_streamed_then_reload_and_continue_from_history(stack, browser):
+    page = open_page(browser, stack.url)
+    page.wait_for_selector("#chat-input textarea")
+    wait_value(page, "#chat-model input")
+    page.click("#chat-model input")
+    page.get_by_role("option", name=MODEL).click()
+    page.click("#chat-parameters")  # greedy, short replies
+    page.locator("#temperature input[type=number]").fill("0")
+    page.locator("#max-tokens input[type=number]").fill("48")
+    page.locator("#max-tokens input[type=number]").press("Enter")
+
+    seen = send_and_watch(page, "What is the capital of France?", 0)
+    assert len({n for n in seen if n > 0}) >= 2, f"the reply did not stream: lengths seen {seen}"
+    first = assistant_texts(page, "#chatbot")[-1]
+    send_and_watch(page, "And of Italy?", 1)
+    assert len(assistant_texts(page, "#chatbot")) == 2
+    page.screenshot(path=str(SHOTS / "chat.png"))
+    rows = stored_messages(stack.db_url)
+    assert [m.role for m in rows] == ["user", "assistant", "user", "assistant"]
+    assert rows[1].model == MODEL and rows[1].parameters["temperature"] == 0 and rows[1].completion_tokens > 0
+    assert " ".join(rows[1].content.split()) == " ".join(first.split())  # what was shown is what was stored
+
+    page.reload()
+    page.wait_for_selector("#chat-input textarea")
+    wait_text(page, "#history", lambda t: "What is the capital of France?" in t)
+    page.locator("#history label", has_text="What is the capital of France?").click()
+    wait_text(page, "#chatbot", lambda t: "And of Italy?" in t)
+    send_and_watch(page, "Thank you!", 2)
+    page.screenshot(path=str(SHOTS / "history.png"))
+    rows = stored_messages(stack.db_url)
+    assert len(rows) == 6 and len({m.conversation_id for m in rows}) == 1  # the same conversation, continued
+    page.close()
+
+
+def test_arena_battle_vote_reveals_names_and_is_stored_then_leaderboard(stack, browser):
+    page = open_page(browser, stack.url)
+    page.wait_for_selector("#chat-input textarea")
+    page.get_by_role("tab", name="Arena (battle)").click()
+    page.fill("#battle-input textarea", "Name a color.")
+    page.click("#battle-send")
+    vote = page.locator("#battle-vote-model_a")
+    deadline = time.monotonic() + 180
+    while not vote.is_enabled():
+        assert time.monotonic() < deadline, "the vote buttons never became active"
+        time.sleep(0.2)
+    assert assistant_texts(page, "#battle-a")[-1] and assistant_texts(page, "#battle-b")[-1]
+    assert MODEL not in page.inner_text("#battle-names") and "echo-model" not in page.inner_text("#battle-names")
+    page.screenshot(path=str(SHOTS / "arena.png"))
+    vote.click()
+    names = wait_text(page, "#battle-names", lambda t: MODEL in t and "echo-model" in t)
+    assert "Model A" in names
+    page.screenshot(path=str(SHOTS / "arena-voted.png"))
+    db = Database(stack.db_url)
+    with db.session() as s:
+        [row] = s.query(Vote).all()
+        assert row.kind == "model_a" and {row.model_a, row.model_b} == {MODEL, "echo-model"} and row.anony
+    db.close()
+
+    page.get_by_role("tab", name="Leaderboard").click()
+    page.click("#leaderboard-recompute")
+    board = wait_text(page, "#leaderboard", lambda t: MODEL in t and "echo-model" in t)
+    assert "1" in board
+    wait_text(page, "#leaderboard-status", lambda t: "Recomputed from 1 battles" in t)
+    page.screenshot(path=str(SHOTS / "leaderboard.png"))
+    page.close()
+
+
+def test_with_auth_a_second_user_cannot_see_the_first_users_conversations(stack, browser, tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'auth.db'}"
+    for user in ("alice", "bob"):
+        created = subprocess.run([sys.executable, "-m", "parley", "db", "create-user", user, "--password-stdin",
+                                  "--db-url", db_url], input=f"{user}-secret-pw\n", capture_output=True, text=True,
+                                 cwd=REPO, timeout=120)
+        assert created.returncode == 0, created.stderr
+    web = Server("web", "--auth", "--db-url", db_url, "--controller-address", stack.controller.url)
+    web.wait_until(lambda: httpx.get(web.url + "/health", timeout=1).status_code == 200, "web UI")
+    try:
+        page = open_page(browser, web.url + "/")
+        page.wait_for_selector("input[type=password]")
+        page.screenshot(path=str(SHOTS / "login.png"))
+        page.locator("input").first.fill("alice")
+        page.locator("input[type=password]").fill("wrong password")
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_timeout(1500)
+        assert page.locator("#chat-input").count() == 0  # still the login form
+        page.locator("input[type=password]").fill("alice-secret-pw")
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_selector("#chat-input textarea")
+        wait_text(page, "#signed-in", lambda t: "alice" in t)
+        wait_value(page, "#chat-model input")
+        page.click("#chat-model input")
+        page.get_by_role("option", name="echo-model").click()
+        send_and_watch(page, "alice's private plans", 0)
+        wait_text(page, "#history", lambda t: "alice's private plans" in t)
+        page.context.clear_cookies()
+
+        page = open_page(browser, web.url + "/")
+        page.wait_for_selector("input[type=password]")
+        page.locator("input").first.fill("bob")
+        page.locator("input[type=password]").fill("bob-secret-pw")
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_selector("#chat-input textarea")
+        wait_text(page, "#signed-in", lambda t: "bob" in t)
+        page.fill("#history-search input", "private")
+        page.wait_for_timeout(1500)
+        assert "alice" not in page.inner_text("#history")
+        page.close()
+    finally:
+        web.stop()
+    db = Database(db_url)
+    with db.session() as s:
+        assert [json.loads(json.dumps(m.content)) for m in s.query(Message).filter(Message.role == "user")] == [
+            "alice's private plans"]
+    db.close()
