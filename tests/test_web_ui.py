@@ -1,5 +1,5 @@
 """The web UI in a real browser: Playwright driving Debian's headless Chromium against `parley serve` on
-127.0.0.1 with the bundled model (llama.cpp engine) plus an echo worker, so that a battle has two models.
+127.0.0.1 with the bundled model (the default transformers engine) plus an echo worker, so that a battle has two models.
 Screenshots of each screen go to test-artifacts/screens/."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Stack:
         self.log = tmp / "serve.log"
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "parley", "serve", "--engine", "llamacpp", "--port", str(free_port()),
+                [sys.executable, "-m", "parley", "serve", "--port", str(free_port()),
                  "--controller-port", str(self.controller_port), "--worker-port", str(free_port()),
                  "--web-port", str(self.web_port), "--db-url", self.db_url], cwd=REPO, stdout=out,
                 stderr=subprocess.STDOUT, text=True)
@@ -132,19 +132,22 @@ def test_chat_two_turns_streamed_then_reload_and_continue_from_history(stack, br
     page.click("#chat-model input")
     page.get_by_role("option", name=MODEL).click()
     page.click("#chat-parameters")  # greedy, short replies
-    page.locator("#temperature input[type=number]").fill("0")
-    page.locator("#max-tokens input[type=number]").fill("48")
-    page.locator("#max-tokens input[type=number]").press("Enter")
+    for slider, value in (("#temperature", "0"), ("#max-tokens", "48")):
+        page.locator(f"{slider} input[type=number]").fill(value)
+        page.locator(f"{slider} input[type=number]").press("Tab")
 
     seen = send_and_watch(page, "What is the capital of France?", 0)
     assert len({n for n in seen if n > 0}) >= 2, f"the reply did not stream: lengths seen {seen}"
     first = assistant_texts(page, "#chatbot")[-1]
+    assert "Paris" in first
     send_and_watch(page, "And of Italy?", 1)
     assert len(assistant_texts(page, "#chatbot")) == 2
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(SHOTS / "chat.png"))
     rows = stored_messages(stack.db_url)
     assert [m.role for m in rows] == ["user", "assistant", "user", "assistant"]
-    assert rows[1].model == MODEL and rows[1].parameters["temperature"] == 0 and rows[1].completion_tokens > 0
+    assert rows[1].model == MODEL and rows[1].parameters == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 48}
+    assert 0 < rows[1].completion_tokens <= 48
     assert " ".join(rows[1].content.split()) == " ".join(first.split())  # what was shown is what was stored
 
     page.reload()
@@ -188,6 +191,7 @@ def test_arena_battle_vote_reveals_names_and_is_stored_then_leaderboard(stack, b
     board = wait_text(page, "#leaderboard", lambda t: MODEL in t and "echo-model" in t)
     assert "1" in board
     wait_text(page, "#leaderboard-status", lambda t: "Recomputed from 1 battles" in t)
+    page.wait_for_timeout(1000)
     page.screenshot(path=str(SHOTS / "leaderboard.png"))
     page.close()
 
@@ -210,6 +214,7 @@ def test_with_auth_a_second_user_cannot_see_the_first_users_conversations(stack,
         page.get_by_role("button", name="Login").click()
         page.wait_for_timeout(1500)
         assert page.locator("#chat-input").count() == 0  # still the login form
+        page.locator("input").first.fill("alice")
         page.locator("input[type=password]").fill("alice-secret-pw")
         page.get_by_role("button", name="Login").click()
         page.wait_for_selector("#chat-input textarea")
@@ -228,9 +233,12 @@ def test_with_auth_a_second_user_cannot_see_the_first_users_conversations(stack,
         page.get_by_role("button", name="Login").click()
         page.wait_for_selector("#chat-input textarea")
         wait_text(page, "#signed-in", lambda t: "bob" in t)
-        page.fill("#history-search input", "private")
         page.wait_for_timeout(1500)
-        assert "alice" not in page.inner_text("#history")
+        assert page.locator("#history label").count() == 0  # bob's history is empty
+        page.fill("#history-search textarea", "private")
+        page.wait_for_timeout(1500)
+        assert page.locator("#history label").count() == 0 and "alice" not in page.inner_text("#history")
+        page.screenshot(path=str(SHOTS / "second-user.png"))
         page.close()
     finally:
         web.stop()
