@@ -1,0 +1,1 @@
+"""Fine-tuning: conversation data, label masks, supervised fine-tuning."""
