@@ -13,7 +13,7 @@ TORCH_PIP_ARGS ?= $(if $(HAS_NVIDIA),torch==$(TORCH_VERSION),torch==$(TORCH_VERS
 # llama-cpp-python compiles llama.cpp from source (once; pip caches the wheel). The multimodal
 # library is not needed. On a GPU machine add e.g. LLAMA_CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_CUDA=on".
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
-EXTRAS ?= dev,llamacpp,embeddings
+EXTRAS ?= dev,llamacpp,embeddings,train
 
 INSTALLED := $(VENV)/.installed
 TEST_INSTALLED := $(VENV)/.installed-test

@@ -12,16 +12,19 @@ from parley.cli import (
     bench_cmd,
     chat_cmd,
     controller_cmd,
+    data_cmd,
     db_cmd,
     eval_cmd,
     serve_cmd,
     test_message_cmd,
+    train_cmd,
     web_cmd,
     worker_cmd,
 )
 from parley.errors import ParleyError
 
-SUBCOMMANDS = (chat_cmd, controller_cmd, worker_cmd, api_cmd, test_message_cmd, serve_cmd, bench_cmd, eval_cmd, db_cmd, web_cmd)
+SUBCOMMANDS = (chat_cmd, controller_cmd, worker_cmd, api_cmd, test_message_cmd, serve_cmd, bench_cmd, eval_cmd, db_cmd, web_cmd,
+               train_cmd, data_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

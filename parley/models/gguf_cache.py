@@ -19,7 +19,7 @@ from parley.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-_FORMAT_VERSION = "1"  # bump when the conversion below changes
+_FORMAT_VERSION = "2"  # bump when the conversion below changes (2: no stale GGUF quantization_config)
 
 
 def _cache_key(gguf: Path) -> str:
@@ -54,7 +54,10 @@ def _convert(gguf: Path, out: Path) -> None:
 
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    plain = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights below are plain float32: not quantized, trainable
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict(), strict=True)
     plain.generation_config = loaded.generation_config
     plain.save_pretrained(out)

@@ -20,6 +20,7 @@ class SourceKind(str, Enum):
     HF_DIR = "hf_dir"  # a local Hugging Face model directory (config.json + weights)
     GGUF = "gguf"  # a local .gguf file
     HUB = "hub"  # a hub id, passed through to transformers
+    ADAPTER = "adapter"  # a LoRA adapter directory (adapter_config.json naming its base model)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ def resolve_model_source(model_path: str | None) -> ModelSource:
 
 
 def _resolve_directory(model_path: str, path: Path) -> ModelSource:
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        return ModelSource(SourceKind.ADAPTER, str(path.resolve()), default_model_name(str(path.resolve())))
     if (path / "config.json").is_file():
         if not any(any(path.glob(p)) for p in _WEIGHT_PATTERNS):
             raise ModelPathError(f"model directory {model_path!r} has a config.json but no weight files")

@@ -122,10 +122,25 @@ def quantize_linear_int8_cpu(model):
 
 
 def model_directory(source: ModelSource) -> str:
-    """The directory or hub id that `from_pretrained` should read."""
+    """The directory or hub id that `from_pretrained` should read (for an adapter: its base model's)."""
     if source.kind is SourceKind.GGUF:
         return str(ensure_converted(source.path))
+    if source.kind is SourceKind.ADAPTER:
+        return model_directory(adapter_base(source))
     return source.location
+
+
+def adapter_base(source: ModelSource) -> ModelSource:
+    """The base model an adapter directory names in its adapter_config.json."""
+    import json
+
+    from parley.models.source import resolve_model_source
+
+    config = json.loads((source.path / "adapter_config.json").read_text())
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(f"adapter {source.location!r} does not name its base model (base_model_name_or_path)")
+    return resolve_model_source(base)
 
 
 def load_model_and_tokenizer(source: ModelSource, options: EngineOptions):
@@ -136,10 +151,17 @@ def load_model_and_tokenizer(source: ModelSource, options: EngineOptions):
     try:
         where = model_directory(source)
         log.info("loading %s on %s (%s)%s", where, plan.device, plan.dtype, " int8" if plan.cpu_int8 else "")
-        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=options.trust_remote_code)
+        has_tokenizer = source.kind is SourceKind.ADAPTER and (source.path / "tokenizer_config.json").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(source.location if has_tokenizer else where,
+                                                  trust_remote_code=options.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             where, dtype=getattr(torch, plan.dtype), trust_remote_code=options.trust_remote_code, **plan.from_pretrained
         )
+        if source.kind is SourceKind.ADAPTER:
+            from peft import PeftModel
+
+            log.info("applying the LoRA adapter %s", source.location)
+            model = PeftModel.from_pretrained(model, source.location).merge_and_unload()  # merged: no per-call cost
     except Exception as exc:  # corrupt files, unreachable hub, unsupported architecture...
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"could not load model {source.location!r}: {first_line}") from exc
