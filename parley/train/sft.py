@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -114,7 +115,7 @@ def load_trainable_model(config: SFTConfig, model_dir: str):
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                    bnb_4bit_compute_dtype=torch.bfloat16)
         model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=torch.bfloat16,
-                                                     device_map={"": torch.cuda.current_device()})
+                                                     device_map={"": int(os.environ.get("LOCAL_RANK", 0))})
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
@@ -180,8 +181,7 @@ def run_sft(config: SFTConfig) -> SFTResult:
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - started
-    trainer.save_model(str(config.output_dir))
-    tokenizer.save_pretrained(str(config.output_dir))
+    trainer.save_model(str(config.output_dir))  # on the main process only (and gathered, under FSDP/ZeRO-3)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     epochs = output.metrics.get("epoch") or config.num_train_epochs
     seen = trained_tokens * epochs
@@ -191,9 +191,11 @@ def run_sft(config: SFTConfig) -> SFTResult:
                        first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
                        train_seconds=seconds, trained_tokens_per_s=seen / seconds if seconds else math.nan,
                        peak_memory_mb=peak)
-    (config.output_dir / "parley_training.json").write_text(json.dumps(
-        {"config": json.loads(config.model_dump_json()), "base_model": model_dir, "result": result.model_dump()},
-        indent=2, default=str))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(config.output_dir))
+        (config.output_dir / "parley_training.json").write_text(json.dumps(
+            {"config": json.loads(config.model_dump_json()), "base_model": model_dir, "result": result.model_dump()},
+            indent=2, default=str))
     return result
 
 
