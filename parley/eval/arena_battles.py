@@ -11,7 +11,6 @@ included) is read as it is.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -21,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from parley.errors import ParleyError
+from parley.jsonfiles import read_records
 
 VOTE_TYPES = {"leftvote": "model_a", "rightvote": "model_b", "tievote": "tie", "bothbad_vote": "tie (bothbad)"}
 # Words in an answer that give away who answered (FastChat's list, trimmed to names and makers).
@@ -105,23 +105,6 @@ def battle_from_log(row: dict, cleaning: Cleaning, check_identity: bool = True) 
                   conversation_a=_openai_messages(conversations[0]), conversation_b=_openai_messages(conversations[1]))
 
 
-def _records(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ParleyError(f"{path}: not JSON ({exc.msg})") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ParleyError(f"{path}:{number}: not JSON ({exc.msg})") from None
-    return rows
-
-
 def load_battles(paths: Iterable[Path], anony_only: bool = True, keep_leaks: bool = False,
                  extra: Iterable[Battle] = ()) -> tuple[list[Battle], Cleaning]:
     """Battles from FastChat conversation logs and/or battle files (files, or directories of *.json/*.jsonl),
@@ -145,7 +128,7 @@ def load_battles(paths: Iterable[Path], anony_only: bool = True, keep_leaks: boo
         else:
             raise ParleyError(f"{path} does not exist")
     for file in files:
-        for row in _records(file):
+        for row in read_records(file):
             cleaning.records += 1
             if "winner" in row and "model_a" in row:
                 try:

@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from parley.errors import ParleyError
+from parley.jsonfiles import read_records
 
 # Categories whose judge prompts carry a reference answer (FastChat's NEED_REF_CATS).
 NEEDS_REFERENCE = frozenset({"math", "reasoning", "coding", "arena-hard-200"})
@@ -55,18 +56,7 @@ class JudgePrompt(BaseModel):
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise ParleyError(f"{path} does not exist")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ParleyError(f"{path}:{number}: not JSON ({exc.msg})") from None
-    return rows
+    return read_records(path)
 
 
 def append_jsonl(path: Path, row: dict) -> None:

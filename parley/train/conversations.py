@@ -7,12 +7,11 @@ skipped and reported with its id and the reason; nothing is dropped silently.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from parley.errors import ParleyError
+from parley.jsonfiles import read_records
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",
                   "bing": "assistant", "assistant": "assistant", "system": "system"}
@@ -26,28 +25,6 @@ class Sample(BaseModel):
 class Skipped(BaseModel):
     id: str
     reason: str
-
-
-def read_records(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise ParleyError(f"{path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ParleyError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
-    else:
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ParleyError(f"{path}:{number}: not JSON ({exc.msg})") from None
-    if not isinstance(records, list):
-        raise ParleyError(f"{path}: expected a list of conversations")
-    return records
 
 
 def normalize(record: dict, index: int) -> Sample | Skipped:
