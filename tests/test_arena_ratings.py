@@ -160,3 +160,20 @@ def test_fastchat_logs_are_cleaned_and_rated_by_the_cli(tmp_path):
     empty.write_text(json.dumps(rows[-1]) + "\n")
     result = run_parley("eval", "ratings", str(empty), "--output-dir", str(out), timeout=120)
     assert result.returncode != 0 and "nothing to rate" in result.stderr
+
+
+def test_models_whose_rating_the_votes_cannot_pin_down_are_marked_provisional():
+    from parley.eval.arena_battles import Cleaning
+    from parley.eval.arena_leaderboard import PROVISIONAL, build, identified_models, to_markdown
+
+    def battle(a, b, winner):
+        return Battle(model_a=a, model_b=b, winner=winner)
+
+    assert identified_models([battle("x", "y", "model_a")]) == set()  # one win: the MLE is at infinity
+    assert identified_models([battle("x", "y", "model_a"), battle("x", "y", "tie")]) == {"x", "y"}
+    unbeaten = [battle("x", "y", "model_a"), battle("y", "x", "model_a"), battle("z", "x", "model_a"),
+                battle("z", "y", "model_a")]
+    assert identified_models(unbeaten) == {"x", "y"}
+    board = build(unbeaten, Cleaning(), rounds=20, elo_rounds=5)
+    assert {r.model: r.provisional for r in board.rows} == {"x": False, "y": False, "z": True}
+    assert f"| z | — | {PROVISIONAL} | 2 |" in to_markdown(board)

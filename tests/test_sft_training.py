@@ -98,7 +98,9 @@ def test_lora_learns_and_merged_equals_unmerged_and_deltas_round_trip(facts, tmp
         unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(out)).eval()
         merged_model = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
         a, b = unmerged(ids).logits, merged_model(ids).logits
-    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (a - b).abs().max()
+    # fp32 rounding of W + BA across 30 layers: logits of magnitude ~20 agree to ~1e-5 relative.
+    assert torch.allclose(a, b, atol=1e-3, rtol=1e-4), (a - b).abs().max()
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
 
     delta_dir, rebuilt_dir = tmp_path / "delta", tmp_path / "rebuilt"
     for step, args in (("make-delta", ["--base", base_dir, "--target", str(merged_dir), "--output", str(delta_dir)]),

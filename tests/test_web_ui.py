@@ -189,7 +189,7 @@ def test_arena_battle_vote_reveals_names_and_is_stored_then_leaderboard(stack, b
     page.get_by_role("tab", name="Leaderboard").click()
     page.click("#leaderboard-recompute")
     board = wait_text(page, "#leaderboard", lambda t: MODEL in t and "echo-model" in t)
-    assert "1" in board
+    assert board.count("needs more votes") == 2  # one vote cannot pin a rating down: said, not a made-up number
     wait_text(page, "#leaderboard-status", lambda t: "Recomputed from 1 battles" in t)
     page.wait_for_timeout(1000)
     page.screenshot(path=str(SHOTS / "leaderboard.png"))

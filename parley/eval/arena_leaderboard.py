@@ -25,6 +25,7 @@ class Row(BaseModel):
     elo: float  # online Elo, for comparison
     elo_lower: float
     elo_upper: float
+    provisional: bool = False  # the votes do not pin this rating down (see identified_models)
 
 
 class Leaderboard(BaseModel):
@@ -40,6 +41,56 @@ class Leaderboard(BaseModel):
     cleaning: Cleaning
 
 
+def identified_models(battles: Sequence[Battle]) -> set[str]:
+    """Models whose Bradley–Terry rating is finite: the maximum likelihood exists only where every model can be
+    reached from every other by "beat or tied" steps (the win graph is strongly connected). A model that never
+    lost, or never won, against the rest is left out (its rating runs off to infinity)."""
+    beats: dict[str, set[str]] = {}
+    for b in battles:
+        beats.setdefault(b.model_a, set())
+        beats.setdefault(b.model_b, set())
+        if b.winner != "model_b":
+            beats[b.model_a].add(b.model_b)
+        if b.winner != "model_a":
+            beats[b.model_b].add(b.model_a)
+    # The largest strongly connected component (Kosaraju), if it has at least two models.
+    order, seen = [], set()
+    for start in beats:
+        if start in seen:
+            continue
+        stack = [(start, iter(beats[start]))]
+        seen.add(start)
+        while stack:
+            node, children = stack[-1]
+            nxt = next((c for c in children if c not in seen), None)
+            if nxt is None:
+                order.append(node)
+                stack.pop()
+            else:
+                seen.add(nxt)
+                stack.append((nxt, iter(beats[nxt])))
+    reverse: dict[str, set[str]] = {m: set() for m in beats}
+    for a, targets in beats.items():
+        for t in targets:
+            reverse[t].add(a)
+    assigned: set[str] = set()
+    components = []
+    for node in reversed(order):
+        if node in assigned:
+            continue
+        component, todo = set(), [node]
+        while todo:
+            n = todo.pop()
+            if n in assigned:
+                continue
+            assigned.add(n)
+            component.add(n)
+            todo += [r for r in reverse[n] if r not in assigned]
+        components.append(component)
+    biggest = max(components, key=len, default=set())
+    return biggest if len(biggest) >= 2 else set()
+
+
 def build(battles: Sequence[Battle], cleaning: Cleaning, rounds: int = 1000, elo_rounds: int = 100, style: bool = False,
           seed: int = 0, progress=None) -> Leaderboard:
     bt = bootstrap_bt(battles, rounds=rounds, seed=seed, style=style, progress=progress)
@@ -47,8 +98,10 @@ def build(battles: Sequence[Battle], cleaning: Cleaning, rounds: int = 1000, elo
     _, style_coef = bradley_terry(battles, style=style) if style else (None, {})
     votes = battle_counts(battles)
     ordered = sorted(bt, key=lambda m: -bt[m].rating)
+    identified = identified_models(battles)
     rows = [Row(rank=1 + sum(bt[o].lower > bt[m].upper for o in bt), model=m, rating=bt[m].rating, lower=bt[m].lower,
-                upper=bt[m].upper, votes=votes[m], elo=elo[m].rating, elo_lower=elo[m].lower, elo_upper=elo[m].upper)
+                upper=bt[m].upper, votes=votes[m], elo=elo[m].rating, elo_lower=elo[m].lower, elo_upper=elo[m].upper,
+                provisional=m not in identified)
             for m in ordered]
     rate, count = pairwise_matrices(battles, ordered)
     return Leaderboard(generated=time.time(), method="bradley-terry" + (", style control" if style else ""),
@@ -59,7 +112,12 @@ def build(battles: Sequence[Battle], cleaning: Cleaning, rounds: int = 1000, elo
 HEADER = ["rank", "model", "rating", "95% interval", "votes", "online Elo"]
 
 
+PROVISIONAL = "needs more votes"
+
+
 def cells(r: Row) -> list[str]:
+    if r.provisional:
+        return [str(r.rank), r.model, "—", PROVISIONAL, str(r.votes), f"{r.elo:.0f}"]
     return [str(r.rank), r.model, f"{r.rating:.0f}", f"{r.lower:.0f} – {r.upper:.0f}", str(r.votes), f"{r.elo:.0f}"]
 
 

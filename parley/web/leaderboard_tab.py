@@ -50,8 +50,7 @@ def table(services: WebServices) -> tuple[list[list], str]:
         rows = [["", m, "", "", "", f"{s:.2f}"] for m, s in sorted(mt.items(), key=lambda kv: -kv[1])]
         return rows, "No Arena ratings yet: vote in the Arena, then press Recompute."
     board = arena_leaderboard.read(path)
-    rows = [[r.rank, r.model, round(r.rating), f"{r.lower:.0f} – {r.upper:.0f}", r.votes,
-             f"{mt[r.model]:.2f}" if r.model in mt else ""] for r in board.rows]
+    rows = [[*arena_leaderboard.cells(r)[:5], f"{mt[r.model]:.2f}" if r.model in mt else ""] for r in board.rows]
     return rows, f"{board.method}, {board.battles} battles, {board.bootstrap_rounds} bootstrap rounds."
 
 
