@@ -27,6 +27,7 @@ def test_one_requests_failure_does_not_end_the_others_in_the_batch():
     ok = sequence(SamplingParams(temperature=0), ok_events)
     bad = sequence(SamplingParams(temperature=0), bad_events, matcher=BrokenGrammar())
     logits = torch.randn(2, 10)
+    logits[:, 0] = -100.0  # token 0 is the stop token: the healthy request must go on
     keep = advance_rows([ok, bad], logits, lambda: finished.append(1))
     assert keep == [0] and len(finished) == 1
     assert isinstance(ok_events[0], TokenEvent) and ok_events[0].token_ids == [int(logits[0].argmax())]

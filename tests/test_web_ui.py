@@ -5,6 +5,7 @@ Screenshots of each screen go to test-artifacts/screens/."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ MODEL = "smollm2-135m-instruct"
 class Stack:
     def __init__(self, tmp: Path):
         self.db_url = f"sqlite:///{tmp / 'parley.db'}"
+        self.data_home = tmp / "data"  # the leaderboard file and anything else of the user's data home
         self.web_port, self.controller_port = free_port(), free_port()
         self.log = tmp / "serve.log"
         with self.log.open("w") as out:
@@ -36,7 +38,7 @@ class Stack:
                 [sys.executable, "-m", "parley", "serve", "--port", str(free_port()),
                  "--controller-port", str(self.controller_port), "--worker-port", str(free_port()),
                  "--web-port", str(self.web_port), "--db-url", self.db_url], cwd=REPO, stdout=out,
-                stderr=subprocess.STDOUT, text=True)
+                stderr=subprocess.STDOUT, text=True, env={**os.environ, "PARLEY_DATA_DIR": str(self.data_home)})
         deadline = time.monotonic() + 300
         while "Press Ctrl-C to stop" not in self.log.read_text():
             assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
@@ -187,10 +189,12 @@ def test_arena_battle_vote_reveals_names_and_is_stored_then_leaderboard(stack, b
     db.close()
 
     page.get_by_role("tab", name="Leaderboard").click()
+    assert "No Arena ratings yet" in wait_text(page, "#leaderboard-status", lambda t: t.strip())
     page.click("#leaderboard-recompute")
+    wait_text(page, "#leaderboard-status", lambda t: "Recomputed from 1 battles" in t)
     board = wait_text(page, "#leaderboard", lambda t: MODEL in t and "echo-model" in t)
     assert board.count("needs more votes") == 2  # one vote cannot pin a rating down: said, not a made-up number
-    wait_text(page, "#leaderboard-status", lambda t: "Recomputed from 1 battles" in t)
+    assert (stack.data_home / "arena_ratings" / "leaderboard.json").is_file()
     page.wait_for_timeout(1000)
     page.screenshot(path=str(SHOTS / "leaderboard.png"))
     page.close()
