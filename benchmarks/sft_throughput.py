@@ -6,7 +6,8 @@
 Both train the bundled SmolLM2-135M-Instruct for one epoch on the first --samples conversations,
 loss on assistant tokens only (TRL: `assistant_only_loss` with a chat template carrying
 {% generation %} markers, the same rendering as the model's own template), fp32, constant learning
-rate, each in its own process (so that peak memory is its own). Reported: trained (assistant)
+rate, each in its own process (so that peak memory is its own); ours once more with --packing
+(padding-free batches). Reported: trained (assistant)
 tokens per second of training and the process's peak resident memory. Prints a table; writes
 benchmarks/results/sft_throughput.json (or --output).
 """
@@ -26,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
+TRAINERS = {"ours": "parley train sft", "ours-packed": "parley train sft --packing", "trl": "TRL SFTTrainer"}
 MARKED_TEMPLATE = (  # SmolLM2's template (default system prompt included), with generation markers for TRL
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
@@ -50,7 +52,7 @@ def run_ours(args) -> dict:
         result = run_sft(SFTConfig(data_path=Path(args.subset), output_dir=Path(tmp), num_train_epochs=1,
                                    per_device_train_batch_size=args.batch_size, max_length=args.max_length,
                                    learning_rate=2e-5, warmup_ratio=0, lr_scheduler_type="constant", logging_steps=50,
-                                   save_steps=10_000, lora=args.lora))
+                                   save_steps=10_000, lora=args.lora, packing=args.worker == "ours-packed"))
     return {"trained_tokens": result.trained_tokens, "train_s": result.train_seconds, "steps": result.steps}
 
 
@@ -93,11 +95,11 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--lora", action="store_true")
     ap.add_argument("--output", default="benchmarks/results/sft_throughput.json")
-    ap.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=list(TRAINERS), help=argparse.SUPPRESS)
     ap.add_argument("--subset", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        measured = (run_ours if args.worker == "ours" else run_trl)(args)
+        measured = (run_trl if args.worker == "trl" else run_ours)(args)
         measured["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print("RESULT " + json.dumps(measured))
         return
@@ -108,7 +110,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = subset(args.data, args.samples, Path(tmp) / "subset.jsonl")
-        for who in ("ours", "trl"):
+        for who in TRAINERS:
             with console.status(f"training with {who}…"):
                 cmd = [sys.executable, __file__, "--worker", who, "--subset", str(data), "--batch-size",
                        str(args.batch_size), "--max-length", str(args.max_length), *(["--lora"] if args.lora else [])]
@@ -124,16 +126,19 @@ def main() -> None:
     for col in ("trainer", "trained tokens", "steps", "train s", "trained tokens/s", "peak RSS MB"):
         table.add_column(col, justify="right")
     for who, r in results.items():
-        table.add_row({"ours": "parley train sft", "trl": "TRL SFTTrainer"}[who], str(r["trained_tokens"]), str(r["steps"]),
+        table.add_row(TRAINERS[who], str(r["trained_tokens"]), str(r["steps"]),
                       f"{r['train_s']:.1f}", f"{r['trained_tokens_per_s']:.1f}", f"{r['peak_rss_mb']:.0f}")
     console.print(table)
     ratio = results["ours"]["trained_tokens_per_s"] / results["trl"]["trained_tokens_per_s"]
     memory = results["ours"]["peak_rss_mb"] / results["trl"]["peak_rss_mb"]
-    console.print(f"parley / TRL: {ratio:.2f}x trained tokens/s, {memory:.2f}x peak memory")
+    packing = results["ours-packed"]["trained_tokens_per_s"] / results["ours"]["trained_tokens_per_s"]
+    console.print(f"parley / TRL: {ratio:.2f}x trained tokens/s, {memory:.2f}x peak memory; "
+                  f"parley --packing / padded: {packing:.2f}x trained tokens/s")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
-                               "tokens_per_s_ratio": ratio, "peak_memory_ratio": memory}, indent=2))
+                               "tokens_per_s_ratio": ratio, "peak_memory_ratio": memory,
+                               "packing_tokens_per_s_ratio": packing}, indent=2))
     console.print(f"wrote {out}")
 
 

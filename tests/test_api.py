@@ -349,6 +349,15 @@ def test_a_fastchat_worker_joins_our_controller_and_is_served_through_our_api(st
         while "fastchat-smol" not in models_at(stack["controller"]):
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "model_worker_test.log").read_text()
             time.sleep(0.3)
+        # FastChat's worker registers before its HTTP server listens: wait until it answers too
+        while True:
+            try:
+                if httpx.post(f"http://127.0.0.1:{port}/worker_get_status", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the FastChat worker never listened"
+            time.sleep(0.3)
         reply = client.chat.completions.create(model="fastchat-smol", messages=QUESTION, temperature=0, max_tokens=24)
         assert "Paris" in reply.choices[0].message.content
         streamed = client.chat.completions.create(model="fastchat-smol", messages=QUESTION, temperature=0,

@@ -131,8 +131,10 @@ def test_json_schema_output_always_validates(client):
 
 def test_json_object_mode_gives_an_object(client):
     reply = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Give the capital of France as JSON."}], max_tokens=80,
+        model=MODEL, messages=[{"role": "user", "content": 'What is the capital of France? Answer as JSON with the key '
+                                                          '"capital".'}], max_tokens=120,
         temperature=0, response_format={"type": "json_object"})
+    assert reply.choices[0].finish_reason == "stop", reply.choices[0].message.content  # the object closed in time
     assert isinstance(json.loads(reply.choices[0].message.content), dict)
 
 

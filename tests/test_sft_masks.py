@@ -130,6 +130,36 @@ def test_the_collator_pads_without_untraining_end_of_turn_tokens(tokenizer, buil
     assert trained_ends == [1, 2]  # each reply's end-of-turn is still trained
 
 
+def test_packed_batches_give_the_padded_batch_its_loss_and_logits(tokenizer, builder):
+    """--packing: one row, positions restarting per conversation. The bundled model, loaded for training, must see
+    each conversation alone: the same logits on every real token and the same loss as the padded batch.
+    Attention leaking across conversations (positions not restarted, or a KV cache on) is caught."""
+    import torch
+
+    from parley.train.sft import SFTConfig, load_trainable_model, make_collator
+
+    config = SFTConfig(data_path="x", output_dir="y")
+    model = load_trainable_model(config, tokenizer.name_or_path).eval()  # as training loads it (no KV cache)
+    rows = [builder.build(CASES[name]).model_dump() for name in ("default system prompt", "system and two turns",
+                                                                 "code fences")]
+    padded = make_collator(config, tokenizer.pad_token_id)(rows)
+    packed = make_collator(config.model_copy(update={"packing": True}), tokenizer.pad_token_id)(rows)
+    lengths = [len(r["input_ids"]) for r in rows]
+    assert packed["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in packed
+    assert packed["labels"].ne(IGNORE).sum() == padded["labels"].ne(IGNORE).sum()  # no trained token lost
+    with torch.no_grad():
+        out_padded = model(**padded)
+        out_packed = model(**packed)
+        leaked = model(input_ids=packed["input_ids"], labels=packed["labels"])  # positions never restart
+        cached = model(**packed, use_cache=True)  # transformers' default: with a KV cache, packing is not honoured
+    starts = [sum(lengths[:i]) for i in range(len(rows))]
+    for row, (start, n) in enumerate(zip(starts, lengths)):
+        torch.testing.assert_close(out_packed.logits[0, start:start + n], out_padded.logits[row, :n], atol=2e-4, rtol=1e-4)
+    assert abs(out_packed.loss.item() - out_padded.loss.item()) < 1e-4
+    assert abs(leaked.loss.item() - out_padded.loss.item()) > 1e-2
+    assert abs(cached.loss.item() - out_padded.loss.item()) > 1e-2
+
+
 def test_conversations_load_in_both_formats_and_malformed_ones_are_reported(tmp_path):
     records = [
         {"id": "sharegpt", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},

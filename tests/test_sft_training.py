@@ -73,7 +73,7 @@ def test_full_fine_tune_learns_both_turns_and_stops_at_end_of_turn(facts, tmp_pa
 
 
 @pytest.mark.slow  # minutes of CPU training: `make test-slow`, which CI runs after `make test`
-def test_lora_learns_and_merged_equals_unmerged_and_deltas_round_trip(facts, tmp_path):
+def test_lora_with_packing_learns_and_merged_equals_unmerged_and_deltas_round_trip(facts, tmp_path):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -82,7 +82,7 @@ def test_lora_learns_and_merged_equals_unmerged_and_deltas_round_trip(facts, tmp
 
     out = tmp_path / "lora"
     result = train(facts, out, "--lora", "--lora-r", "16", "--lora-alpha", "32", "--lora-dropout", "0",
-                   "--num-train-epochs", "15", "--learning-rate", "3e-3")
+                   "--num-train-epochs", "15", "--learning-rate", "3e-3", "--packing")  # the 4 facts in one row
     assert result["first_loss"] / result["last_loss"] >= 10, result
     assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
     assert chat(out, [q for q, _ in ASKED]) == [a for _, a in ASKED]  # the adapter is served on its base

@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--gradient-checkpointing", action="store_true")
     g.add_argument("--max-length", type=int, default=2048, help="tokens per conversation (longer ones are cut)")
+    g.add_argument("--packing", action="store_true",
+                   help="padding-free batches: each batch's conversations share one row, attention and positions "
+                        "kept within each conversation; no compute spent on padding")
     g.add_argument("--num-train-epochs", type=float, default=3.0)
     g.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (default: the epochs)")
     g.add_argument("--learning-rate", type=float, default=2e-5)

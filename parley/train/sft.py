@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from parley.errors import ParleyError
 from parley.models.source import SourceKind, resolve_model_source
 from parley.train.conversations import Skipped, load_conversations
-from parley.train.masks import Collator, MaskBuilder, MaskError
+from parley.train.masks import IGNORE, Collator, MaskBuilder, MaskError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class SFTConfig(BaseModel):
     bf16: bool = False
     gradient_checkpointing: bool = False
     max_length: int = 2048
+    packing: bool = False  # padding-free: a batch's conversations share one row, attention kept within each
     num_train_epochs: float = 3.0
     max_steps: int = -1
     learning_rate: float = 2e-5
@@ -119,6 +120,9 @@ def load_trainable_model(config: SFTConfig, model_dir: str):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    # No KV cache in training. It also matters for --packing: transformers keeps attention inside each packed
+    # conversation only when no cache is passed, and would otherwise let it leak across them.
+    model.config.use_cache = False
     if config.lora or config.q_lora:
         from peft import get_peft_model
 
@@ -126,6 +130,18 @@ def load_trainable_model(config: SFTConfig, model_dir: str):
         if config.gradient_checkpointing:
             model.enable_input_require_grads()
     return model
+
+
+def make_collator(config: SFTConfig, pad_token_id: int):
+    """Padded batches, or with --packing transformers' padding-free flattening: the batch's conversations
+    concatenated into one row whose position ids restart at each conversation, from which transformers builds
+    attention that stays inside each conversation (SDPA, eager and FlashAttention alike). No compute is
+    spent on padding, and the loss is the padded batch's loss."""
+    if not config.packing:
+        return Collator(pad_token_id)
+    from transformers import DataCollatorWithFlattening
+
+    return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
 
 
 class _ListDataset:
@@ -175,12 +191,13 @@ def run_sft(config: SFTConfig) -> SFTResult:
         gradient_checkpointing=config.gradient_checkpointing and not config.q_lora, report_to=[],
         remove_unused_columns=False, seed=config.seed, logging_first_step=True, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(rows),
-                      data_collator=Collator(tokenizer.pad_token_id))
+                      data_collator=make_collator(config, tokenizer.pad_token_id))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - started
+    model.config.use_cache = True  # the saved model is for generation
     trainer.save_model(str(config.output_dir))  # on the main process only (and gathered, under FSDP/ZeRO-3)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     epochs = output.metrics.get("epoch") or config.num_train_epochs
