@@ -130,6 +130,23 @@ def test_the_collator_pads_without_untraining_end_of_turn_tokens(tokenizer, buil
     assert trained_ends == [1, 2]  # each reply's end-of-turn is still trained
 
 
+def test_a_named_conv_template_trains_each_reply_through_its_separator(tokenizer):
+    """--conv-template NAME (FastChat's names): the masks follow that template's rendering."""
+    from parley.errors import ParleyError
+    from parley.train.sft import resolve_chat_template
+
+    messages = CASES["system and two turns"]
+    for name, trained in (("vicuna_v1.1", [" Hello!</s>", " Goodbye.</s>"]),
+                          ("chatml", ["Hello!<|im_end|>", "Goodbye.<|im_end|>"])):  # not the newline after it
+        example = MaskBuilder(tokenizer, chat_template=resolve_chat_template(name, tokenizer)).build(messages)
+        assert trained_segments(tokenizer, example) == trained, name
+    vicuna = tokenizer.decode(MaskBuilder(tokenizer, chat_template=resolve_chat_template("vicuna_v1.1", tokenizer))
+                              .build(messages).input_ids)
+    assert vicuna.startswith("You are terse. USER: Hi ASSISTANT: Hello!</s>USER: Bye")
+    with pytest.raises(ParleyError, match="neither a named template"):
+        resolve_chat_template("vicuna-9", tokenizer)
+
+
 def test_packed_batches_give_the_padded_batch_its_loss_and_logits(tokenizer, builder):
     """--packing: one row, positions restarting per conversation. The bundled model, loaded for training, must see
     each conversation alone: the same logits on every real token and the same loss as the padded batch.

@@ -122,6 +122,22 @@ def test_training_resumes_from_the_last_checkpoint(facts, tmp_path):
     assert second["steps"] == 4 and (out / "checkpoint-4").is_dir()
 
 
+def test_a_model_trained_with_a_named_conv_template_carries_it(facts, tmp_path):
+    """One LoRA step with --conv-template vicuna_v1.1: the output's tokenizer renders vicuna prompts, so the
+    adapter is served (its tokenizer is the one the worker loads) with the template it was trained on."""
+    from transformers import AutoTokenizer
+
+    from parley.conversation.formatter import ChatFormatter
+
+    out = tmp_path / "vicuna"
+    result = train(facts, out, "--lora", "--max-steps", "1", "--conv-template", "vicuna_v1.1")
+    assert result["steps"] == 1
+    messages = [{"role": "user", "content": ASKED[0][0]}]
+    served = AutoTokenizer.from_pretrained(out).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert served == ChatFormatter.named_template("vicuna_v1.1").render(messages).text
+    assert served.endswith("USER: What is the name of Zorblax's cat? ASSISTANT:")
+
+
 def test_q_lora_says_it_needs_cuda_on_a_cpu(facts, tmp_path):
     import torch
 

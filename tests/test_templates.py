@@ -6,7 +6,7 @@ import pytest
 
 from parley.conversation.formatter import ChatFormatter, validate_messages
 from parley.conversation.matching import NAME_RULES, template_for_model_name
-from parley.conversation.templates import NAMED_TEMPLATES
+from parley.conversation.templates import NAMED_TEMPLATES, standalone_chat_template
 from parley.errors import InvalidRequestError, ParleyError
 
 fastchat_conversation = pytest.importorskip("fastchat.conversation")
@@ -66,6 +66,25 @@ def test_complete_conversation_equals_fastchat(name):
     messages = CONVERSATIONS["system and two turns"][:3]  # ends with the assistant's reply
     ours = ChatFormatter.named_template(name).render(messages, add_generation_prompt=False).text
     assert ours == fastchat_prompt(name, messages, add_generation_prompt=False)
+
+
+@pytest.mark.parametrize("name", sorted(NAMED_TEMPLATES))
+def test_a_named_template_written_out_as_a_chat_template_renders_the_same(name):
+    """What `parley train sft --conv-template NAME` saves in the trained model's tokenizer: served as its own
+    template, it must give the prompts the named template gives (with and without the generation prompt)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    standalone = standalone_chat_template(NAMED_TEMPLATES[name])
+    for conversation in CONVERSATIONS.values():
+        for messages, prompt in ((conversation, True), (conversation[:3], False)):
+            ours = ChatFormatter.named_template(name).render(messages, add_generation_prompt=prompt).text
+            written = render_jinja_template(conversations=[messages], chat_template=standalone,
+                                            add_generation_prompt=prompt)[0][0]
+            assert written == ours
+    with_bos = standalone_chat_template(NAMED_TEMPLATES[name], bos_token=True)  # for tokenizers that add BOS
+    one = CONVERSATIONS["one turn"]
+    assert render_jinja_template(conversations=[one], chat_template=with_bos, add_generation_prompt=True,
+                                 bos_token="<s>")[0][0] == "<s>" + ChatFormatter.named_template(name).render(one).text
 
 
 @pytest.mark.parametrize("name", SHARED)

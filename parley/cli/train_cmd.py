@@ -17,7 +17,9 @@ def add_parser(sub) -> None:
     s.add_argument("--data-path", type=Path, required=True)
     s.add_argument("--output-dir", type=Path, required=True)
     s.add_argument("--conv-template", "--chat-template", dest="chat_template", default=None,
-                   help="a Jinja chat template file to train with instead of the model's own")
+                   help="train with this template instead of the model's own: a named one (vicuna_v1.1, llama-2, "
+                        "chatml, ...: the README lists them) or a Jinja file; the output carries it and is served "
+                        "with it")
     g = s.add_argument_group("LoRA / QLoRA")
     g.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
     g.add_argument("--lora-r", type=int, default=8)

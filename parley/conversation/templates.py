@@ -12,6 +12,7 @@ Variables a style sees: `system_message`, `system_prompt` (system_template fille
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 STYLES: dict[str, str] = {
@@ -157,3 +158,26 @@ _TEMPLATES = (
 )
 
 NAMED_TEMPLATES: dict[str, NamedTemplate] = {t.name: t for t in _TEMPLATES}
+
+
+def standalone_chat_template(t: NamedTemplate, bos_token: bool = False) -> str:
+    """The named template as an ordinary chat template over `messages` (what a tokenizer's `chat_template`
+    holds): the template's constants written in as literals ahead of its style. It renders exactly what
+    the named template renders, so a model fine-tuned with it carries it in its tokenizer and is served
+    with it as its own. `bos_token`: begin with the tokenizer's BOS text, for tokenizers that add one (the
+    named template's prompts are tokenized with special tokens; a model's own template writes them)."""
+    def lit(value) -> str:  # JSON strings, lists and objects are Jinja literals (ASCII escapes decode alike)
+        return json.dumps(value, ensure_ascii=True)
+
+    examples = [{"role": role, "content": content} for role, content in t.examples]
+    head = (
+        f"{{% set roles = {lit(list(t.roles))} %}}{{% set sep = {lit(t.sep)} %}}{{% set sep2 = {lit(t.sep2)} %}}"
+        "{% if messages and messages[0]['role'] == 'system' %}{% set system_message = messages[0]['content'] %}"
+        f"{{% else %}}{{% set system_message = {lit(t.system_message)} %}}{{% endif %}}"
+        f"{{% set system_prompt = {lit(t.system_template)}.replace('{{system_message}}', system_message) %}}"
+        f"{{% set ns = namespace(turns={lit(examples)}) %}}"
+        "{% for m in messages %}{% if m['role'] != 'system' %}{% set ns.turns = ns.turns + "
+        "[{'role': roles[0] if m['role'] == 'user' else roles[1], 'content': m['content']}] %}{% endif %}{% endfor %}"
+        "{% set turns = ns.turns %}"
+    )
+    return head + ("{{ bos_token }}" if bos_token else "") + t.jinja

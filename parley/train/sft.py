@@ -28,7 +28,7 @@ class SFTConfig(BaseModel):
     model_path: str | None = None  # default: the bundled model
     data_path: Path
     output_dir: Path
-    chat_template: str | None = None  # a Jinja file (or text) instead of the model's own template
+    chat_template: str | None = None  # a named template, a Jinja file or Jinja text instead of the model's own
     lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
@@ -75,11 +75,27 @@ def base_model_dir(model_path: str | None) -> str:
     return model_directory(source)
 
 
+def resolve_chat_template(value: str | None, tokenizer) -> str | None:
+    """--conv-template: a named template (FastChat's names: vicuna_v1.1, llama-2, chatml, ...), written out as
+    an ordinary chat template; a Jinja file; or Jinja text. None: the model's own template."""
+    from parley.conversation.templates import NAMED_TEMPLATES, standalone_chat_template
+
+    if not value:
+        return None
+    if value in NAMED_TEMPLATES:
+        adds_bos = bool(getattr(tokenizer, "add_bos_token", False)) and tokenizer.bos_token is not None
+        return standalone_chat_template(NAMED_TEMPLATES[value], bos_token=adds_bos)
+    if Path(value).is_file():
+        return Path(value).read_text(encoding="utf-8")
+    if "{%" in value or "{{" in value:
+        return value
+    raise ParleyError(f"--conv-template {value!r} is neither a named template ({', '.join(sorted(NAMED_TEMPLATES))}) "
+                      "nor a Jinja file")
+
+
 def build_dataset(config: SFTConfig, tokenizer) -> tuple[list[dict], list[Skipped], int]:
-    template = config.chat_template
-    if template and Path(template).is_file():
-        template = Path(template).read_text(encoding="utf-8")
-    builder = MaskBuilder(tokenizer, chat_template=template)
+    """Label-masked rows from the tokenizer's chat template (run_sft puts --conv-template there first)."""
+    builder = MaskBuilder(tokenizer)
     samples, skipped = load_conversations(config.data_path)
     rows = []
     for sample in samples:
@@ -168,6 +184,9 @@ def run_sft(config: SFTConfig) -> SFTResult:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked by the collator, never by id
+    template = resolve_chat_template(config.chat_template, tokenizer)
+    if template is not None:
+        tokenizer.chat_template = template  # trained with it, and saved with it: served as it was trained
     rows, skipped, trained_tokens = build_dataset(config, tokenizer)
     for s in skipped:
         log.warning("skipped sample %s: %s", s.id, s.reason)
