@@ -136,13 +136,13 @@ def test_a_named_conv_template_trains_each_reply_through_its_separator(tokenizer
     from parley.train.sft import resolve_chat_template
 
     messages = CASES["system and two turns"]
+    built = {}
     for name, trained in (("vicuna_v1.1", [" Hello!</s>", " Goodbye.</s>"]),
                           ("chatml", ["Hello!<|im_end|>", "Goodbye.<|im_end|>"])):  # not the newline after it
-        example = MaskBuilder(tokenizer, chat_template=resolve_chat_template(name, tokenizer)).build(messages)
-        assert trained_segments(tokenizer, example) == trained, name
-    vicuna = tokenizer.decode(MaskBuilder(tokenizer, chat_template=resolve_chat_template("vicuna_v1.1", tokenizer))
-                              .build(messages).input_ids)
-    assert vicuna.startswith("You are terse. USER: Hi ASSISTANT: Hello!</s>USER: Bye")
+        built[name] = MaskBuilder(tokenizer, chat_template=resolve_chat_template(name, tokenizer)).build(messages)
+        assert trained_segments(tokenizer, built[name]) == trained, name
+    assert tokenizer.decode(built["vicuna_v1.1"].input_ids).startswith(
+        "You are terse. USER: Hi ASSISTANT: Hello!</s>USER: Bye")
     with pytest.raises(ParleyError, match="neither a named template"):
         resolve_chat_template("vicuna-9", tokenizer)
 
