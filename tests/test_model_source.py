@@ -16,6 +16,7 @@ def test_no_path_means_the_bundled_model():
     source = resolve_model_source(None)
     assert source.kind is SourceKind.GGUF and source.name == BUNDLED_MODEL_NAME
     assert source.path.is_file() and source.path.suffix == ".gguf"
+    assert resolve_model_source(BUNDLED_MODEL_NAME) == source  # by name too: what adapters trained on it record
 
 
 def test_gguf_file_and_hf_directory_and_hub_id(tmp_path):

@@ -124,7 +124,8 @@ def test_training_resumes_from_the_last_checkpoint(facts, tmp_path):
 
 def test_a_model_trained_with_a_named_conv_template_carries_it(facts, tmp_path):
     """One LoRA step with --conv-template vicuna_v1.1: the output's tokenizer renders vicuna prompts, so the
-    adapter is served (its tokenizer is the one the worker loads) with the template it was trained on."""
+    adapter is served (its tokenizer is the one the worker loads) with the template it was trained on; and it
+    names its base portably."""
     from transformers import AutoTokenizer
 
     from parley.conversation.formatter import ChatFormatter
@@ -132,6 +133,8 @@ def test_a_model_trained_with_a_named_conv_template_carries_it(facts, tmp_path):
     out = tmp_path / "vicuna"
     result = train(facts, out, "--lora", "--max-steps", "1", "--conv-template", "vicuna_v1.1")
     assert result["steps"] == 1
+    # its base is recorded by name, not as this machine's conversion cache: the adapter can be moved
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m-instruct"
     messages = [{"role": "user", "content": ASKED[0][0]}]
     served = AutoTokenizer.from_pretrained(out).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert served == ChatFormatter.named_template("vicuna_v1.1").render(messages).text

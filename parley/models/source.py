@@ -46,7 +46,9 @@ def default_model_name(location: str) -> str:
 
 def resolve_model_source(model_path: str | None) -> ModelSource:
     """Decide what `model_path` is. Raises ModelPathError naming the path when it is nothing usable."""
-    if model_path is None or model_path == "":
+    if model_path is None or model_path == "" or (model_path.lower() == BUNDLED_MODEL_NAME
+                                                    and not Path(model_path).exists()):
+        # the bundled model, by default or by name (what adapters trained on it record as their base)
         return ModelSource(SourceKind.GGUF, str(bundled_gguf_path()), BUNDLED_MODEL_NAME)
 
     if model_path.lower() in (BUNDLED_EMBEDDING_NAME, "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2") \

@@ -75,6 +75,17 @@ def base_model_dir(model_path: str | None) -> str:
     return model_directory(source)
 
 
+def portable_base_name(model_path: str | None) -> str:
+    """What an adapter records as its base model: the bundled model by name (found by any parley install), a
+    GGUF by its file (converted again where the conversion cache lacks it); else the directory or hub id."""
+    from parley.models.bundled import BUNDLED_MODEL_NAME, bundled_gguf_path
+
+    source = resolve_model_source(model_path)
+    if source.kind is SourceKind.GGUF:
+        return BUNDLED_MODEL_NAME if source.path.resolve() == bundled_gguf_path().resolve() else source.location
+    return base_model_dir(model_path)
+
+
 def resolve_chat_template(value: str | None, tokenizer) -> str | None:
     """--conv-template: a named template (FastChat's names: vicuna_v1.1, llama-2, chatml, ...), written out as
     an ordinary chat template; a Jinja file; or Jinja text. None: the model's own template."""
@@ -194,6 +205,7 @@ def run_sft(config: SFTConfig) -> SFTResult:
           + (" (listed above)" if skipped else ""))
     model = load_trainable_model(config, model_dir)
     if config.lora or config.q_lora:
+        model.peft_config["default"].base_model_name_or_path = portable_base_name(config.model_path)
         model.print_trainable_parameters()
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
