@@ -87,6 +87,19 @@ def test_a_named_template_written_out_as_a_chat_template_renders_the_same(name):
                                  bos_token="<s>")[0][0] == "<s>" + ChatFormatter.named_template(name).render(one).text
 
 
+def test_a_model_carrying_a_written_named_template_is_served_with_its_stop_rules():
+    """A model fine-tuned with --conv-template one_shot carries the written-out template; serving it takes the
+    named template back, with the stop string '###' that a plain chat template cannot express."""
+    from parley.engines.base import ModelInfo
+
+    info = ModelInfo(name="my-sft", engine="transformers", context_length=2048,
+                     chat_template=standalone_chat_template(NAMED_TEMPLATES["one_shot"]))
+    formatter = ChatFormatter.for_model(info)
+    assert formatter.name == "one_shot" and formatter.render(CONVERSATIONS["one turn"]).stop == ["###"]
+    plain = ModelInfo(name="my-sft", engine="transformers", context_length=2048, chat_template="{{ messages }}")
+    assert ChatFormatter.for_model(plain).name == "model"
+
+
 @pytest.mark.parametrize("name", SHARED)
 def test_stop_conditions_equal_fastchat(name):
     conv = fastchat_conversation.get_conv_template(name)

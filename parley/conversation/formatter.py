@@ -10,7 +10,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from parley.conversation import tools as tool_calls
 from parley.conversation.matching import DEFAULT_TEMPLATE, template_for_model_name
-from parley.conversation.templates import NAMED_TEMPLATES, NamedTemplate
+from parley.conversation.templates import NAMED_TEMPLATES, NamedTemplate, written_named_template
 from parley.engines.base import ModelInfo
 from parley.errors import InvalidRequestError, ParleyError
 
@@ -78,6 +78,8 @@ class ChatFormatter:
         """`--conv-template` if given; else the model's own template; else by model name; else one_shot."""
         if conv_template:
             return cls.named_template(conv_template)
+        if info.chat_template and (written := written_named_template(info.chat_template)):
+            return cls(named=written)  # fine-tuned with a named template: render it as such, with its stop rules
         if info.chat_template:
             return cls(model_template=info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token)
         return cls.named_template(template_for_model_name(info.name) or DEFAULT_TEMPLATE)

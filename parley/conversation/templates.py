@@ -13,6 +13,7 @@ Variables a style sees: `system_message`, `system_prompt` (system_template fille
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 STYLES: dict[str, str] = {
@@ -171,6 +172,7 @@ def standalone_chat_template(t: NamedTemplate, bos_token: bool = False) -> str:
 
     examples = [{"role": role, "content": content} for role, content in t.examples]
     head = (
+        f"{{# {_WRITTEN_MARK} {t.name} #}}"  # so that whoever serves it can take the named template's stop rules
         f"{{% set roles = {lit(list(t.roles))} %}}{{% set sep = {lit(t.sep)} %}}{{% set sep2 = {lit(t.sep2)} %}}"
         "{% if messages and messages[0]['role'] == 'system' %}{% set system_message = messages[0]['content'] %}"
         f"{{% else %}}{{% set system_message = {lit(t.system_message)} %}}{{% endif %}}"
@@ -181,3 +183,12 @@ def standalone_chat_template(t: NamedTemplate, bos_token: bool = False) -> str:
         "{% set turns = ns.turns %}"
     )
     return head + ("{{ bos_token }}" if bos_token else "") + t.jinja
+
+
+_WRITTEN_MARK = "parley named template"
+
+
+def written_named_template(chat_template: str) -> NamedTemplate | None:
+    """The named template a chat template was written from by `standalone_chat_template`, if it was."""
+    match = re.match(r"\{# " + _WRITTEN_MARK + r" (\S+) #\}", chat_template)
+    return NAMED_TEMPLATES.get(match.group(1)) if match else None

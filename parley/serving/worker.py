@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from parley.conversation.formatter import ChatFormatter
 from parley.conversation.matching import DEFAULT_TEMPLATE, template_for_model_name
-from parley.conversation.templates import NAMED_TEMPLATES
+from parley.conversation.templates import NAMED_TEMPLATES, written_named_template
 from parley.engines.base import Engine, GenerationRequest, SamplingParams
 from parley.errors import ContextLengthError, InvalidRequestError, ParleyError
 from parley.serving.fastchat_conv import fastchat_conversation
@@ -75,7 +75,8 @@ class ModelWorker:
         info = engine.model_info
         self.formatter = ChatFormatter.for_model(info, settings.conv_template)
         # What FastChat's API server asks for: a named template, never the model's Jinja one.
-        conv_name = (settings.conv_template or template_for_model_name(info.name)
+        written = written_named_template(info.chat_template or "")  # a model fine-tuned with --conv-template NAME
+        conv_name = (settings.conv_template or (written and written.name) or template_for_model_name(info.name)
                      or next(filter(None, map(template_for_model_name, settings.model_names)), None) or DEFAULT_TEMPLATE)
         self.conv = NAMED_TEMPLATES[conv_name]
         self._slots = asyncio.Semaphore(settings.limit_worker_concurrency)
