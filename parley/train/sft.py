@@ -83,7 +83,7 @@ def portable_base_name(model_path: str | None) -> str:
     source = resolve_model_source(model_path)
     if source.kind is SourceKind.GGUF:
         return BUNDLED_MODEL_NAME if source.path.resolve() == bundled_gguf_path().resolve() else source.location
-    return base_model_dir(model_path)
+    return source.location  # a model directory or a hub id, as given
 
 
 def resolve_chat_template(value: str | None, tokenizer) -> str | None:
