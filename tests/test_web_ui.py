@@ -90,6 +90,13 @@ def wait_text(page, selector: str, predicate, timeout: float = 120) -> str:
         time.sleep(0.05)
 
 
+def wait_until(condition, message: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.05)
+
+
 def wait_value(page, selector: str, timeout: float = 120) -> str:
     deadline = time.monotonic() + timeout
     while not (value := page.input_value(selector)):
@@ -137,18 +144,22 @@ def test_chat_two_turns_streamed_then_reload_and_continue_from_history(stack, br
     for slider, value in (("#temperature", "0"), ("#max-tokens", "48")):
         page.locator(f"{slider} input[type=number]").fill(value)
         page.locator(f"{slider} input[type=number]").press("Tab")
+        # the slider's own state (its range input) must hold the value before anything is sent
+        wait_until(lambda: page.input_value(f"{slider} input[type=range]") == value, f"{slider} never took {value}")
 
     seen = send_and_watch(page, "What is the capital of France?", 0)
     assert len({n for n in seen if n > 0}) >= 2, f"the reply did not stream: lengths seen {seen}"
     first = assistant_texts(page, "#chatbot")[-1]
-    assert "Paris" in first
+    rows = stored_messages(stack.db_url)
+    assert rows[1].model == MODEL and rows[1].parameters == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 48}
+    assert "Paris" in first  # greedy decoding of the real model
     send_and_watch(page, "And of Italy?", 1)
     assert len(assistant_texts(page, "#chatbot")) == 2
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(SHOTS / "chat.png"))
     rows = stored_messages(stack.db_url)
     assert [m.role for m in rows] == ["user", "assistant", "user", "assistant"]
-    assert rows[1].model == MODEL and rows[1].parameters == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 48}
+    assert rows[3].parameters == rows[1].parameters
     assert 0 < rows[1].completion_tokens <= 48
     assert " ".join(rows[1].content.split()) == " ".join(first.split())  # what was shown is what was stored
 
