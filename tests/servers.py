@@ -23,6 +23,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(ready: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 120,
+             log: Callable[[], str] = lambda: "") -> None:
+    """Poll `ready` (HTTP errors count as not yet) until it holds; fail, with the log, if `proc` exits first or
+    the time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if ready():
+                return
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"{what}: the process exited ({proc.returncode}) first:\n{log()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s:\n{log()}")
+        time.sleep(0.1)
+
+
 class Server:
     """A `parley ...` subprocess whose output goes to a file (read it with `.log()`)."""
 
@@ -38,18 +56,8 @@ class Server:
         return Path(self._log.name).read_text()
 
     def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = 120) -> Server:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if ready():
-                    return self
-            except (httpx.HTTPError, ValueError, KeyError):
-                pass
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{' '.join(self.args)} exited ({self.proc.returncode}) before {what}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{' '.join(self.args)}: no {what} within {timeout} s:\n{self.log()}")
-            time.sleep(0.1)
+        wait_for(ready, self.proc, f"{' '.join(self.args)}: {what}", timeout, self.log)
+        return self
 
     def kill(self) -> None:
         """As if the machine died: no clean shutdown, no goodbye to the controller."""

@@ -335,7 +335,7 @@ def test_a_fastchat_worker_joins_our_controller_and_is_served_through_our_api(st
     import subprocess
     import sys
 
-    from tests.servers import REPO, free_port
+    from tests.servers import REPO, free_port, wait_for
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "fastchat_worker.py"), stack["controller"].url,
@@ -345,19 +345,13 @@ def test_a_fastchat_worker_joins_our_controller_and_is_served_through_our_api(st
                                  "FASTCHAT_WORKER_HEART_BEAT_INTERVAL": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while "fastchat-smol" not in models_at(stack["controller"]):
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "model_worker_test.log").read_text()
-            time.sleep(0.3)
+        worker_log = tmp_path / "model_worker_test.log"
+        log = lambda: worker_log.read_text() if worker_log.exists() else ""  # noqa: E731
+        wait_for(lambda: "fastchat-smol" in models_at(stack["controller"]), proc, "FastChat worker registration",
+                 log=log)
         # FastChat's worker registers before its HTTP server listens: wait until it answers too
-        while True:
-            try:
-                if httpx.post(f"http://127.0.0.1:{port}/worker_get_status", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the FastChat worker never listened"
-            time.sleep(0.3)
+        wait_for(lambda: httpx.post(f"http://127.0.0.1:{port}/worker_get_status", timeout=5).status_code == 200,
+                 proc, "FastChat worker listening", log=log)
         reply = client.chat.completions.create(model="fastchat-smol", messages=QUESTION, temperature=0, max_tokens=24)
         assert "Paris" in reply.choices[0].message.content
         streamed = client.chat.completions.create(model="fastchat-smol", messages=QUESTION, temperature=0,
