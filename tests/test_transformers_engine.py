@@ -9,7 +9,7 @@ import torch
 from pydantic import ValidationError
 
 from parley.engines.base import GenerationRequest, SamplingParams
-from parley.errors import ContextLengthError
+from parley.errors import ContextLengthError, InvalidRequestError
 
 FRANCE = "What is the capital of France?"
 
@@ -165,6 +165,14 @@ async def test_prompt_near_context_window_is_capped_to_the_room_left(engine):
     result = await engine.generate(GenerationRequest(prompt_token_ids=ids, params=SamplingParams(max_new_tokens=50, ignore_eos=True)))
     assert result.finish_reason == "length"
     assert result.usage.completion_tokens == 3
+
+
+async def test_prompt_token_ids_outside_the_vocabulary_are_refused_and_the_engine_goes_on(engine, chat_request):
+    bad = GenerationRequest(prompt_token_ids=[1, 2, 10**6], params=SamplingParams(max_new_tokens=3))
+    with pytest.raises(InvalidRequestError, match=r"vocabulary \(0 to 49151\)"):
+        await asyncio.wait_for(engine.generate(bad), timeout=10)
+    result = await asyncio.wait_for(engine.generate(chat_request(FRANCE, temperature=0, max_new_tokens=40)), timeout=60)
+    assert "Paris" in result.text
 
 
 @pytest.mark.parametrize("bad", [{"prompt": ""}, {}, {"prompt": "a", "prompt_token_ids": [1]}])

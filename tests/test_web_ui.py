@@ -262,3 +262,59 @@ def test_with_auth_a_second_user_cannot_see_the_first_users_conversations(stack,
         assert [json.loads(json.dumps(m.content)) for m in s.query(Message).filter(Message.role == "user")] == [
             "alice's private plans"]
     db.close()
+
+
+def test_two_users_sending_at_the_same_moment_are_answered_at_the_same_time(stack, browser):
+    """Two people (two browser contexts) send at once: the second one's first token comes before the first one's
+    reply ends (replies are not served one at a time), and both replies are stored."""
+    pages = []
+    for _ in range(2):
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(stack.url)
+        page.wait_for_selector("#chat-input textarea")
+        wait_value(page, "#chat-model input")
+        page.click("#chat-model input")
+        page.get_by_role("option", name=MODEL).click()
+        page.click("#chat-parameters")
+        for slider, value in (("#temperature", "0"), ("#max-tokens", "160")):
+            page.locator(f"{slider} input[type=number]").fill(value)
+            page.locator(f"{slider} input[type=number]").press("Tab")
+            wait_until(lambda: page.input_value(f"{slider} input[type=range]") == value, f"{slider} never took {value}")
+        pages.append(page)
+    before = {m.id for m in stored_messages(stack.db_url)}
+    prompts = ["Write a long story about a dragon who loves bread.", "Write a long story about a robot at sea."]
+    for page, prompt in zip(pages, prompts):
+        page.fill("#chat-input textarea", prompt)
+    sent = time.monotonic()
+    for page in pages:
+        page.click("#chat-send")
+    first_token: list[float | None] = [None, None]
+    lengths: list[list[tuple[float, int]]] = [[], []]
+    deadline = sent + 240
+    while time.monotonic() < deadline:
+        for i, page in enumerate(pages):
+            replies = assistant_texts(page, "#chatbot")
+            n = len(replies[-1]) if replies else 0
+            now = time.monotonic() - sent
+            if n and first_token[i] is None:
+                first_token[i] = now
+            if n and (not lengths[i] or lengths[i][-1][1] != n):
+                lengths[i].append((now, n))
+        rows = [m for m in stored_messages(stack.db_url) if m.id not in before]
+        if len(rows) == 4 and all(m.finish_reason not in (None, "incomplete") for m in rows if m.role == "assistant"):
+            break
+        time.sleep(0.05)
+    rows = [m for m in stored_messages(stack.db_url) if m.id not in before]
+    assert sorted(m.content for m in rows if m.role == "user") == sorted(prompts)
+    replies = [m for m in rows if m.role == "assistant"]
+    assert len(replies) == 2 and all(m.finish_reason in ("stop", "length") and m.content for m in replies)
+    ends = [lengths[i][-1][0] for i in (0, 1)]  # when each reply last grew on screen
+    assert None not in first_token
+    second = 0 if first_token[0] > first_token[1] else 1
+    print(f"first tokens at {first_token[0]:.2f} s and {first_token[1]:.2f} s; replies ended at {ends[0]:.2f} s "
+          f"and {ends[1]:.2f} s")
+    assert first_token[second] < ends[1 - second], (first_token, ends)
+    for page in pages:
+        page.context.close()

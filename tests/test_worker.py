@@ -67,6 +67,39 @@ async def test_errors_come_back_as_one_chunk_with_fastchat_codes(body, code):
     assert chunk["error_code"] == code and chunk["text"]
 
 
+REFUSING_TEMPLATE = ("{% for m in messages %}{% if 'forbidden' in m['content'] %}"
+                     "{{ raise_exception('this template refuses the word forbidden') }}{% endif %}"
+                     "{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+
+
+async def test_a_chat_template_that_refuses_one_requests_messages_fails_that_request_alone():
+    async with client_for(EchoEngine(chat_template=REFUSING_TEMPLATE, delay_s=0.01)) as w:
+        good, bad = await asyncio.gather(
+            w.post("/worker_generate_stream", json={"messages": [{"role": "user", "content": "hello there"}]}),
+            w.post("/worker_generate_stream", json={"messages": [{"role": "user", "content": "a forbidden word"}]}))
+    [error] = frames(bad.content)
+    assert error == {"text": "the chat template refused these messages: this template refuses the word forbidden",
+                     "error_code": ErrorCode.VALIDATION_TYPE_ERROR}
+    last = frames(good.content)[-1]
+    assert last["error_code"] == 0 and last["text"] == "user: hello there\nassistant: "
+
+
+class TokenizerFailsOnMarker(EchoEngine):
+    async def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
+        if "\ufffe" in text:
+            raise ValueError("the tokenizer cannot read U+FFFE")
+        return await super().count_tokens(text, add_special_tokens)
+
+
+async def test_a_text_the_tokenizer_fails_on_gets_an_error_reply_from_count_token():
+    async with client_for(TokenizerFailsOnMarker()) as w:
+        bad, good = await asyncio.gather(w.post("/count_token", json={"prompt": "a \ufffe b"}),
+                                         w.post("/count_token", json={"prompt": "a b"}))
+    assert bad.json() == {"count": 0, "text": "counting tokens failed: ValueError: the tokenizer cannot read U+FFFE",
+                          "error_code": ErrorCode.INTERNAL_ERROR}
+    assert good.json() == {"count": 2, "error_code": 0}
+
+
 async def test_a_body_that_is_not_json_is_a_validation_error():
     async with client_for(EchoEngine()) as w:
         r = await w.post("/worker_generate_stream", content=b"{not json", headers={"content-type": "application/json"})

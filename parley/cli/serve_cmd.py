@@ -1,20 +1,23 @@
-"""`parley serve`: the whole stack on one machine — controller, a worker per model, the API —
-each in its own process, started in order, checked, and stopped together on Ctrl-C or SIGTERM."""
+"""`parley serve`: the whole stack on one machine — controller, a worker per model, the API, the web UI —
+each in its own process, started in order, checked, and stopped together on Ctrl-C or SIGTERM.
+
+A process that dies later is restarted with back-off while the others keep serving; a dead
+worker is dropped from the controller at once, so requests for its model get a clean 503 until
+it is back."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import httpx
 from rich.console import Console
 
+from parley.cli.supervisor import Child, RestartPolicy, Supervisor, describe_exit
 from parley.errors import ParleyError
 from parley.models.source import resolve_model_source
 
@@ -40,33 +43,9 @@ def add_parser(sub) -> None:
     g.add_argument("--load-8bit", action="store_true")
     g.add_argument("--max-batch-size", type=int, default=32)
     g.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for the stack to come up")
+    p.add_argument("--max-restarts", type=int, default=5,
+                   help="give up restarting a process after this many crashes in a row, each within a minute of its start")
     p.set_defaults(run=run, default_log_level="INFO")
-
-
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    proc: subprocess.Popen | None = None
-    env: dict = field(default_factory=dict)
-
-    def start(self) -> None:
-        # A session of its own: Ctrl-C in the terminal reaches only the launcher, which then
-        # stops each child once, in order.
-        self.proc = subprocess.Popen(self.argv, start_new_session=True, env={**os.environ, **self.env})
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if not self.alive():
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -105,13 +84,24 @@ def run(args: argparse.Namespace) -> int:
     base = [sys.executable, "-m", "parley", "--log-level", args.log_level]
     controller_url = f"http://{local}:{args.controller_port}"
     controller = Child("controller", base + ["controller", "--host", local, "--port", str(args.controller_port)])
+
+    def drop_from_controller(child: Child, how: str) -> None:
+        try:
+            httpx.post(controller_url + "/report_worker_failure", timeout=2,
+                       json={"worker_name": child.address, "reason": f"the process {how}"})
+        except httpx.HTTPError:
+            pass  # the controller is down too; it learns the worker list afresh when it is back
+
+    def serves(name: str) -> Callable[[], bool]:
+        return lambda: name in httpx.post(controller_url + "/list_models", timeout=1).json()["models"]
+
     workers = [
         Child(f"worker {name}", base + [
             "worker", "--model-path", source.location, "--model-names", name, "--engine", args.engine,
             "--device", args.device, "--dtype", args.dtype, "--max-batch-size", str(args.max_batch_size),
             "--host", local, "--port", str(worker_port + i), "--controller-address", controller_url,
             *(["--load-8bit"] if args.load_8bit else []),
-        ])
+        ], address=f"http://{local}:{worker_port + i}", on_death=drop_from_controller, ready=serves(name))
         for i, (name, source) in enumerate(zip(names, sources))
     ]
     api = Child("api", base + ["api", "--host", args.host, "--port", str(args.port),
@@ -154,16 +144,15 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"  web UI       {web_url}   (chat, arena, leaderboard)")
         console.print(f"  OpenAI API   {api_url}/v1   (try: parley chat --base-url {api_url}/v1 --model {names[0]})")
         console.print(f"  controller   {controller_url}")
-        for w, i in zip(workers, range(len(workers))):
-            console.print(f"  {w.name:<12} http://{local}:{worker_port + i}")
+        for w in workers:
+            console.print(f"  {w.name:<12} {w.address}")
         console.print("  metrics      " + f"{api_url}/metrics")
         console.print("Press Ctrl-C to stop.")
+        supervisor = Supervisor(children, RestartPolicy(max_fast_crashes=args.max_restarts),
+                                say=lambda text: console.print(text, markup=False, highlight=False))
         while True:
-            for child in children:
-                if not child.alive():
-                    console.print(f"[red]{child.name} exited (code {child.proc.returncode}); stopping everything[/]")
-                    return 1
-            time.sleep(0.5)
+            supervisor.check()
+            time.sleep(0.2)
     except _Stop:
         console.print("stopping…")
         return 0
@@ -182,7 +171,8 @@ def _wait_for(console: Console, what: str, child: Child, ready, timeout: float) 
     with console.status(f"starting {what}…"):
         while True:
             if not child.alive():
-                raise ParleyError(f"the {child.name} exited while starting (code {child.proc.returncode}); see its log above")
+                raise ParleyError(f"the {child.name} exited while starting ({describe_exit(child.proc.returncode)}); "
+                                  "see its log above")
             try:
                 if ready():
                     return

@@ -27,11 +27,16 @@ def add_parser(sub) -> None:
                                                       "None to allow or a message to refuse (default: none)")
     p.add_argument("--max-input-chars", type=int, default=8000)
     p.add_argument("--max-turns", type=int, default=20)
+    p.add_argument("--max-concurrent-replies", type=int, default=32,
+                   help="replies streamed at once (each side of a battle is one; default 32, a worker's batch)")
+    p.add_argument("--max-waiting-replies", type=int, default=64,
+                   help="replies that may wait for a turn; beyond that users are told to try again (default 64)")
     p.add_argument("--leaderboard-file", type=Path, default=None,
                    help="ratings JSON from `parley eval ratings` (default: ~/.local/share/parley/arena_ratings/"
                         "leaderboard.json; Recompute writes it from the stored votes)")
     p.add_argument("--leaderboard-interval", type=float, default=0.0,
-                   help="recompute the leaderboard from stored votes every N seconds (default: 0, on demand)")
+                   help="recompute the leaderboard from stored votes every N seconds, in one background task of this "
+                        "process (default: 0, on demand: an admin's Recompute, at most once in 30 s)")
     p.add_argument("--mt-bench-judgments", type=Path, default=None,
                    help="MT-bench single judgments shown beside the ratings (default: ~/.local/share/parley/"
                         "mt_bench/model_judgment/gpt-4_single.jsonl)")
@@ -58,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         auth=args.auth, battle_weights=parse_weights(args.battle_weights), model_info_file=args.model_info,
         moderation=args.moderation, limits=Limits(max_input_chars=args.max_input_chars, max_turns=args.max_turns),
         leaderboard_file=args.leaderboard_file, leaderboard_interval_s=args.leaderboard_interval,
-        mt_bench_judgments=args.mt_bench_judgments)
+        mt_bench_judgments=args.mt_bench_judgments, max_concurrent_replies=args.max_concurrent_replies,
+        max_waiting_replies=args.max_waiting_replies)
     if args.log_level != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)
     app = create_app(settings)

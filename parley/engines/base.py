@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from parley.errors import ParleyError
 from parley.models.source import ModelSource
 
 FinishReason = Literal["stop", "length"]
@@ -150,6 +151,17 @@ class EngineStats(BaseModel):
     @property
     def mean_batch_size(self) -> float:
         return self.decode_tokens / self.decode_steps if self.decode_steps else 0.0
+
+
+class RequestFailedError(ParleyError):
+    """The engine failed on one request (or on the batch step it was decoding in) and goes on
+    serving the others: the model ran out of memory on a long prompt, raised on an input...
+    The message names the stage and the cause, e.g. "the model failed on this prompt:
+    RuntimeError: CUDA out of memory..."."""
+
+    def __init__(self, stage: str, cause: BaseException):
+        # Only the text is kept: the cause's traceback would hold the failed step's tensors alive.
+        super().__init__(f"{stage}: {type(cause).__name__}: {cause}")
 
 
 class EngineOptions(BaseModel):

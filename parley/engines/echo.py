@@ -31,12 +31,13 @@ _TOKEN = re.compile(r"\s*\S+\s*|\s+")
 class EchoEngine(Engine):
     name = "echo"
 
-    def __init__(self, model_name: str = "echo", context_length: int = 4096, delay_s: float = 0.0, dim: int = 16):
+    def __init__(self, model_name: str = "echo", context_length: int = 4096, delay_s: float = 0.0, dim: int = 16,
+                 chat_template: str | None = None):
         self._vocab: dict[str, int] = {}
         self._words: list[str] = []
         self._delay = delay_s
         self._dim = dim
-        self._info = ModelInfo(name=model_name, engine=self.name, context_length=context_length)
+        self._info = ModelInfo(name=model_name, engine=self.name, context_length=context_length, chat_template=chat_template)
 
     @classmethod
     def create(cls, source: ModelSource, options: EngineOptions) -> EchoEngine:

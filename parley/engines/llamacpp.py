@@ -5,6 +5,10 @@ sequence and as much of the waiting prompts as fits (`n_batch`) into a single `l
 each sequence lives under its own sequence id in a KV cache shared by all of them (`--n-ctx`
 cells in total). Tokens are chosen by the same per-request sampler as the transformers
 engine, so sampling, penalties, grammars and log-probabilities behave identically.
+
+When a `llama_decode` fails, what it added to the cache is removed and its parts are decoded
+apart (the running sequences' tokens together, each prompt chunk alone), so only the part
+that fails ends, with `RequestFailedError`: a prompt the model fails on ends alone.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from parley.engines.base import (
     EmbeddingResult,
     EngineOptions,
     ModelInfo,
+    RequestFailedError,
 )
 from parley.engines.model_loop import LocalEngine, ModelLoop
 from parley.engines.sampling import SequenceState, TokenEvent, VocabularyTools, advance_rows
@@ -58,6 +63,16 @@ class _Slot:
     @property
     def prefilling(self) -> bool:
         return self.n_past < len(self.seq.prompt_ids)
+
+
+@dataclass(eq=False)
+class _Piece:
+    """What one sequence puts into a `llama_decode`: its next token, or a chunk of its prompt."""
+
+    slot: _Slot
+    tokens: list[int]
+    prompt: bool  # a chunk of the prompt (else the token it generated last)
+    samples: bool  # the last token's logits choose the sequence's next token
 
 
 class LlamaCppBatcher(ModelLoop):
@@ -124,24 +139,8 @@ class LlamaCppBatcher(ModelLoop):
         while len(self._running) > 1 and self._cells_in_use() + len(self._running) > self._n_ctx:
             longest = max(self._running, key=lambda s: len(s.seq.prompt_ids) + len(s.seq.generated))
             self._finish_for_length(longest)
-        batch, n = self._batch, 0
-        sampled: list[tuple[_Slot, int]] = []  # slots that get a token this step, with their logits row
-
-        def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
-            nonlocal n
-            batch.token[n], batch.pos[n] = token, pos
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = seq_id
-            batch.logits[n] = logits
-            n += 1
-
-        decoding = [s for s in self._running if not s.prefilling]
-        for slot in decoding:
-            add(slot.seq.generated[-1], slot.n_past, slot.seq_id, True)
-            slot.n_past += 1
-            sampled.append((slot, n - 1))
-        budget = self._n_batch - n
-        prefilled = False
+        pieces = [_Piece(s, [s.seq.generated[-1]], prompt=False, samples=True) for s in self._running if not s.prefilling]
+        budget = self._n_batch - len(pieces)
         for slot in self._running:
             if budget <= 0:
                 break
@@ -149,36 +148,87 @@ class LlamaCppBatcher(ModelLoop):
                 continue
             prompt = slot.seq.prompt_ids
             chunk = prompt[slot.n_past: slot.n_past + budget]
-            for i, token in enumerate(chunk):
-                last = slot.n_past + i == len(prompt) - 1
-                add(token, slot.n_past + i, slot.seq_id, last)
-            slot.n_past += len(chunk)
+            pieces.append(_Piece(slot, chunk, prompt=True, samples=slot.n_past + len(chunk) == len(prompt)))
             budget -= len(chunk)
-            prefilled = True
-            if not slot.prefilling:
-                sampled.append((slot, n - 1))
-        batch.n_tokens = n
-        code = self._lib.llama_decode(self._ctx.ctx, batch)
-        if code != 0:
-            raise RuntimeError(f"llama_decode returned {code}")
-        if prefilled:
+        done = self._decode_apart_on_failure(pieces)
+        decoded = [piece for piece, _ in done if not piece.prompt]
+        if len(decoded) < len(done):
             self.stats.prefill_batches += 1
-        if decoding:
+        if decoded:
             self.stats.decode_steps += 1
-            self.stats.decode_tokens += len(decoding)
-            self.stats.max_batch_size_seen = max(self.stats.max_batch_size_seen, len(decoding))
+            self.stats.decode_tokens += len(decoded)
+            self.stats.max_batch_size_seen = max(self.stats.max_batch_size_seen, len(decoded))
+        sampled = [(piece.slot, row) for piece, row in done if row is not None]
         if not sampled:
             return
-        rows = np.empty((len(sampled), self._n_vocab), dtype=np.float32)
-        for r, (_, index) in enumerate(sampled):
-            ptr = self._lib.llama_get_logits_ith(self._ctx.ctx, index)
-            rows[r] = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
         slots = [slot for slot, _ in sampled]
-        keep = set(advance_rows([s.seq for s in slots], torch.from_numpy(rows), self._finished_one))
+        rows = torch.from_numpy(np.stack([row for _, row in sampled]))
+        keep = set(advance_rows([s.seq for s in slots], rows, self._finished_one))
         for i, slot in enumerate(slots):
             if i not in keep:
                 self._running.remove(slot)
                 self._release(slot)
+
+    def _decode_apart_on_failure(self, pieces: list[_Piece]) -> list[tuple[_Piece, np.ndarray | None]]:
+        """Decode the pieces together; when that fails, the running sequences' tokens together and
+        each prompt chunk alone, ending only the sequences whose part fails."""
+        try:
+            return self._decode(pieces)
+        except Exception as exc:
+            parts = [part for part in ([p for p in pieces if not p.prompt], *([p] for p in pieces if p.prompt)) if part]
+            if len(parts) == 1:
+                self._decode_failed(pieces, exc)
+                return []
+            log.warning("%s: a batch of %d sequences failed (%s: %s); decoding its parts apart",
+                        self.thread_name, len(pieces), type(exc).__name__, exc)
+        done: list[tuple[_Piece, np.ndarray | None]] = []
+        for part in parts:
+            try:
+                done += self._decode(part)
+            except Exception as exc:
+                self._decode_failed(part, exc)
+        return done
+
+    def _decode(self, pieces: list[_Piece]) -> list[tuple[_Piece, np.ndarray | None]]:
+        """One `llama_decode` of the pieces; each piece with its logits row when it samples. On
+        failure the cache is left as it was before."""
+        batch, n = self._batch, 0
+        rows_at: list[int] = []
+        for piece in pieces:
+            slot = piece.slot
+            for i, token in enumerate(piece.tokens):
+                batch.token[n], batch.pos[n] = token, slot.n_past + i
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = slot.seq_id
+                batch.logits[n] = piece.samples and i == len(piece.tokens) - 1
+                n += 1
+            rows_at.append(n - 1)
+        batch.n_tokens = n
+        try:
+            code = self._lib.llama_decode(self._ctx.ctx, batch)
+            if code != 0:
+                raise RuntimeError(f"llama_decode returned {code}")
+        except Exception:
+            for piece in pieces:  # llama.cpp drops a failed batch from the cache itself; make sure
+                self._lib.llama_memory_seq_rm(self._ctx.memory, piece.slot.seq_id, piece.slot.n_past, -1)
+            raise
+        done: list[tuple[_Piece, np.ndarray | None]] = []
+        for piece, index in zip(pieces, rows_at):
+            piece.slot.n_past += len(piece.tokens)
+            row = None
+            if piece.samples:
+                ptr = self._lib.llama_get_logits_ith(self._ctx.ctx, index)
+                row = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
+            done.append((piece, row))
+        return done
+
+    def _decode_failed(self, pieces: list[_Piece], exc: Exception) -> None:
+        stage = "the model failed on this prompt" if pieces[0].prompt else "the model failed while generating"
+        log.error("%s: %s (%d sequences): %s: %s", self.thread_name, stage, len(pieces), type(exc).__name__, exc)
+        for piece in pieces:
+            self._running.remove(piece.slot)
+            self._release(piece.slot)
+        self._fail([piece.slot.seq for piece in pieces], RequestFailedError(stage, exc))
 
     def _finish_for_length(self, slot: _Slot) -> None:
         self._running.remove(slot)
@@ -188,6 +238,11 @@ class LlamaCppBatcher(ModelLoop):
         except RuntimeError:
             pass
         self._finished_one()
+
+
+def has_amx_path(system_info: str) -> bool:
+    """Whether llama.cpp was built with its AMX kernels (`llama_print_system_info` says AMX_INT8 = 1)."""
+    return "AMX_INT8 = 1" in system_info
 
 
 class LlamaCppEngine(LocalEngine):
@@ -201,9 +256,15 @@ class LlamaCppEngine(LocalEngine):
         self._lib = lib
         model_params = lib.llama_model_default_params()
         model_params.n_gpu_layers = 0x7FFFFFFF if options.n_gpu_layers < 0 else options.n_gpu_layers
+        if has_amx_path(lib.llama_print_system_info().decode()):
+            # llama.cpp's AMX matrix multiply crashes on Intel CPUs with AMX (llama.cpp #20824); its weights
+            # reach it only through the "extra" buffer types, so keep to the plain CPU buffers.
+            log.warning("this llama.cpp build has the AMX path, which crashes on CPUs with AMX: weights are not "
+                        "repacked (`make install` builds llama.cpp without it, for full speed)")
+            model_params.use_extra_bufts = False
         self._model = _internals.LlamaModel(path_model=gguf_path, params=model_params, verbose=False)
         model = self._model
-        self._n_vocab = model.n_vocab()
+        self._n_vocab = self._vocab_size = model.n_vocab()
         self._context_length = min(model.n_ctx_train(), options.n_ctx or DEFAULT_MAX_CTX)
         n_seq = min(options.max_batch_size, lib.llama_max_parallel_sequences())
         self._threads = options.n_threads or os.cpu_count() or 1
@@ -292,8 +353,9 @@ class LlamaCppEngine(LocalEngine):
                     batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
                     batch.seq_id[i][0] = 0
                     batch.logits[i] = True
-                if lib.llama_decode(ctx.ctx, batch) != 0:
-                    raise RuntimeError("llama_decode failed while embedding")
+                if (code := lib.llama_decode(ctx.ctx, batch)) != 0:
+                    raise RequestFailedError("the model failed on this embedding input",
+                                             RuntimeError(f"llama_decode returned {code}"))
                 vec = np.ctypeslib.as_array(lib.llama_get_embeddings_seq(ctx.ctx, 0), shape=(n_embd,)).astype(np.float64)
                 vectors.append((vec / (np.linalg.norm(vec) or 1.0)).tolist())
         finally:

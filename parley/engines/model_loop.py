@@ -2,9 +2,14 @@
 
 Requests reach it through an inbox; each iteration it takes what arrived, admits waiting
 requests into the running batch, and runs one step for the batch. Other work that needs the
-model (embeddings) runs between steps through `call`. A failed step fails the requests in it,
-not the engine. The engines say how to admit and how to step; everything else is here, along
-with `stream_sequence`, which turns a request's token events into `GenerationChunk`s.
+model (embeddings) runs between steps through `call`. The engines say how to admit and how
+to step; everything else is here, along with `stream_sequence`, which turns a request's token
+events into `GenerationChunk`s.
+
+One bad request fails alone: a prompt the model fails on (out of memory on a long prompt,
+say) ends only the requests in that prefill, which the engine's `_admit` handles; a failed
+decoding step ends the running batch, with `RequestFailedError` naming the cause; waiting
+requests, later requests and `call`s are served as usual. Only shutting down ends them all.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ from typing import Any
 import torch
 
 from parley.engines.assembler import OutputAssembler
-from parley.engines.base import Engine, EngineStats, GenerationChunk, GenerationRequest
+from parley.engines.base import Engine, EngineStats, GenerationChunk, GenerationRequest, RequestFailedError
 from parley.engines.sampling import Emit, RequestSampler, SequenceState, VocabularyTools
-from parley.errors import ContextLengthError, EngineClosedError
+from parley.errors import ContextLengthError, EngineClosedError, InvalidRequestError
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +76,12 @@ class ModelLoop(ABC):
         self._inbox.put(seq)
 
     def call(self, fn: Callable[[], Any]) -> Future:
-        """Run `fn` on the model thread between steps (embeddings and the like)."""
+        """Run `fn` on the model thread between steps (embeddings and the like). What it raises
+        comes back through the future and touches nothing else."""
         fut: Future = Future()
+        if self._closed.is_set():
+            fut.set_exception(EngineClosedError("the engine is shut down"))
+            return fut
         self._inbox.put((fn, fut))
         return fut
 
@@ -101,9 +110,10 @@ class ModelLoop(ABC):
                     self._admit()
                     if self.running_count():
                         self._step()
-                except Exception as exc:  # a failed step fails its requests, not the engine
-                    log.exception("%s: step failed", self.thread_name)
-                    self._fail_all(exc)
+                except Exception as exc:  # a failed step ends the batch it ran, not the engine
+                    seqs = self._take_running()
+                    log.exception("%s: a decoding step failed; ending the %d requests in it", self.thread_name, len(seqs))
+                    self._fail(seqs, RequestFailedError("the model failed while generating", exc))
 
     def _collect(self, block: bool) -> None:
         try:
@@ -128,7 +138,19 @@ class ModelLoop(ABC):
     def _finished_one(self) -> None:
         self.stats.requests_finished += 1
 
+    def _fail(self, seqs: list[SequenceState], exc: BaseException) -> None:
+        """End these requests with `exc` (a request that already finished ignores it)."""
+        for seq in seqs:
+            seq.cancelled = True
+            try:
+                seq.emit(exc)
+            except RuntimeError:  # the consumer's event loop is gone
+                pass
+        if self._device.startswith("cuda"):
+            torch.cuda.empty_cache()  # give back what the failed step held (out of memory, most often)
+
     def _fail_all(self, exc: BaseException) -> None:
+        """At shutdown: end everything running, waiting or queued."""
         seqs = self._take_running() + list(self._waiting)
         self._waiting.clear()
         while True:
@@ -138,13 +160,9 @@ class ModelLoop(ABC):
                 break
             if isinstance(item, SequenceState):
                 seqs.append(item)
-            elif isinstance(item, tuple):
+            elif isinstance(item, tuple) and item[1].set_running_or_notify_cancel():
                 item[1].set_exception(exc)
-        for seq in seqs:
-            try:
-                seq.emit(exc)
-            except RuntimeError:
-                pass
+        self._fail(seqs, exc)
 
 
 async def stream_sequence(loop: ModelLoop, make_seq: Callable[[Emit], SequenceState],
@@ -173,6 +191,7 @@ class LocalEngine(Engine):
     _loop: ModelLoop
     _vocab: VocabularyTools
     _context_length: int
+    _vocab_size: int
     _eos_ids: frozenset[int]
     _sampler_device: str = "cpu"
 
@@ -191,6 +210,9 @@ class LocalEngine(Engine):
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         params = request.params
         prompt_ids = request.prompt_token_ids or self._encode(request.prompt or "", request.add_special_tokens)
+        if request.prompt_token_ids and not all(0 <= t < self._vocab_size for t in prompt_ids):
+            # an id past the embedding table would fail the prefill (on CUDA: the whole process)
+            raise InvalidRequestError(f"prompt_token_ids must be ids of this model's vocabulary (0 to {self._vocab_size - 1})")
         if len(prompt_ids) >= self._context_length:
             raise ContextLengthError(len(prompt_ids), self._context_length)
         sampler = await self._vocab.sampler(params, self._sampler_device)

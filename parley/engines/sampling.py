@@ -138,30 +138,16 @@ def advance_rows(seqs: Sequence[SequenceState], logits: torch.Tensor, on_finish:
     greedy = logits.argmax(-1).tolist()
     keep: list[int] = []
     for row, seq in enumerate(seqs):
-        sampler = seq.sampler
-        assert sampler is not None
-        logprob = None
-        if sampler.needs_row:
+        try:
+            token, logprob, finish = _next_token(seq, logits, row, greedy[row])
+        except Exception as exc:  # this request's sampler or grammar failed: end it, not the batch
             try:
-                token, logprob = sampler.choose(logits[row: row + 1], seq.prompt_ids + seq.generated)
-            except Exception as exc:  # this request's sampler or grammar failed: end it, not the batch
-                try:
-                    seq.emit(exc)
-                except RuntimeError:
-                    pass
-                seq.cancelled = True
-                on_finish()
-                continue
-        else:
-            token = greedy[row]
-        seq.generated.append(token)
-        finish: FinishReason | None = None
-        if token in seq.stop_ids:
-            finish = "stop"
-        elif sampler.grammar_finished:
-            finish = "stop"  # the structure is complete: nothing more may follow
-        elif len(seq.generated) >= seq.max_new_tokens:
-            finish = "length"
+                seq.emit(exc)
+            except RuntimeError:
+                pass
+            seq.cancelled = True
+            on_finish()
+            continue
         try:
             seq.emit(TokenEvent([token], finish, hidden_last=finish == "stop" and token in seq.stop_ids,
                                 logprobs=[logprob] if logprob is not None else None))
@@ -172,6 +158,27 @@ def advance_rows(seqs: Sequence[SequenceState], logits: torch.Tensor, on_finish:
         elif finish is not None:
             on_finish()
     return keep
+
+
+def _next_token(seq: SequenceState, logits: torch.Tensor, row: int,
+                argmax: int) -> tuple[int, TokenLogprob | None, FinishReason | None]:
+    """One request's next token (recorded in `seq.generated`), its log-probability, and whether it ends."""
+    sampler = seq.sampler
+    assert sampler is not None
+    logprob = None
+    if sampler.needs_row:
+        token, logprob = sampler.choose(logits[row: row + 1], seq.prompt_ids + seq.generated)
+    else:
+        token = argmax
+    finish: FinishReason | None = None
+    if token in seq.stop_ids:
+        finish = "stop"
+    elif sampler.grammar_finished:
+        finish = "stop"  # the structure is complete: nothing more may follow
+    elif len(seq.generated) + 1 >= seq.max_new_tokens:
+        finish = "length"
+    seq.generated.append(token)
+    return token, logprob, finish
 
 
 class VocabularyTools:

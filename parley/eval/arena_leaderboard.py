@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from parley.eval.arena_battles import Battle, Cleaning, battle_counts
 from parley.eval.arena_ratings import bootstrap_bt, bootstrap_elo, bradley_terry, pairwise_matrices
+from parley.eval.atomic import write_text_atomic
 
 
 class Row(BaseModel):
@@ -138,11 +139,13 @@ def to_csv(board: Leaderboard) -> str:
 
 
 def write(board: Leaderboard, output_dir: Path, plots: bool = True) -> list[Path]:
+    """Each file is replaced whole (a temporary file renamed over it): the web UI, reading the JSON while it is
+    recomputed, or after a writer was killed, finds the old board or the new one, never a torn file."""
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in (("leaderboard.json", board.model_dump_json(indent=1)), ("leaderboard.md", to_markdown(board)),
                        ("leaderboard.csv", to_csv(board))):
-        (output_dir / name).write_text(text, encoding="utf-8")
+        write_text_atomic(output_dir / name, text)
         written.append(output_dir / name)
     if plots:
         written += [plot_ratings(board, output_dir / "ratings.png"), plot_win_rates(board, output_dir / "win_rates.png")]

@@ -5,7 +5,8 @@ temperature depends on the category; the answer file is `model_answer/NAME.jsonl
 per question, sorted by question id. Unlike FastChat, a question that already has its answers
 is skipped (re-running resumes), and a question whose call failed after the retries is left
 out of the file — counted and reported, so that the next run tries it again — instead of being
-written with an error string as its answer.
+written with an error string as its answer; and a run killed while writing an answer leaves a torn last line
+that the next run drops (with a warning) before answering that question again.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from parley.eval.chat_client import ChatClient, ChatFailure, TokenCount
-from parley.eval.mt_bench_files import Question, append_jsonl, read_jsonl, rewrite_sorted
+from parley.eval.mt_bench_files import Question, append_jsonl, read_jsonl, repair_jsonl, rewrite_sorted
 from parley.eval.parallel import run_with_progress
 
 # FastChat's temperature_config; any other category samples at 0.7.
@@ -56,6 +57,7 @@ async def answer_question(client: ChatClient, question: Question, num_choices: i
 
 
 def done_question_ids(answer_file: Path, num_choices: int) -> set:
+    repair_jsonl(answer_file)  # a torn last line (a killed run) is dropped: that question is answered again
     if not answer_file.is_file():
         return set()
     return {row["question_id"] for row in read_jsonl(answer_file) if len(row.get("choices", [])) >= num_choices}

@@ -7,8 +7,9 @@ and coding questions are judged against a reference answer. Prompts, verdict par
 judgment records are FastChat's, so its tools read our files and ours read its.
 
 Unlike FastChat: any OpenAI-compatible judge; no interactive prompt; re-running skips what is
-judged; a judge call that fails after the retries is recorded as a failure (score -1, winner
-"error") with the reason, and failures are counted in the summary, never dropped.
+judged (a torn last line left by a killed run is dropped, with a warning, and that judgment done again); a judge
+call that fails after the retries is recorded as a failure (score -1, winner "error") with the reason, and
+failures are counted in the summary, never dropped.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from pydantic import BaseModel
 
 from parley.errors import ParleyError
 from parley.eval.chat_client import ChatClient, ChatFailure, TokenCount
-from parley.eval.mt_bench_files import NEEDS_REFERENCE, JudgePrompt, Question, append_jsonl, read_jsonl, rewrite_sorted
+from parley.eval.mt_bench_files import (
+    NEEDS_REFERENCE,
+    JudgePrompt,
+    Question,
+    append_jsonl,
+    read_jsonl,
+    repair_jsonl,
+    rewrite_sorted,
+)
 from parley.eval.parallel import run_with_progress
 
 MODES = ("single", "pairwise-baseline", "pairwise-all")
@@ -216,6 +225,7 @@ class JudgeRun(BaseModel):
 
 async def run_judgments(judge: Judge, matches: list[Match], output_file: Path, *, parallel: int = 1,
                         retry_failed: bool = False, quiet: bool = False) -> JudgeRun:
+    repair_jsonl(output_file)  # a torn last line (a killed run) is dropped: that judgment is done again
     previous = read_jsonl(output_file) if output_file.is_file() else []
     done = {_record_key(row) for row in previous if not (retry_failed and _failed(row))}
     todo = [m for m in matches if m.key() not in done]

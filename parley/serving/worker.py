@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from jinja2 import TemplateError
 from pydantic import BaseModel, Field, ValidationError
 
 from parley.conversation.formatter import ChatFormatter
@@ -149,7 +150,11 @@ class ModelWorker:
                                   f"structured output and forced tool calls are not supported by the {self.engine.name} engine")
             if params.messages is not None:
                 offered = params.tools if plan is not None and plan.mode != "none" else None
-                rendered = self.formatter.render(params.messages, tools=offered)
+                try:
+                    rendered = self.formatter.render(params.messages, tools=offered)
+                except TemplateError as exc:  # a template that refuses these messages (`raise_exception`)
+                    raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR,
+                                      f"the chat template refused these messages: {exc}") from None
                 prompt, add_special = rendered.text, rendered.add_special_tokens
                 stop += [s for s in rendered.stop if s not in stop]
                 stop_ids += [i for i in rendered.stop_token_ids if i not in stop_ids]
@@ -336,6 +341,11 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
             return {"text": str(exc), "error_code": ErrorCode.CONTEXT_OVERFLOW}
         except InvalidRequestError as exc:
             return {"text": str(exc), "error_code": ErrorCode.VALIDATION_TYPE_ERROR}
+        except ParleyError as exc:
+            return {"text": str(exc), "error_code": ErrorCode.INTERNAL_ERROR}
+        except Exception as exc:  # an engine bug: this request's error, in the reply's format
+            log.exception("embedding failed")
+            return {"text": f"internal error in the worker: {type(exc).__name__}: {exc}", "error_code": ErrorCode.INTERNAL_ERROR}
         metrics.observe_tokens(settings.model_names[0], result.prompt_tokens, 0)
         return {"embedding": result.embeddings, "token_num": result.prompt_tokens}
 
@@ -345,7 +355,12 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
 
     @app.post("/count_token")
     async def count_token(body: CountTokenRequest) -> dict:
-        return {"count": await engine.count_tokens(body.prompt), "error_code": 0}
+        try:
+            return {"count": await engine.count_tokens(body.prompt), "error_code": 0}
+        except Exception as exc:  # the tokenizer failed on this text
+            log.exception("counting tokens failed")
+            return {"count": 0, "text": f"counting tokens failed: {type(exc).__name__}: {exc}",
+                    "error_code": ErrorCode.INTERNAL_ERROR}
 
     @app.post("/worker_get_conv_template")
     async def worker_get_conv_template() -> dict:

@@ -20,6 +20,10 @@ from parley.store.models import Conversation, Message, utcnow
 
 TITLE_CHARS = 60
 APPEND_ATTEMPTS = 50
+# A reply's finish_reason while it streams; it stays so when the process died mid-reply.
+INCOMPLETE = "incomplete"
+STOPPED = "stopped"  # the user pressed Stop
+FAILED = "error"  # the model could not answer; `error` says why
 
 
 class NotFound(ParleyError):
@@ -40,6 +44,7 @@ class MessageView(BaseModel):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
+    error: str | None = None
 
 
 class ConversationSummary(BaseModel):
@@ -55,9 +60,26 @@ class ConversationView(ConversationSummary):
     system_prompt: str | None
     messages: list[MessageView]
 
-    def openai_messages(self) -> list[dict]:
+    def openai_messages(self, before: int | None = None) -> list[dict]:
+        """The conversation as a model sees it, up to (not including) the message with id `before`.
+        A question whose reply failed with nothing written (and so its empty reply) is left out, as are the
+        unanswered user turns that versions before replies were kept could store in a row; the last user
+        turn (the one being answered) always stays. So roles alternate, whatever happened to earlier replies."""
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return system + [{"role": m.role, "content": m.content} for m in self.messages]
+        shown: list[MessageView] = []
+        for m in self.messages:
+            if m.id == before:
+                break
+            shown.append(m)
+        turns: list[dict] = []
+        for i, m in enumerate(shown):
+            following = shown[i + 1] if i + 1 < len(shown) else None
+            if m.role == "assistant" and not m.content:
+                continue
+            if m.role == "user" and following is not None and not (following.role == "assistant" and following.content):
+                continue
+            turns.append({"role": m.role, "content": m.content})
+        return system + turns
 
 
 def _summary(c: Conversation) -> ConversationSummary:
@@ -87,27 +109,71 @@ class Conversations:
     def add_message(self, user_id: int, conversation_id: str, role: str, content: str, **details) -> MessageView:
         """Append a message; the first user message also titles a conversation that has no title yet.
         Two writers appending to one conversation at once: the loser of the position retries."""
+        def append(s, c):
+            return self._append(s, c, role, content, details)
+
+        return self._appending(user_id, conversation_id, append)
+
+    def begin_reply(self, user_id: int, conversation_id: str, user_text: str | None, **details) -> MessageView:
+        """Store the user's message (unless `user_text` is None: a regenerate) and the assistant's reply to it,
+        empty and marked incomplete, in one transaction: whatever then happens to the reply (an error, Stop,
+        this process killed), the stored roles alternate and the conversation can be continued. A regenerate
+        resets the last reply in place (or adds one after a trailing user message). Fill the reply in with
+        `update_reply` as it streams."""
+        def begin(s, c):
+            last = s.scalar(select(Message).where(Message.conversation_id == c.id).order_by(Message.position.desc()))
+            if user_text is not None:
+                if last is not None and last.role == "user":  # stored before replies were kept: keep roles valid
+                    self._append(s, c, "assistant", "", {"finish_reason": FAILED, "error": "no reply was stored"})
+                self._append(s, c, "user", user_text, {})
+            elif last is None:
+                raise ParleyError("there is no message to reply to")
+            elif last.role == "assistant":
+                for key, value in {"content": "", "finish_reason": INCOMPLETE, "error": None, "created_at": utcnow(),
+                                   "latency_s": None, "first_token_s": None, "prompt_tokens": None,
+                                   "completion_tokens": None, **details}.items():
+                    setattr(last, key, value)
+                s.flush()
+                return MessageView.model_validate(last, from_attributes=True)
+            return self._append(s, c, "assistant", "", {**details, "finish_reason": INCOMPLETE})
+
+        return self._appending(user_id, conversation_id, begin)
+
+    def update_reply(self, user_id: int, message_id: int, content: str, **details) -> None:
+        """Store what a reply holds so far (or at its end: with its finish_reason, tokens and timings)."""
+        with self.db.session() as s:
+            m = s.get(Message, message_id)
+            if m is None or m.role != "assistant":
+                raise NotFound("reply")
+            self._owned(s, user_id, m.conversation_id)
+            m.content = content
+            for key, value in details.items():
+                setattr(m, key, value)
+            m.conversation.updated_at = utcnow()
+
+    def _appending(self, user_id: int, conversation_id: str, write):
         for attempt in range(APPEND_ATTEMPTS):
             try:
-                return self._append(user_id, conversation_id, role, content, details)
+                with self.db.session() as s:
+                    c = self._owned(s, user_id, conversation_id, lock=True)  # PostgreSQL: appenders take turns
+                    return write(s, c)
             except IntegrityError:  # SQLite has no row locks: another append took this position first
                 if attempt == APPEND_ATTEMPTS - 1:
                     raise
                 time.sleep(random.uniform(0.001, 0.02))
         raise AssertionError("unreachable")
 
-    def _append(self, user_id: int, conversation_id: str, role: str, content: str, details: dict) -> MessageView:
-        with self.db.session() as s:
-            c = self._owned(s, user_id, conversation_id, lock=True)  # PostgreSQL: appenders take turns
-            position = s.scalar(select(func.count()).where(Message.conversation_id == c.id))
-            m = Message(conversation_id=c.id, position=position, role=role, content=content, **details)
-            s.add(m)
-            c.updated_at = utcnow()
-            if role == "user" and c.title == "New chat":
-                text = " ".join(content.split())
-                c.title = text[:TITLE_CHARS] + ("…" if len(text) > TITLE_CHARS else "")
-            s.flush()
-            return MessageView.model_validate(m, from_attributes=True)
+    @staticmethod
+    def _append(s, c: Conversation, role: str, content: str, details: dict) -> MessageView:
+        position = s.scalar(select(func.count()).where(Message.conversation_id == c.id))
+        m = Message(conversation_id=c.id, position=position, role=role, content=content, **details)
+        s.add(m)
+        c.updated_at = utcnow()
+        if role == "user" and c.title == "New chat":
+            text = " ".join(content.split())
+            c.title = text[:TITLE_CHARS] + ("…" if len(text) > TITLE_CHARS else "")
+        s.flush()
+        return MessageView.model_validate(m, from_attributes=True)
 
     def drop_last_reply(self, user_id: int, conversation_id: str) -> MessageView | None:
         """Remove the last message if it is the assistant's (to regenerate it)."""

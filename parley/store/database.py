@@ -1,6 +1,9 @@
 """Connecting to the store: a SQLite file by default (WAL mode), PostgreSQL with a postgresql:// URL.
 
-The schema comes from the Alembic migrations, applied by `upgrade()` (the web UI does it at start).
+The schema comes from the Alembic migrations, applied by `upgrade()` (the web UI does it at start). Migrations run
+under a lock, so that several processes started at once on an empty database migrate it once and all succeed:
+a PostgreSQL advisory lock held by the migration's transaction, or, for a SQLite file, a lock file beside it
+(`parley.db.migrate.lock`).
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import Engine, make_url
+from filelock import FileLock, Timeout
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from parley.errors import ParleyError
@@ -19,6 +23,8 @@ from parley.eval.mt_bench_files import data_home
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK_KEY = 0x7061726C6579  # "parley": the PostgreSQL advisory lock taken while migrating
+MIGRATION_LOCK_TIMEOUT_S = 600.0  # how long a process waits for another one's migration (SQLite)
 
 
 def default_url() -> str:
@@ -52,9 +58,12 @@ class Database:
         except Exception as exc:  # noqa: BLE001 - sqlalchemy raises ArgumentError and ValueError
             raise ParleyError(f"not a database URL: {url!r} ({exc})") from None
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self._migration_lock: Path | None = None  # the lock file of a SQLite file database
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                path = Path(parsed.database).expanduser()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._migration_lock = path.with_name(path.name + ".migrate.lock")
             self.engine: Engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
@@ -73,17 +82,52 @@ class Database:
         config.attributes["connection"] = connection
         return config
 
+    @contextmanager
+    def _migrating(self) -> Iterator[Connection]:
+        """A transaction that no other process migrates the same database during; the lock is released after
+        the transaction ends (committed or rolled back), so the next process finds the schema it left."""
+        with self._file_lock(), self.engine.begin() as connection:
+            if not self.is_sqlite:
+                # Transaction-scoped: PostgreSQL releases it at commit or rollback, also when this process dies,
+                # and a pooled connection never keeps it.
+                key = {"key": MIGRATION_LOCK_KEY}
+                if not connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), key).scalar():
+                    log.info("database %s: waiting for another process's migration", self.display_url)
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), key)
+            yield connection
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        if self._migration_lock is None:  # PostgreSQL (locked in the transaction), or SQLite in memory
+            yield
+            return
+        lock = FileLock(self._migration_lock)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("database %s: waiting for another process's migration (%s)", self.display_url,
+                     self._migration_lock)
+            try:
+                lock.acquire(timeout=MIGRATION_LOCK_TIMEOUT_S)
+            except Timeout:
+                raise ParleyError(f"another process has held {self._migration_lock} for "
+                                  f"{MIGRATION_LOCK_TIMEOUT_S:.0f} s; is a migration stuck?") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
     def upgrade(self, revision: str = "head") -> None:
         from alembic import command
 
         log.info("database %s: migrating to %s", self.display_url, revision)
-        with self.engine.begin() as connection:
+        with self._migrating() as connection:
             command.upgrade(self._alembic(connection), revision)
 
     def downgrade(self, revision: str = "base") -> None:
         from alembic import command
 
-        with self.engine.begin() as connection:
+        with self._migrating() as connection:
             command.downgrade(self._alembic(connection), revision)
 
     def revision(self) -> str | None:

@@ -63,7 +63,9 @@ class Message(Base):
     first_token_s: Mapped[float | None] = mapped_column(Float)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    # stop | length (complete); incomplete (streaming, or cut off by a crash); stopped (by the user); error
     finish_reason: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)  # why a reply failed
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -41,17 +42,21 @@ def build_blocks(services: WebServices) -> gr.Blocks:
 
         async def on_load(request: gr.Request):
             models = await services.client.list_models()
-            user = services.user(request)
+            user = await asyncio.to_thread(services.user, request)
             first = models[0] if models else None
             picks = [gr.update(choices=models, value=models[i] if len(models) > i else None) for i in (0, 1)]
-            rows, line, admin, stats = board["show"](request)
+            rows, line, admin, stats = await asyncio.to_thread(board["show"], request)
             signed = f"Signed in as **{user.username}**" if services.settings.auth else "Local mode (no login)"
+            history = await asyncio.to_thread(chat_tab.history_choices, services, request)
             return (gr.update(choices=models, value=first), services.model_info.describe(first),
-                    gr.update(choices=chat_tab.history_choices(services, request)), *picks,
-                    rows, line, admin, stats, signed)
+                    gr.update(choices=history), *picks, rows, line, admin, stats, signed)
 
         blocks.load(on_load, None, [chat["model"], chat["model_about"], chat["history"], *side["picks"],
                                     *board["outputs"], who])
+    # Handlers that stream replies run without Gradio's limit (its default is one at a time per handler, so
+    # every user's reply would wait for everyone else's): the reply slots bound them. The others are quick.
+    s = services.settings
+    blocks.queue(default_concurrency_limit=16, max_size=4 * (s.max_concurrent_replies + s.max_waiting_replies) + 64)
     return blocks
 
 
@@ -65,7 +70,8 @@ def create_app(settings: WebSettings) -> FastAPI:
     async def lifespan(_app: FastAPI):
         log.info("web UI on http://%s:%d (models from %s, database %s%s)", settings.host, settings.port,
                  settings.controller_address, db.display_url, ", login required" if settings.auth else "")
-        yield
+        async with leaderboard_tab.schedule(services):  # --leaderboard-interval: one schedule per process
+            yield
         await services.client.aclose()
         db.close()
         log.info("web UI stopped")

@@ -7,6 +7,7 @@ picks, named all along. Multi-turn: each side keeps its own conversation until t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import gradio as gr
 
@@ -14,6 +15,7 @@ from parley.errors import ParleyError
 from parley.web.arena import pick_pair
 from parley.web.model_client import ChatParams
 from parley.web.policies import check_input
+from parley.web.replies import StreamedReply
 from parley.web.services import WebServices
 
 VOTES = (("A is better", "model_a"), ("B is better", "model_b"), ("Tie", "tie"), ("Both are bad", "tie (bothbad)"))
@@ -51,7 +53,7 @@ def build(services: WebServices, anonymous: bool, prefix: str) -> dict:
         max_tokens = gr.Slider(16, 2048, value=256, step=16, label="Max output tokens")
 
     async def user_turn(message, st, a_value, b_value, chosen: tuple, request: gr.Request):
-        user = services.user(request)
+        user = await asyncio.to_thread(services.user, request)
         if st.get("voted"):
             return message, st, a_value, b_value, "You voted on this round: start a new round.", False
         turns = sum(1 for m in a_value or [] if m["role"] == "user")
@@ -69,10 +71,12 @@ def build(services: WebServices, anonymous: bool, prefix: str) -> dict:
             except ParleyError as exc:
                 return message, st, a_value, b_value, f"⚠ {exc}", False
             mode = "battle" if anonymous else "side-by-side"
-            st = {"models": list(models), "voted": False,
-                  "conversations": [services.conversations.create(user.id, m, mode=mode).id for m in models]}
-        for cid in st["conversations"]:
-            services.conversations.add_message(user.id, cid, "user", message)
+            conversations = [(await asyncio.to_thread(services.conversations.create, user.id, m, mode=mode)).id
+                             for m in models]
+            st = {"models": list(models), "voted": False, "conversations": conversations}
+        replies = [(await asyncio.to_thread(services.conversations.begin_reply, user.id, cid, message, model=model)).id
+                   for cid, model in zip(st["conversations"], st["models"])]
+        st = {**st, "replies": replies, "failed": []}
         a_value = [*(a_value or []), {"role": "user", "content": message}]
         b_value = [*(b_value or []), {"role": "user", "content": message}]
         shown = "" if anonymous else f"Model A: **{st['models'][0]}** · Model B: **{st['models'][1]}**"
@@ -80,20 +84,20 @@ def build(services: WebServices, anonymous: bool, prefix: str) -> dict:
 
     async def bot_turn(st, a_value, b_value, temp, top, limit, go, request: gr.Request):
         if not go:
-            yield a_value, b_value, *[gr.skip()] * len(vote_buttons)
+            yield st, a_value, b_value, *[gr.skip()] * len(vote_buttons)
             return
-        user = services.user(request)
+        user = await asyncio.to_thread(services.user, request)
         params = ChatParams(temperature=temp, top_p=top, max_tokens=int(limit))
         values = [[*a_value, {"role": "assistant", "content": ""}], [*b_value, {"role": "assistant", "content": ""}]]
+        replies = [StreamedReply(services, user.id, st["replies"][side], st["models"][side], params) for side in (0, 1)]
         queue: asyncio.Queue = asyncio.Queue()
-        finals = [None, None]
 
         async def pump(side: int) -> None:
-            cid, model = st["conversations"][side], st["models"][side]
-            stored = services.conversations.get(user.id, cid)
+            stored = await asyncio.to_thread(services.conversations.get, user.id, st["conversations"][side])
             try:
-                async for progress in services.client.stream(model, stored.openai_messages(), params):
-                    await queue.put((side, progress))
+                async with contextlib.aclosing(replies[side].stream(stored.openai_messages(before=st["replies"][side]))) as texts:
+                    async for text in texts:
+                        await queue.put((side, text))
             finally:
                 await queue.put((side, None))
 
@@ -101,26 +105,29 @@ def build(services: WebServices, anonymous: bool, prefix: str) -> dict:
         try:
             open_sides = 2
             while open_sides:
-                side, progress = await queue.get()
-                if progress is None:
+                side, text = await queue.get()
+                if text is None:
                     open_sides -= 1
-                    continue
-                finals[side] = progress
-                content = progress.text + (f"\n\n⚠ {progress.error}" if progress.error else "")
-                values[side][-1] = {"role": "assistant", "content": content}
-                yield values[0], values[1], *[gr.skip()] * len(vote_buttons)
+                    values[side][-1] = {"role": "assistant", "content": replies[side].shown()}
+                else:
+                    values[side][-1] = {"role": "assistant", "content": text}
+                yield st, values[0], values[1], *[gr.skip()] * len(vote_buttons)
         finally:
             for task in tasks:
                 task.cancel()
-            for side, progress in enumerate(finals):
-                if progress is not None and progress.text:
-                    services.conversations.add_message(
-                        user.id, st["conversations"][side], "assistant", progress.text, model=st["models"][side],
-                        parameters=params.model_dump(), latency_s=progress.latency_s,
-                        first_token_s=progress.first_token_s, prompt_tokens=progress.prompt_tokens,
-                        completion_tokens=progress.completion_tokens,
-                        finish_reason=progress.finish_reason if progress.done else "stopped")
-        yield values[0], values[1], *[gr.update(interactive=True)] * len(vote_buttons)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(reply.save_final() for reply in replies))
+        failed = [side for side in (0, 1) if replies[side].error]
+        st = {**st, "failed": failed}
+        yield st, values[0], values[1], *vote_updates(failed)
+
+    def vote_updates(failed: list[int]) -> list:
+        """The vote buttons after a turn: active, or inactive and saying why."""
+        if not failed:
+            return [gr.update(interactive=True, value=label) for label, _ in VOTES]
+        which = " and ".join(f"model {'AB'[side]}" for side in failed)
+        why = f"{which} failed to answer"
+        return [gr.update(interactive=False, value=f"{label} (no vote: {why})") for label, _ in VOTES]
 
     if anonymous:
         async def turn_fn(message, st, a_value, b_value, request: gr.Request):
@@ -131,7 +138,8 @@ def build(services: WebServices, anonymous: bool, prefix: str) -> dict:
 
     turn = [text, state, chat_a, chat_b, *picks]
     events = [trigger(turn_fn, turn, [text, state, chat_a, chat_b, names, pending]).then(
-        bot_turn, [state, chat_a, chat_b, temperature, top_p, max_tokens, pending], [chat_a, chat_b, *vote_buttons])
+        bot_turn, [state, chat_a, chat_b, temperature, top_p, max_tokens, pending],
+        [state, chat_a, chat_b, *vote_buttons], concurrency_limit=None)
         for trigger in (send.click, text.submit)]
     stop.click(None, None, None, cancels=events)
 
@@ -139,6 +147,9 @@ def build(services: WebServices, anonymous: bool, prefix: str) -> dict:
         def handler(st, request: gr.Request):
             if not st.get("models") or st.get("voted"):
                 return st, gr.skip(), "Nothing to vote on.", *[gr.skip()] * len(vote_buttons)
+            if st.get("failed"):
+                return (st, gr.skip(), "A model failed to answer this turn, so this round cannot be voted on; send "
+                        "another message or start a new round.", *vote_updates(st["failed"]))
             user = services.user(request)
             services.votes.record(user.id, kind, st["models"][0], st["models"][1], anonymous, *st["conversations"])
             st = {**st, "voted": True}
@@ -152,7 +163,7 @@ def build(services: WebServices, anonymous: bool, prefix: str) -> dict:
         button.click(vote(kind), [state], [state, names, notice, *vote_buttons])
 
     def reset():
-        return {}, [], [], "", "", *[gr.update(interactive=False)] * len(vote_buttons)
+        return {}, [], [], "", "", *[gr.update(interactive=False, value=label) for label, _ in VOTES]
 
     new_round.click(reset, None, [state, chat_a, chat_b, names, notice, *vote_buttons])
     return {"picks": picks}

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import tempfile
 from pathlib import Path
 
 import gradio as gr
 
 from parley.errors import ParleyError
+from parley.store.conversations import INCOMPLETE
 from parley.web.model_client import ChatParams
 from parley.web.policies import check_input
+from parley.web.replies import StreamedReply, chat_messages
 from parley.web.services import WebServices
 
 
@@ -26,7 +30,7 @@ def build(services: WebServices, models_box_choices) -> dict:
     """The Chat tab; returns the components that the app's load event fills in."""
     conv_id = gr.State(None)
     last_reply = gr.State(None)  # the id of the last stored assistant message (for feedback)
-    pending = gr.State(False)
+    pending = gr.State(None)  # the id of the stored reply being written
     with gr.Row():
         with gr.Column(scale=1, min_width=260):
             new_chat = gr.Button("+ New chat", elem_id="new-chat")
@@ -70,42 +74,32 @@ def build(services: WebServices, models_box_choices) -> dict:
         if problem is None and not model_name:
             problem = "Pick a model first."
         if problem:
-            return message, history_value, conversation, f"⚠ {problem}", False, gr.skip()
+            return message, history_value, conversation, f"⚠ {problem}", None, gr.skip()
         if conversation is None:
             conversation = services.conversations.create(user.id, model_name, system_prompt=system or None).id
-        services.conversations.add_message(user.id, conversation, "user", message)
+        reply = services.conversations.begin_reply(user.id, conversation, message, model=model_name)
         history_value = [*(history_value or []), {"role": "user", "content": message}]
-        return "", history_value, conversation, "", True, gr.update(choices=history_choices(services, request),
-                                                                       value=conversation)
+        return "", history_value, conversation, "", reply.id, gr.update(choices=history_choices(services, request),
+                                                                        value=conversation)
 
-    async def bot_turn(history_value, conversation, model_name, temp, top, limit, go, request: gr.Request):
-        if not go:
+    async def bot_turn(history_value, conversation, model_name, temp, top, limit, reply_id, request: gr.Request):
+        if reply_id is None:
             yield history_value, gr.skip(), gr.skip()
             return
-        user = services.user(request)
-        stored = services.conversations.get(user.id, conversation)
+        user = await asyncio.to_thread(services.user, request)
+        stored = await asyncio.to_thread(services.conversations.get, user.id, conversation)
         params = ChatParams(temperature=temp, top_p=top, max_tokens=int(limit))
         history_value = [*history_value, {"role": "assistant", "content": ""}]
-        progress = None
-        saved = False
+        reply = StreamedReply(services, user.id, reply_id, model_name, params)
         try:
-            async for progress in services.client.stream(model_name, stored.openai_messages(), params):
-                history_value[-1] = {"role": "assistant", "content": progress.text}
-                if progress.error:
-                    yield history_value, gr.skip(), f"⚠ {progress.error}"
-                    return
-                yield history_value, gr.skip(), ""
-            message = services.conversations.add_message(
-                user.id, conversation, "assistant", progress.text, model=model_name, parameters=params.model_dump(),
-                latency_s=progress.latency_s, first_token_s=progress.first_token_s,
-                prompt_tokens=progress.prompt_tokens, completion_tokens=progress.completion_tokens,
-                finish_reason=progress.finish_reason)
-            saved = True
-            yield history_value, message.id, ""
+            async with contextlib.aclosing(reply.stream(stored.openai_messages(before=reply_id))) as texts:
+                async for text in texts:
+                    history_value[-1] = {"role": "assistant", "content": text}
+                    yield history_value, gr.skip(), ""
         finally:
-            if not saved and progress is not None and progress.text and not progress.error:  # stopped by the user
-                services.conversations.add_message(user.id, conversation, "assistant", progress.text, model=model_name,
-                                                   parameters=params.model_dump(), finish_reason="stopped")
+            await reply.save_final()
+        history_value[-1] = {"role": "assistant", "content": reply.shown()}
+        yield history_value, reply_id, f"⚠ {reply.error}" if reply.error else ""
 
     turn_inputs = [text, chatbot, conv_id, model, system_prompt]
     turn_outputs = [text, chatbot, conv_id, notice, pending, history]
@@ -113,24 +107,41 @@ def build(services: WebServices, models_box_choices) -> dict:
     bot_outputs = [chatbot, last_reply, notice]
     events = []
     for trigger in (send.click, text.submit):
-        events.append(trigger(user_turn, turn_inputs, turn_outputs).then(bot_turn, bot_inputs, bot_outputs))
-    stop.click(None, None, None, cancels=events)
+        events.append(trigger(user_turn, turn_inputs, turn_outputs).then(bot_turn, bot_inputs, bot_outputs,
+                                                                          concurrency_limit=None))
 
-    def drop_reply(history_value, conversation, request: gr.Request):
-        if conversation is None or not history_value or history_value[-1]["role"] != "assistant":
-            return history_value, False, "Nothing to regenerate."
-        services.conversations.drop_last_reply(services.user(request).id, conversation)
-        return history_value[:-1], True, ""
+    def redo_reply(history_value, conversation, model_name, request: gr.Request):
+        if conversation is None or not history_value:
+            return history_value, None, "Nothing to regenerate."
+        reply = services.conversations.begin_reply(services.user(request).id, conversation, None, model=model_name)
+        if history_value[-1]["role"] == "assistant":
+            history_value = history_value[:-1]
+        return history_value, reply.id, ""
 
-    regen = regenerate.click(drop_reply, [chatbot, conv_id], [chatbot, pending, notice]).then(bot_turn, bot_inputs,
-                                                                                                bot_outputs)
-    stop.click(None, None, None, cancels=[regen])
+    regen = regenerate.click(redo_reply, [chatbot, conv_id, model], [chatbot, pending, notice]).then(
+        bot_turn, bot_inputs, bot_outputs, concurrency_limit=None)
+
+    async def show_stopped(conversation, reply_id, request: gr.Request):
+        """After Stop: the conversation as stored, once the stopped reply has been saved."""
+        if conversation is None:
+            return gr.skip(), gr.skip()
+        user = await asyncio.to_thread(services.user, request)
+        for _ in range(40):
+            c = await asyncio.to_thread(services.conversations.get, user.id, conversation)
+            if all(m.finish_reason != INCOMPLETE for m in c.messages if m.id == reply_id):
+                break
+            await asyncio.sleep(0.05)
+        return chat_messages(c), reply_id
+
+    stop.click(None, None, None, cancels=[*events, regen]).then(show_stopped, [conv_id, pending], [chatbot, last_reply])
 
     def start_new():
         return None, [], None, "", "", gr.update(value=None)
 
-    for button in (clear, new_chat):
-        button.click(start_new, None, [conv_id, chatbot, last_reply, notice, title, history])
+    # Gradio's own trash icon in the chatbot clears the screen: it starts a new chat too, so that what is
+    # shown is always the conversation the next message continues (the old one stays in the history).
+    for clear_event in (clear.click, new_chat.click, chatbot.clear):
+        clear_event(start_new, None, [conv_id, chatbot, last_reply, notice, title, history])
 
     def give_feedback(kind):
         def handler(message_id, request: gr.Request):
@@ -152,9 +163,8 @@ def build(services: WebServices, models_box_choices) -> dict:
             c = services.conversations.get(user.id, conversation)
         except ParleyError as exc:
             return None, [], None, f"⚠ {exc}", "", gr.skip(), gr.skip()
-        messages = [{"role": m.role, "content": m.content} for m in c.messages if m.role in ("user", "assistant")]
         replies = [m.id for m in c.messages if m.role == "assistant"]
-        return (c.id, messages, replies[-1] if replies else None, "", c.title, gr.update(value=c.model),
+        return (c.id, chat_messages(c), replies[-1] if replies else None, "", c.title, gr.update(value=c.model),
                 c.system_prompt or "")
 
     history.input(open_conversation, [history], [conv_id, chatbot, last_reply, notice, title, model, system_prompt])

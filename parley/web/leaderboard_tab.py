@@ -1,21 +1,38 @@
 """The leaderboard: Arena ratings with intervals and votes (the ratings JSON of `parley eval ratings`,
-recomputed from the stored votes on demand or on a schedule), with MT-bench scores beside them."""
+recomputed from the stored votes on demand or on a schedule), with MT-bench scores beside them.
+
+Recomputing from the UI is for admins (the local user is one), at most once in RECOMPUTE_EVERY_S per process;
+`--leaderboard-interval` runs one schedule per process, started with the app (`schedule`), and each open page
+only re-reads the file. The work runs in a thread, off the event loop. The file is replaced whole
+(`arena_leaderboard.write`); a torn or foreign one is reported on the page, never an error.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import gradio as gr
 
 from parley.eval import arena_leaderboard
 from parley.eval.arena_battles import load_battles
-from parley.eval.mt_bench_files import data_home, read_jsonl
+from parley.eval.atomic import write_text_atomic
+from parley.eval.mt_bench_files import data_home, read_complete_jsonl
 from parley.eval.mt_bench_results import single_scores
+from parley.store.models import User
 from parley.web.services import WebServices
 
 log = logging.getLogger(__name__)
 COLUMNS = ["rank", "model", "rating", "95% interval", "votes", "MT-bench"]
+RECOMPUTE_EVERY_S = 30.0  # the most often one web process recomputes when an admin presses the button
+NO_RATINGS = "No Arena ratings yet: vote in the Arena, then press Recompute."
+UNREADABLE = ("The leaderboard file is unreadable (cut short, or not a leaderboard), so no Arena ratings are shown; "
+              "an admin can press Recompute to write it again.")
 
 
 def leaderboard_file(services: WebServices) -> Path:
@@ -26,32 +43,91 @@ def mt_bench_scores(services: WebServices) -> dict[str, float]:
     path = services.settings.mt_bench_judgments or data_home() / "mt_bench" / "model_judgment" / "gpt-4_single.jsonl"
     if not path.is_file():
         return {}
-    try:
-        return {s.model: s.average for s in single_scores(read_jsonl(path)) if s.average is not None}
+    try:  # a judge run may be appending to the file: its torn last line is left out
+        return {s.model: s.average for s in single_scores(read_complete_jsonl(path)) if s.average is not None}
     except Exception as exc:  # noqa: BLE001 - a broken file must not take the leaderboard down
         log.warning("MT-bench scores from %s: %s", path, exc)
         return {}
 
 
 def recompute(services: WebServices) -> str:
-    """Ratings from the stored votes, written to the leaderboard file; returns a status line."""
+    """Ratings from the stored votes, written to the leaderboard file; returns a status line. Blocking: CPU and
+    database work, for a thread."""
     battles, cleaning = load_battles([], extra=services.votes.battles())
     if len({b.model_a for b in battles} | {b.model_b for b in battles}) < 2:
         return f"Not enough votes yet: {cleaning.battles} usable battles."
     board = arena_leaderboard.build(battles, cleaning, rounds=services.settings.bootstrap_rounds, elo_rounds=20)
-    arena_leaderboard.write(board, leaderboard_file(services).parent, plots=False)
+    path = leaderboard_file(services)
+    arena_leaderboard.write(board, path.parent, plots=False)
+    if path.name != "leaderboard.json":  # --leaderboard-file with a name of its own: that is the file shown
+        write_text_atomic(path, board.model_dump_json(indent=1))
     return f"Recomputed from {board.battles} battles."
 
 
 def table(services: WebServices) -> tuple[list[list], str]:
     path = leaderboard_file(services)
     mt = mt_bench_scores(services)
-    if not path.is_file():
-        rows = [["", m, "", "", "", f"{s:.2f}"] for m, s in sorted(mt.items(), key=lambda kv: -kv[1])]
-        return rows, "No Arena ratings yet: vote in the Arena, then press Recompute."
-    board = arena_leaderboard.read(path)
+    mt_only = [["", m, "", "", "", f"{s:.2f}"] for m, s in sorted(mt.items(), key=lambda kv: -kv[1])]
+    try:
+        board = arena_leaderboard.read(path)
+    except FileNotFoundError:
+        return mt_only, NO_RATINGS
+    except (OSError, ValueError) as exc:  # torn JSON (JSONDecodeError), not a leaderboard (ValidationError)
+        log.warning("leaderboard file %s is unreadable: %s", path, str(exc).splitlines()[0] if str(exc) else exc)
+        return mt_only, UNREADABLE
     rows = [[*arena_leaderboard.cells(r)[:5], f"{mt[r.model]:.2f}" if r.model in mt else ""] for r in board.rows]
     return rows, f"{board.method}, {board.battles} battles, {board.bootstrap_rounds} bootstrap rounds."
+
+
+class RecomputeGate:
+    """Who may recompute from the UI, and how often: admins only, at most once in `every_s` (per gate: one per
+    process, made with the tab)."""
+
+    def __init__(self, every_s: float = RECOMPUTE_EVERY_S, clock: Callable[[], float] = time.monotonic):
+        self.every_s = every_s
+        self._clock = clock
+        self._last: float | None = None
+
+    def refusal(self, user: User) -> str | None:
+        """Why `user` may not recompute now; None when they may (and the interval starts again now)."""
+        if not user.is_admin:
+            return "Only admins can recompute the leaderboard."
+        now = self._clock()
+        if self._last is not None and now - self._last < self.every_s:
+            ago = now - self._last
+            return (f"The leaderboard was recomputed {ago:.0f} s ago; it can be recomputed again in "
+                    f"{math.ceil(self.every_s - ago)} s.")
+        self._last = now
+        return None
+
+
+async def recompute_every(services: WebServices, interval_s: float) -> None:
+    """Recompute from the stored votes every `interval_s` seconds, until cancelled."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            line = await asyncio.to_thread(recompute, services)
+        except Exception:  # noqa: BLE001 - logged; the next round tries again
+            log.exception("recomputing the leaderboard on schedule")
+        else:
+            log.info("leaderboard: %s", line)
+
+
+@contextlib.asynccontextmanager
+async def schedule(services: WebServices) -> AsyncIterator[None]:
+    """`--leaderboard-interval`: the one recompute schedule of this process, for as long as the block runs (the
+    app's lifespan); nothing without an interval."""
+    interval = services.settings.leaderboard_interval_s
+    if interval <= 0:
+        yield
+        return
+    task = asyncio.create_task(recompute_every(services, interval), name="leaderboard schedule")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def build(services: WebServices) -> dict:
@@ -62,20 +138,30 @@ def build(services: WebServices) -> dict:
     refresh = gr.Button("Recompute from votes", elem_id="leaderboard-recompute")
     with gr.Accordion("Vote statistics (admins)", open=False, visible=False) as admin:
         stats = gr.JSON(elem_id="vote-stats")
+    gate = RecomputeGate()
 
     def show(request: gr.Request):
         rows, line = table(services)
         user = services.user(request)
         return rows, line, gr.update(visible=user.is_admin), services.votes.stats().model_dump() if user.is_admin else {}
 
-    def redo(request: gr.Request):
-        line = recompute(services)
-        rows, info = table(services)
-        user = services.user(request)
-        return rows, f"{line} {info}", gr.update(visible=user.is_admin), (
-            services.votes.stats().model_dump() if user.is_admin else {})
+    async def redo(request: gr.Request):
+        user = await asyncio.to_thread(services.user, request)
+        line = gate.refusal(user)
+        if line is None:
+            try:
+                line = await asyncio.to_thread(recompute, services)
+            except Exception as exc:  # noqa: BLE001 - said on the page, logged with its traceback
+                log.exception("recomputing the leaderboard")
+                line = f"Recomputing failed: {exc}."
+        rows, info = await asyncio.to_thread(table, services)
+        vote_stats = (await asyncio.to_thread(services.votes.stats)).model_dump() if user.is_admin else {}
+        return rows, f"{line} {info}", gr.update(visible=user.is_admin), vote_stats
+
+    def reread():
+        return table(services)
 
     refresh.click(redo, None, [board, status, admin, stats])
-    if services.settings.leaderboard_interval_s > 0:
-        gr.Timer(services.settings.leaderboard_interval_s).tick(redo, None, [board, status, admin, stats])
+    if services.settings.leaderboard_interval_s > 0:  # the schedule writes the file; each open page re-reads it
+        gr.Timer(services.settings.leaderboard_interval_s).tick(reread, None, [board, status])
     return {"show": show, "outputs": [board, status, admin, stats]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from parley.store.accounts import Accounts
 from parley.store.conversations import Conversations
@@ -14,6 +14,7 @@ from parley.store.models import User
 from parley.store.votes import Votes
 from parley.web.model_client import ModelClient
 from parley.web.policies import Limits, ModelInfo, Moderator
+from parley.web.reply_slots import ReplySlots
 
 
 class WebSettings(BaseModel):
@@ -30,6 +31,10 @@ class WebSettings(BaseModel):
     mt_bench_judgments: Path | None = None  # default: DATA_HOME/mt_bench/model_judgment/gpt-4_single.jsonl
     leaderboard_interval_s: float = 0.0  # recompute from stored votes this often (0: on demand only)
     bootstrap_rounds: int = 200
+    # Replies streamed at once by this web process (each side of a battle is one), and how many more may
+    # wait for a turn before users are told it is busy. The default matches a worker's batch (32).
+    max_concurrent_replies: int = Field(32, ge=1)
+    max_waiting_replies: int = Field(64, ge=0)
 
 
 @dataclass
@@ -42,11 +47,13 @@ class WebServices:
     accounts: Accounts = field(init=False)
     conversations: Conversations = field(init=False)
     votes: Votes = field(init=False)
+    reply_slots: ReplySlots = field(init=False)
 
     def __post_init__(self) -> None:
         self.accounts = Accounts(self.db)
         self.conversations = Conversations(self.db)
         self.votes = Votes(self.db)
+        self.reply_slots = ReplySlots(self.settings.max_concurrent_replies, self.settings.max_waiting_replies)
 
     def user(self, request) -> User:
         """The signed-in user (with --auth), else the one local user."""

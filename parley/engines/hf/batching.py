@@ -9,6 +9,10 @@ The running batch is a left-padded `DynamicCache` with a 2-D attention mask: eve
 writes its next key/value at the same column, and padding columns are masked out. When
 rows leave, columns that became padding for every row are trimmed.
 
+A prefill the model fails on (out of memory on one long prompt, say) is retried one prompt
+at a time, so only the prompt that fails ends, with `RequestFailedError`; the running batch
+is untouched (merging into it is all or nothing) and goes on decoding.
+
 transformers' own continuous batching (`generate_batch`) was measured first on this CPU
 (see README "Engine throughput"): it reached about 3x the single-stream rate at 16
 concurrent requests, below this scheduler, and it has no per-request seed or repetition
@@ -17,11 +21,25 @@ penalty, which requests here need.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from transformers import DynamicCache
 
+from parley.engines.base import RequestFailedError
 from parley.engines.model_loop import ModelLoop
 from parley.engines.sampling import SequenceState, advance_rows
+
+log = logging.getLogger(__name__)
+
+
+def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """`t` with `n` zero columns before it along `dim` (its sequence dimension)."""
+    if n <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = n
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
 class _Batch:
@@ -33,23 +51,17 @@ class _Batch:
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def _pad_left(self, n: int) -> None:
-        if n <= 0:
-            return
-        for layer in self.cache.layers:
-            k, v = layer.keys, layer.values
-            layer.keys = torch.cat([k.new_zeros(k.shape[0], k.shape[1], n, k.shape[3]), k], dim=2)
-            layer.values = torch.cat([v.new_zeros(v.shape[0], v.shape[1], n, v.shape[3]), v], dim=2)
-        self.mask = torch.cat([self.mask.new_zeros(self.mask.shape[0], n), self.mask], dim=1)
-
     def merge(self, other: _Batch) -> None:
+        """Append `other`'s rows. All or nothing: when it fails (out of memory), this batch is unchanged."""
         width, other_width = self.mask.shape[1], other.mask.shape[1]
-        self._pad_left(other_width - width)
-        other._pad_left(width - other_width)
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
-            mine.values = torch.cat([mine.values, theirs.values], dim=0)
-        self.mask = torch.cat([self.mask, other.mask], dim=0)
+        mine, theirs = max(other_width - width, 0), max(width - other_width, 0)  # padding to add on the left
+        merged = [(torch.cat([_pad_left(a.keys, mine, 2), _pad_left(b.keys, theirs, 2)], dim=0),
+                   torch.cat([_pad_left(a.values, mine, 2), _pad_left(b.values, theirs, 2)], dim=0))
+                  for a, b in zip(self.cache.layers, other.cache.layers)]
+        mask = torch.cat([_pad_left(self.mask, mine, 1), _pad_left(other.mask, theirs, 1)], dim=0)
+        for layer, (keys, values) in zip(self.cache.layers, merged):
+            layer.keys, layer.values = keys, values
+        self.mask = mask
         self.seqs.extend(other.seqs)
 
     def keep(self, rows: list[int]) -> None:
@@ -84,6 +96,27 @@ class ContinuousBatcher(ModelLoop):
         return seqs
 
     def _admit(self) -> None:
+        new = self._next_prefill()
+        if not new:
+            return
+        if self._batch is not None:
+            self.stats.joined_running_batch += len(new)
+        prefilled: list[tuple[_Batch, torch.Tensor]] | None = None
+        try:
+            prefilled = [self._prefill(new)]
+        except Exception as exc:
+            if len(new) == 1:
+                self._prefill_failed(new[0], exc)
+                return
+            log.warning("%s: a prefill of %d prompts failed (%s: %s); prefilling them one at a time",
+                        self.thread_name, len(new), type(exc).__name__, exc)
+        if prefilled is None:  # outside the handler, so the failed pass's tensors are freed first
+            prefilled = self._prefill_one_by_one(new)
+        for batch, logits in prefilled:
+            self._join(batch, logits)
+
+    def _next_prefill(self) -> list[SequenceState]:
+        """The waiting requests to prefill together: as many as the batch and the token budget allow."""
         running = len(self._batch) if self._batch else 0
         new: list[SequenceState] = []
         budget = self._max_prefill_tokens
@@ -96,19 +129,42 @@ class ContinuousBatcher(ModelLoop):
                 break
             budget -= len(seq.prompt_ids)
             new.append(self._waiting.popleft())
-        if not new:
-            return
-        if running:
-            self.stats.joined_running_batch += len(new)
-        batch = self._prefill(new)
-        if batch is None:
-            return
-        if self._batch is None:
-            self._batch = batch
-        else:
-            self._batch.merge(batch)
+        return new
 
-    def _prefill(self, seqs: list[SequenceState]) -> _Batch | None:
+    def _prefill_one_by_one(self, seqs: list[SequenceState]) -> list[tuple[_Batch, torch.Tensor]]:
+        """After a failed prefill: each prompt alone, so that only the ones the model fails on end."""
+        if self._device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        prefilled = []
+        for seq in seqs:
+            try:
+                prefilled.append(self._prefill([seq]))
+            except Exception as exc:
+                self._prefill_failed(seq, exc)
+        return prefilled
+
+    def _prefill_failed(self, seq: SequenceState, exc: Exception) -> None:
+        log.error("%s: the model failed on a prompt of %d tokens: %s: %s",
+                  self.thread_name, len(seq.prompt_ids), type(exc).__name__, exc)
+        self._fail([seq], RequestFailedError("the model failed on this prompt", exc))
+
+    def _join(self, batch: _Batch, logits: torch.Tensor) -> None:
+        """Choose the prefilled requests' first tokens and merge those that go on into the running batch."""
+        seqs = list(batch.seqs)
+        try:
+            joined = self._advance(batch, logits)
+            if joined is None:
+                return
+            if self._batch is None:
+                self._batch = joined
+            else:
+                self._batch.merge(joined)
+        except Exception as exc:  # the running batch is unchanged: only these requests end
+            log.exception("%s: admitting %d prefilled requests failed", self.thread_name, len(seqs))
+            self._fail(seqs, RequestFailedError("the engine failed to start this reply", exc))
+
+    def _prefill(self, seqs: list[SequenceState]) -> tuple[_Batch, torch.Tensor]:
+        """One left-padded forward pass over the prompts: their KV cache and last logits."""
         width = max(len(s.prompt_ids) for s in seqs)
         ids = torch.zeros(len(seqs), width, dtype=torch.long)
         mask = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -123,8 +179,7 @@ class ContinuousBatcher(ModelLoop):
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1
         )
         self.stats.prefill_batches += 1
-        batch = _Batch(out.past_key_values, mask, seqs)
-        return self._advance(batch, out.logits[:, -1, :])
+        return _Batch(out.past_key_values, mask, list(seqs)), out.logits[:, -1, :]
 
     def _step(self) -> None:
         batch = self._batch

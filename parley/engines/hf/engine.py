@@ -10,6 +10,7 @@ from parley.engines.base import (
     EmbeddingResult,
     EngineOptions,
     ModelInfo,
+    RequestFailedError,
 )
 from parley.engines.hf.batching import ContinuousBatcher
 from parley.engines.hf.loading import LoadPlan, load_model_and_tokenizer
@@ -64,6 +65,7 @@ class TransformersEngine(LocalEngine):
             num_parameters=sum(p.numel() for p in model.parameters()),
         )
         self._loop = ContinuousBatcher(model, plan.device, max_batch_size=max_batch_size)
+        self._vocab_size = model.get_input_embeddings().num_embeddings
         vocab_size = model.config.get_text_config().vocab_size
         self._vocab = VocabularyTools(lambda: self._grammar_factory(vocab_size))
 
@@ -114,7 +116,10 @@ class TransformersEngine(LocalEngine):
             input_ids[row, : len(ids)] = torch.tensor(ids)
             mask[row, : len(ids)] = 1
         input_ids, mask = input_ids.to(self._device), mask.to(self._device)
-        hidden = self._model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+        try:
+            hidden = self._model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+        except Exception as exc:  # out of memory on a long input, say: this request's error only
+            raise RequestFailedError("the model failed on this embedding input", exc) from None
         summed = (hidden * mask.unsqueeze(-1)).sum(1)
         mean = summed / mask.sum(1, keepdim=True)
         vectors = torch.nn.functional.normalize(mean, p=2, dim=1)

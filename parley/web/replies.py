@@ -1,0 +1,84 @@
+"""How a stored conversation is shown: each reply with a mark when it is not a complete answer, so that what a
+user sees is what is stored (and what the model will be given as context)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from parley.store.conversations import FAILED, INCOMPLETE, STOPPED, ConversationView
+from parley.web.model_client import ChatParams, ReplyProgress
+from parley.web.reply_slots import Busy
+
+if TYPE_CHECKING:
+    from parley.web.services import WebServices
+
+# At most this often a streaming reply's text is written to the store (a crash loses at most this much).
+SAVE_EVERY_S = 0.5
+
+
+def shown_reply(content: str, finish_reason: str | None, error: str | None = None) -> str:
+    mark = {FAILED: f"⚠ {error or 'the reply failed'}",
+            STOPPED: "⏹ stopped",
+            INCOMPLETE: "⚠ incomplete: the reply was interrupted"}.get(finish_reason or "")
+    if mark is None:
+        return content
+    return f"{content}\n\n{mark}" if content else mark
+
+
+def chat_messages(conversation: ConversationView) -> list[dict]:
+    """The user and assistant turns, as a Gradio chatbot shows them."""
+    return [{"role": m.role, "content": shown_reply(m.content, m.finish_reason, m.error) if m.role == "assistant"
+             else m.content} for m in conversation.messages if m.role in ("user", "assistant")]
+
+
+class StreamedReply:
+    """One reply being written: streamed from the model within a reply slot, saved to the store as it grows
+    (at most every SAVE_EVERY_S) and once more at its end, whatever the end is (done, an error, Stop, busy)."""
+
+    def __init__(self, services: WebServices, user_id: int, reply_id: int, model: str, params: ChatParams):
+        self._services, self._user_id, self.reply_id, self.model, self.params = services, user_id, reply_id, model, params
+        self.text = ""
+        self.finish_reason = STOPPED  # until the stream ends by itself, the user stopped it
+        self.error: str | None = None
+        self.progress: ReplyProgress | None = None
+        self._saved_at = time.monotonic()
+
+    async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
+        """The reply's text so far, each time it grows."""
+        try:
+            async with self._services.reply_slots.hold():
+                async for progress in self._services.client.stream(self.model, messages, self.params):
+                    self.progress = progress
+                    if progress.error:
+                        self.error = progress.error
+                        break
+                    if progress.text != self.text:
+                        self.text = progress.text
+                        if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
+                            await self._save(finish_reason=INCOMPLETE)
+                        yield self.text
+        except Busy as exc:
+            self.error = str(exc)
+        if self.error:
+            self.finish_reason = FAILED
+        elif self.progress is not None and self.progress.done:
+            self.finish_reason = self.progress.finish_reason or "stop"
+
+    def shown(self) -> str:
+        return shown_reply(self.text, self.finish_reason, self.error)
+
+    async def save_final(self) -> None:
+        """Store the reply as it ended; it completes even if the handler is cancelled meanwhile."""
+        p = self.progress or ReplyProgress()
+        await asyncio.shield(self._save(
+            finish_reason=self.finish_reason, error=self.error, parameters=self.params.model_dump(),
+            latency_s=p.latency_s, first_token_s=p.first_token_s, prompt_tokens=p.prompt_tokens,
+            completion_tokens=p.completion_tokens))
+
+    async def _save(self, **details) -> None:
+        self._saved_at = time.monotonic()
+        await asyncio.to_thread(self._services.conversations.update_reply, self._user_id, self.reply_id, self.text,
+                                **details)
