@@ -24,7 +24,9 @@ from parley.serving.protocol import KnownModelsResponse
 
 log = logging.getLogger("parley.api")
 
-_CONNECT_FAILURES = (httpx.ConnectError, httpx.ConnectTimeout)
+# Before a reply starts, any transport failure (refused, reset by a worker that died as it answered, timed out)
+# means "this worker cannot serve it now": it is reported and the request goes to another worker.
+_CONNECT_FAILURES = (httpx.TransportError,)
 _MIDSTREAM_FAILURES = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout, httpx.WriteError)
 
 
@@ -177,11 +179,8 @@ class WorkerGateway:
             try:
                 response = await self.http.post(address + "/worker_get_embeddings", json={"model": model, "input": texts})
                 return response.json()
-            except _CONNECT_FAILURES as exc:
+            except _CONNECT_FAILURES as exc:  # embeddings may be asked again: another worker gets them
                 last_error = type(exc).__name__
                 await self.report_failure(address, last_error)
-            except _MIDSTREAM_FAILURES as exc:
-                await self.report_failure(address, type(exc).__name__)
-                raise APIError(502, f"the worker serving '{model}' failed: {type(exc).__name__}", type="server_error") from None
         raise APIError(503, f"no reachable worker serves the model '{model}' ({last_error})", type="server_error",
                        code="model_unavailable")
