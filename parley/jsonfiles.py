@@ -21,6 +21,11 @@ def read_records(path: Path) -> list:
         if not isinstance(records, list):
             raise ParleyError(f"{path}: expected a list of records")
         return records
+    return parse_json_lines(text, path)
+
+
+def parse_json_lines(text: str, path: Path) -> list:
+    """One record per non-empty line; a clear error naming the file and line of one that is not JSON."""
     records = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():

@@ -35,6 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--db-url", default=None, help="the web UI's database: sqlite:///PATH or postgresql://... "
                                                   "(default: ~/.local/share/parley/parley.db)")
     p.add_argument("--auth", action="store_true", help="the web UI requires login (see `parley db create-user`)")
+    p.add_argument("--max-concurrent-replies", type=int, default=None,
+                   help="replies the web UI streams at once (default 32; see `parley web --help`)")
     p.add_argument("--api-keys", default=None, help="comma-separated keys the API requires")
     g = p.add_argument_group("workers")
     g.add_argument("--engine", default="transformers")
@@ -110,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
     web = Child("web UI", base + ["web", "--host", args.host, "--port", str(args.web_port),
                                   "--controller-address", controller_url,
                                   *(["--db-url", args.db_url] if args.db_url else []),
-                                  *(["--auth"] if args.auth else [])])
+                                  *(["--auth"] if args.auth else []),
+                                  *(["--max-concurrent-replies", str(args.max_concurrent_replies)]
+                                    if args.max_concurrent_replies else [])])
     children = [controller, *workers, api] + ([] if args.no_web else [web])
 
     def on_signal(signum, frame):

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from parley.errors import ParleyError
 from parley.eval.atomic import write_text_atomic
-from parley.jsonfiles import read_records
+from parley.jsonfiles import parse_json_lines, read_records
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +120,7 @@ def read_complete_jsonl(path: Path) -> list[dict]:
         return read_jsonl(path)
     log.warning("%s: left out a torn last line (%d bytes without a newline: a run was stopped while writing it, "
                 "or is writing it now)", path, len(data) - start)
-    records = []
-    for number, line in enumerate(data[:start].decode("utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ParleyError(f"{path}:{number}: not JSON ({exc.msg})") from None
-    return records
+    return parse_json_lines(data[:start].decode("utf-8"), path)
 
 
 def rewrite_sorted(path: Path, key) -> None:
