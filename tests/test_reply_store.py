@@ -54,6 +54,20 @@ def test_regenerate_resets_the_last_reply_in_place(store):
     assert conversations.get(me, cid).openai_messages(before=again.id) == [{"role": "user", "content": "Q"}]
 
 
+def test_feedback_on_a_reply_goes_when_the_reply_is_regenerated(store):
+    from parley.store.votes import Votes
+
+    conversations, me = store
+    cid = conversations.create(me, "m").id
+    reply = conversations.begin_reply(me, cid, "Q", model="m")
+    conversations.update_reply(me, reply.id, "A bad answer", finish_reason="stop")
+    votes = Votes(conversations.db)
+    votes.feedback(me, reply.id, "downvote")
+    assert votes.stats().feedback == {"downvote": 1}
+    conversations.begin_reply(me, cid, None, model="m")  # the downvote was about the text replaced now
+    assert votes.stats().feedback == {}
+
+
 def test_a_conversation_stored_with_two_user_turns_in_a_row_can_still_be_continued(store):
     """What earlier versions left after a failed reply: user, assistant, user, user."""
     conversations, me = store

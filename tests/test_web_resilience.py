@@ -77,9 +77,10 @@ def test_a_reply_with_no_worker_fails_then_the_same_conversation_goes_on_and_reg
                    "the third reply was not stored")
         third = last_reply_is(page, lambda t: t == " ".join(stored_messages(db_url)[-1].content.split()))
         assert "alternate" not in third and "⚠" not in third
+        replaced = stored_messages(db_url)[-1].created_at
         page.click("#chat-regenerate")
-        wait_until(lambda: len(stored_messages(db_url)) == 6 and stored_messages(db_url)[-1].finish_reason == "stop",
-                   "the regenerated reply was not stored")
+        wait_until(lambda: (rows := stored_messages(db_url))[-1].created_at != replaced and len(rows) == 6
+                   and rows[-1].finish_reason == "stop", "the regenerated reply was not stored")
         rows = stored_messages(db_url)
         assert [m.role for m in rows] == ["user", "assistant"] * 3
 

@@ -105,6 +105,16 @@ def wait_value(page, selector: str, timeout: float = 120) -> str:
     return value
 
 
+def set_slider(page, slider: str, value: str, timeout: float = 60) -> None:
+    """Type a slider's value into its number box until the slider's own state (its range input) holds it."""
+    deadline = time.monotonic() + timeout
+    while page.input_value(f"{slider} input[type=range]") != value:
+        assert time.monotonic() < deadline, f"{slider} never took {value}"
+        page.locator(f"{slider} input[type=number]").fill(value)
+        page.locator(f"{slider} input[type=number]").press("Tab")
+        page.wait_for_timeout(500)
+
+
 def assistant_texts(page, selector: str) -> list[str]:
     """The replies shown (not the "Loading content" placeholder of one still pending)."""
     return [t.strip() for t in page.locator(f"{selector} .bot-row").all_inner_texts()]
@@ -279,9 +289,7 @@ def test_two_users_sending_at_the_same_moment_are_answered_at_the_same_time(stac
         page.get_by_role("option", name=MODEL).click()
         page.click("#chat-parameters")
         for slider, value in (("#temperature", "0"), ("#max-tokens", "160")):
-            page.locator(f"{slider} input[type=number]").fill(value)
-            page.locator(f"{slider} input[type=number]").press("Tab")
-            wait_until(lambda: page.input_value(f"{slider} input[type=range]") == value, f"{slider} never took {value}")
+            set_slider(page, slider, value)
         pages.append(page)
     before = {m.id for m in stored_messages(stack.db_url)}
     prompts = ["Write a long story about a dragon who loves bread.", "Write a long story about a robot at sea."]

@@ -100,7 +100,13 @@ class Supervisor:
                 if now >= child.restart_at:
                     child.restart_at = None
                     child.restarts += 1
-                    child.start()
+                    try:
+                        child.start()
+                    except OSError as exc:  # counts as a crash: back off and try again, or give up
+                        self._say(f"{child.name} could not be started again: {exc}")
+                        child.started_at = now
+                        self._died(child, now, f"could not start ({exc})")
+                        continue
                     child.awaiting_ready = child.ready is not None
                 continue
             if child.alive():
@@ -110,16 +116,18 @@ class Supervisor:
                 continue
             if child.proc is None:
                 continue
-            self._died(child, now)
+            self._died(child, now, describe_exit(child.proc.returncode))
 
-    def _died(self, child: Child, now: float) -> None:
-        how = describe_exit(child.proc.returncode)
+    def _died(self, child: Child, now: float, how: str) -> None:
         lived = now - child.started_at
         child.died_at = now
         child.awaiting_ready = False
         child.crashes_in_a_row = child.crashes_in_a_row + 1 if lived < self.policy.fast_crash_s else 1
         if child.on_death is not None:
-            child.on_death(child, how)
+            try:
+                child.on_death(child, how)
+            except Exception as exc:  # noqa: BLE001 - a failing hook must not stop the supervision
+                log.warning("after %s died: %s", child.name, exc)
         if child.crashes_in_a_row >= self.policy.max_fast_crashes:
             child.given_up = True
             self._say(f"{child.name} (pid {child.proc.pid}) {how} after {lived:.1f} s: it crashed "

@@ -117,7 +117,9 @@ def read_complete_jsonl(path: Path) -> list[dict]:
     data = path.read_bytes() if path.is_file() else b""
     start = _torn_tail(data)
     if start is None:
-        return read_jsonl(path)
+        if data.lstrip().startswith(b"["):
+            return read_jsonl(path)
+        return parse_json_lines(data.decode("utf-8"), path)
     log.warning("%s: left out a torn last line (%d bytes without a newline: a run was stopped while writing it, "
                 "or is writing it now)", path, len(data) - start)
     return parse_json_lines(data[:start].decode("utf-8"), path)

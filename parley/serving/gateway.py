@@ -24,9 +24,10 @@ from parley.serving.protocol import KnownModelsResponse
 
 log = logging.getLogger("parley.api")
 
-# Before a reply starts, any transport failure (refused, reset by a worker that died as it answered, timed out)
-# means "this worker cannot serve it now": it is reported and the request goes to another worker.
-_CONNECT_FAILURES = (httpx.TransportError,)
+# Before a reply starts, a connection refused or reset (a worker that died as it answered) means "this worker
+# cannot serve it now": it is reported and the request goes to another worker. A timeout is not such a sign.
+_CONNECT_FAILURES = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.RemoteProtocolError,
+                     httpx.WriteError)
 _MIDSTREAM_FAILURES = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout, httpx.WriteError)
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from parley.errors import ParleyError
 from parley.store.database import Database
-from parley.store.models import Conversation, Message, utcnow
+from parley.store.models import Conversation, Feedback, Message, utcnow
 
 TITLE_CHARS = 60
 APPEND_ATTEMPTS = 50
@@ -129,6 +129,7 @@ class Conversations:
             elif last is None:
                 raise ParleyError("there is no message to reply to")
             elif last.role == "assistant":
+                s.execute(delete(Feedback).where(Feedback.message_id == last.id))  # it rated the text replaced now
                 for key, value in {"content": "", "finish_reason": INCOMPLETE, "error": None, "created_at": utcnow(),
                                    "latency_s": None, "first_token_s": None, "prompt_tokens": None,
                                    "completion_tokens": None, **details}.items():

@@ -84,8 +84,8 @@ def create_app(settings: WebSettings) -> FastAPI:
 
     auth = None
     if settings.auth:
-        def auth(username: str, password: str) -> bool:
-            return services.accounts.authenticate(username, password) is not None
+        async def auth(username: str, password: str) -> bool:  # argon2 and the database: in a thread
+            return await asyncio.to_thread(services.accounts.authenticate, username, password) is not None
 
     blocks = build_blocks(services)
     app.state.services = services

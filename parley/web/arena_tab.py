@@ -54,12 +54,13 @@ def build(services: WebServices, anonymous: bool, prefix: str) -> dict:
 
     async def user_turn(message, st, a_value, b_value, chosen: tuple, request: gr.Request):
         user = await asyncio.to_thread(services.user, request)
+        keep = [gr.skip()] * len(vote_buttons)
         if st.get("voted"):
-            return message, st, a_value, b_value, "You voted on this round: start a new round.", False
+            return message, st, a_value, b_value, "You voted on this round: start a new round.", False, *keep
         turns = sum(1 for m in a_value or [] if m["role"] == "user")
         problem = check_input(message or "", turns, services.settings.limits, services.moderator)
         if problem:
-            return message, st, a_value, b_value, f"⚠ {problem}", False
+            return message, st, a_value, b_value, f"⚠ {problem}", False, *keep
         if not st.get("models"):
             try:
                 if anonymous:
@@ -69,22 +70,22 @@ def build(services: WebServices, anonymous: bool, prefix: str) -> dict:
                         raise ParleyError("pick two different models")
                     models = tuple(chosen)
             except ParleyError as exc:
-                return message, st, a_value, b_value, f"⚠ {exc}", False
+                return message, st, a_value, b_value, f"⚠ {exc}", False, *keep
             mode = "battle" if anonymous else "side-by-side"
             conversations = [(await asyncio.to_thread(services.conversations.create, user.id, m, mode=mode)).id
                              for m in models]
             st = {"models": list(models), "voted": False, "conversations": conversations}
         replies = [(await asyncio.to_thread(services.conversations.begin_reply, user.id, cid, message, model=model)).id
                    for cid, model in zip(st["conversations"], st["models"])]
-        st = {**st, "replies": replies, "failed": []}
+        st = {**st, "replies": replies, "failed": [], "pending": True}  # no vote until both replies are written
         a_value = [*(a_value or []), {"role": "user", "content": message}]
         b_value = [*(b_value or []), {"role": "user", "content": message}]
         shown = "" if anonymous else f"Model A: **{st['models'][0]}** · Model B: **{st['models'][1]}**"
-        return "", st, a_value, b_value, shown, True
+        return "", st, a_value, b_value, shown, True, *[gr.update(interactive=False)] * len(vote_buttons)
 
     async def bot_turn(st, a_value, b_value, temp, top, limit, go, request: gr.Request):
         if not go:
-            yield st, a_value, b_value, *[gr.skip()] * len(vote_buttons)
+            yield gr.skip(), a_value, b_value, *[gr.skip()] * len(vote_buttons)
             return
         user = await asyncio.to_thread(services.user, request)
         params = ChatParams(temperature=temp, top_p=top, max_tokens=int(limit))
@@ -111,14 +112,14 @@ def build(services: WebServices, anonymous: bool, prefix: str) -> dict:
                     values[side][-1] = {"role": "assistant", "content": replies[side].shown()}
                 else:
                     values[side][-1] = {"role": "assistant", "content": text}
-                yield st, values[0], values[1], *[gr.skip()] * len(vote_buttons)
+                yield gr.skip(), values[0], values[1], *[gr.skip()] * len(vote_buttons)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.gather(*(reply.save_final() for reply in replies))
         failed = [side for side in (0, 1) if replies[side].error]
-        st = {**st, "failed": failed}
+        st = {**st, "failed": failed, "pending": False}
         yield st, values[0], values[1], *vote_updates(failed)
 
     def vote_updates(failed: list[int]) -> list:
@@ -137,16 +138,25 @@ def build(services: WebServices, anonymous: bool, prefix: str) -> dict:
             return await user_turn(message, st, a_value, b_value, (model_a, model_b), request)
 
     turn = [text, state, chat_a, chat_b, *picks]
-    events = [trigger(turn_fn, turn, [text, state, chat_a, chat_b, names, pending]).then(
+    events = [trigger(turn_fn, turn, [text, state, chat_a, chat_b, names, pending, *vote_buttons]).then(
         bot_turn, [state, chat_a, chat_b, temperature, top_p, max_tokens, pending],
         [state, chat_a, chat_b, *vote_buttons], concurrency_limit=None)
         for trigger in (send.click, text.submit)]
-    stop.click(None, None, None, cancels=events)
+
+    def after_stop(st):
+        """Stopped replies are kept (marked stopped) and may be voted on, unless a side had failed."""
+        if not st.get("pending"):
+            return gr.skip(), *[gr.skip()] * len(vote_buttons)
+        return {**st, "pending": False}, *vote_updates(st.get("failed", []))
+
+    stop.click(None, None, None, cancels=events).then(after_stop, [state], [state, *vote_buttons])
 
     def vote(kind: str):
         def handler(st, request: gr.Request):
             if not st.get("models") or st.get("voted"):
                 return st, gr.skip(), "Nothing to vote on.", *[gr.skip()] * len(vote_buttons)
+            if st.get("pending"):
+                return st, gr.skip(), "Wait until both replies are written.", *[gr.skip()] * len(vote_buttons)
             if st.get("failed"):
                 return (st, gr.skip(), "A model failed to answer this turn, so this round cannot be voted on; send "
                         "another message or start a new round.", *vote_updates(st["failed"]))
@@ -165,5 +175,5 @@ def build(services: WebServices, anonymous: bool, prefix: str) -> dict:
     def reset():
         return {}, [], [], "", "", *[gr.update(interactive=False, value=label) for label, _ in VOTES]
 
-    new_round.click(reset, None, [state, chat_a, chat_b, names, notice, *vote_buttons])
+    new_round.click(reset, None, [state, chat_a, chat_b, names, notice, *vote_buttons], cancels=events)
     return {"picks": picks}

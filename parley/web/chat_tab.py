@@ -140,8 +140,11 @@ def build(services: WebServices, models_box_choices) -> dict:
 
     # Gradio's own trash icon in the chatbot clears the screen: it starts a new chat too, so that what is
     # shown is always the conversation the next message continues (the old one stays in the history).
+    # Leaving a conversation while its reply streams stops that reply (stored as stopped), so that it cannot
+    # write over the screen of the next one.
+    writing = [*events, regen]
     for clear_event in (clear.click, new_chat.click, chatbot.clear):
-        clear_event(start_new, None, [conv_id, chatbot, last_reply, notice, title, history])
+        clear_event(start_new, None, [conv_id, chatbot, last_reply, notice, title, history], cancels=writing)
 
     def give_feedback(kind):
         def handler(message_id, request: gr.Request):
@@ -167,7 +170,8 @@ def build(services: WebServices, models_box_choices) -> dict:
         return (c.id, chat_messages(c), replies[-1] if replies else None, "", c.title, gr.update(value=c.model),
                 c.system_prompt or "")
 
-    history.input(open_conversation, [history], [conv_id, chatbot, last_reply, notice, title, model, system_prompt])
+    history.input(open_conversation, [history], [conv_id, chatbot, last_reply, notice, title, model, system_prompt],
+                  cancels=writing)
     def do_search(query, request: gr.Request):
         return gr.update(choices=history_choices(services, request, query))
 

@@ -4,16 +4,19 @@ user sees is what is stored (and what the model will be given as context)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from parley.store.conversations import FAILED, INCOMPLETE, STOPPED, ConversationView
+from parley.store.conversations import FAILED, INCOMPLETE, STOPPED, ConversationView, NotFound
 from parley.web.model_client import ChatParams, ReplyProgress
 from parley.web.reply_slots import Busy
 
 if TYPE_CHECKING:
     from parley.web.services import WebServices
+
+log = logging.getLogger(__name__)
 
 # At most this often a streaming reply's text is written to the store (a crash loses at most this much).
 SAVE_EVERY_S = 0.5
@@ -45,6 +48,7 @@ class StreamedReply:
         self.error: str | None = None
         self.progress: ReplyProgress | None = None
         self._saved_at = time.monotonic()
+        self._last_save: asyncio.Task | None = None  # saves run one after another, the final one last
 
     async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
         """The reply's text so far, each time it grows."""
@@ -58,10 +62,13 @@ class StreamedReply:
                     if progress.text != self.text:
                         self.text = progress.text
                         if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
-                            await self._save(finish_reason=INCOMPLETE)
+                            await asyncio.shield(self._save(finish_reason=INCOMPLETE))
                         yield self.text
         except Busy as exc:
             self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug or a malformed answer: this reply fails, and says so
+            log.exception("reply %d from %s failed", self.reply_id, self.model)
+            self.error = f"the reply failed: {type(exc).__name__}: {exc}"
         if self.error:
             self.finish_reason = FAILED
         elif self.progress is not None and self.progress.done:
@@ -71,14 +78,26 @@ class StreamedReply:
         return shown_reply(self.text, self.finish_reason, self.error)
 
     async def save_final(self) -> None:
-        """Store the reply as it ended; it completes even if the handler is cancelled meanwhile."""
+        """Store the reply as it ended, after any save still running; it completes even if the handler is
+        cancelled meanwhile."""
         p = self.progress or ReplyProgress()
         await asyncio.shield(self._save(
             finish_reason=self.finish_reason, error=self.error, parameters=self.params.model_dump(),
             latency_s=p.latency_s, first_token_s=p.first_token_s, prompt_tokens=p.prompt_tokens,
             completion_tokens=p.completion_tokens))
 
-    async def _save(self, **details) -> None:
+    def _save(self, **details) -> asyncio.Task:
         self._saved_at = time.monotonic()
-        await asyncio.to_thread(self._services.conversations.update_reply, self._user_id, self.reply_id, self.text,
-                                **details)
+        previous, text = self._last_save, self.text
+
+        async def save() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            try:
+                await asyncio.to_thread(self._services.conversations.update_reply, self._user_id, self.reply_id,
+                                        text, **details)
+            except NotFound:  # the conversation was deleted meanwhile: nothing to keep
+                log.info("reply %d: its conversation was deleted while it was written", self.reply_id)
+
+        self._last_save = asyncio.ensure_future(save())
+        return self._last_save

@@ -55,6 +55,7 @@ class ReplySlots:
                 else:
                     with contextlib.suppress(ValueError):  # already passed over by a release
                         self._waiters.remove((n, turn))
+                    self._grant()  # those behind it may fit now
                 raise
         try:
             yield
@@ -63,6 +64,9 @@ class ReplySlots:
 
     def _release(self, n: int) -> None:
         self.running -= n
+        self._grant()
+
+    def _grant(self) -> None:
         while self._waiters:
             granted, turn = self._waiters[0]
             if turn.cancelled():
