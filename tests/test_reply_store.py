@@ -76,7 +76,6 @@ def test_a_conversation_stored_with_two_user_turns_in_a_row_can_still_be_continu
         conversations.add_message(me, cid, role, text)
     assert [m["content"] for m in conversations.get(me, cid).openai_messages()] == ["A?", "a.", "C?"]
     reply = conversations.begin_reply(me, cid, "D?", model="m")
-    assert roles(conversations, me, cid) == ["user", "assistant", "user", "user", "assistant", "user", "assistant"]
     context = conversations.get(me, cid).openai_messages(before=reply.id)
     assert [m["content"] for m in context] == ["A?", "a.", "D?"]
 

@@ -123,8 +123,6 @@ class Conversations:
         def begin(s, c):
             last = s.scalar(select(Message).where(Message.conversation_id == c.id).order_by(Message.position.desc()))
             if user_text is not None:
-                if last is not None and last.role == "user":  # stored before replies were kept: keep roles valid
-                    self._append(s, c, "assistant", "", {"finish_reason": FAILED, "error": "no reply was stored"})
                 self._append(s, c, "user", user_text, {})
             elif last is None:
                 raise ParleyError("there is no message to reply to")
@@ -175,17 +173,6 @@ class Conversations:
             c.title = text[:TITLE_CHARS] + ("…" if len(text) > TITLE_CHARS else "")
         s.flush()
         return MessageView.model_validate(m, from_attributes=True)
-
-    def drop_last_reply(self, user_id: int, conversation_id: str) -> MessageView | None:
-        """Remove the last message if it is the assistant's (to regenerate it)."""
-        with self.db.session() as s:
-            c = self._owned(s, user_id, conversation_id)
-            last = s.scalar(select(Message).where(Message.conversation_id == c.id).order_by(Message.position.desc()))
-            if last is None or last.role != "assistant":
-                return None
-            view = MessageView.model_validate(last, from_attributes=True)
-            s.delete(last)
-            return view
 
     def get(self, user_id: int, conversation_id: str) -> ConversationView:
         with self.db.session() as s:

@@ -62,7 +62,7 @@ class StreamedReply:
                     if progress.text != self.text:
                         self.text = progress.text
                         if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
-                            await asyncio.shield(self._save(finish_reason=INCOMPLETE))
+                            self._save(finish_reason=INCOMPLETE)  # runs beside the stream; saves keep their order
                         yield self.text
         except Busy as exc:
             self.error = str(exc)

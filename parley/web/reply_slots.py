@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import AsyncIterator
 
 
@@ -29,51 +28,23 @@ class ReplySlots:
         self.max_running = max_running
         self.max_waiting = max_waiting
         self.running = 0
-        self._waiters: deque[tuple[int, asyncio.Future]] = deque()
-
-    @property
-    def waiting(self) -> int:
-        return sum(n for n, _ in self._waiters)
+        self.waiting = 0
+        self._slots = asyncio.Semaphore(max_running)  # first come, first served
 
     @contextlib.asynccontextmanager
-    async def hold(self, n: int = 1) -> AsyncIterator[None]:
-        """Hold `n` slots (a battle streams two replies) while the block runs; raises Busy at once when
-        they cannot even wait."""
-        n = min(n, self.max_running)
-        if not self._waiters and self.running + n <= self.max_running:
-            self.running += n
-        elif self.waiting + n > self.max_waiting:
+    async def hold(self) -> AsyncIterator[None]:
+        """Hold a slot while the block runs (waiting for one if need be); raises Busy at once when the
+        waiting line is full."""
+        if self._slots.locked() and self.waiting >= self.max_waiting:
             raise Busy(self.running, self.waiting)
-        else:
-            turn = asyncio.get_running_loop().create_future()
-            self._waiters.append((n, turn))
-            try:
-                await turn
-            except asyncio.CancelledError:
-                if turn.done() and not turn.cancelled():  # granted and cancelled at once: give it back
-                    self._release(n)
-                else:
-                    with contextlib.suppress(ValueError):  # already passed over by a release
-                        self._waiters.remove((n, turn))
-                    self._grant()  # those behind it may fit now
-                raise
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
         try:
             yield
         finally:
-            self._release(n)
-
-    def _release(self, n: int) -> None:
-        self.running -= n
-        self._grant()
-
-    def _grant(self) -> None:
-        while self._waiters:
-            granted, turn = self._waiters[0]
-            if turn.cancelled():
-                self._waiters.popleft()
-                continue
-            if self.running + granted > self.max_running:
-                break
-            self._waiters.popleft()
-            self.running += granted
-            turn.set_result(None)
+            self.running -= 1
+            self._slots.release()
