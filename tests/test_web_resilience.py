@@ -156,3 +156,30 @@ def test_an_arena_side_that_failed_cannot_be_voted_on_and_the_buttons_say_why(co
         web.stop()
         good.stop()
         bad.stop()
+
+
+def test_the_chatbots_own_clear_icon_starts_a_new_chat_instead_of_hiding_the_stored_one(controller, browser,
+                                                                                        tmp_path):
+    """Gradio's trash icon used to clear the screen only: the next reply continued the hidden conversation."""
+    db_url = f"sqlite:///{tmp_path / 'p.db'}"
+    worker = start_worker(controller, names="echo-model", echo=True)
+    web = start_web(controller, db_url)
+    try:
+        page = open_page(browser, web.url + "/")
+        pick_model(page, "echo-model")
+        send(page, "The secret word is banana")
+        wait_until(lambda: [m.finish_reason for m in stored_messages(db_url)] == [None, "stop"], "no first reply")
+        page.locator("#chatbot button[aria-label='Clear']").click()
+        wait_until(lambda: not assistant_texts(page, "#chatbot"), "the screen was not cleared")
+        send(page, "What is the secret word?")
+        wait_until(lambda: len(rows := stored_messages(db_url)) == 4 and rows[-1].finish_reason is not None
+                   and rows[0].finish_reason is None, "no second reply", timeout=60)
+        rows = stored_messages(db_url)
+        by_conversation = {}
+        for m in rows:
+            by_conversation.setdefault(m.conversation_id, []).append(m.content)
+        assert len(by_conversation) == 2  # a new conversation, not a continuation of the hidden one
+        assert all(len(contents) == 2 for contents in by_conversation.values())
+    finally:
+        web.stop()
+        worker.stop()
