@@ -44,9 +44,12 @@ def wait_for(ready: Callable[[], bool], proc: subprocess.Popen, what: str, timeo
 class Server:
     """A `parley ...` subprocess whose output goes to a file (read it with `.log()`)."""
 
-    def __init__(self, *args: str, port: int | None = None, env: dict | None = None):
+    def __init__(self, *args: str, port: int | None = None, env: dict | None = None, secret: str | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.secret = secret  # the cluster secret it was given ($PARLEY_CLUSTER_SECRET)
+        self.headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        env = {**(env or {}), **({"PARLEY_CLUSTER_SECRET": secret} if secret else {})}
         self.args = [*args, "--port", str(self.port)]
         self._log = tempfile.NamedTemporaryFile("w+", prefix="parley-", suffix=".log", delete=False)
         self.proc = subprocess.Popen([sys.executable, "-m", "parley", *self.args], cwd=REPO, stdout=self._log,
@@ -75,29 +78,31 @@ class Server:
         return self.proc.returncode
 
 
-def start_controller(*extra: str, port: int | None = None) -> Server:
-    server = Server("controller", *extra, port=port)
-    return server.wait_until(lambda: httpx.get(server.url + "/test_connection", timeout=1).text == "success",
+def start_controller(*extra: str, port: int | None = None, secret: str | None = None) -> Server:
+    server = Server("controller", *extra, port=port, secret=secret)
+    return server.wait_until(lambda: httpx.get(server.url + "/health", timeout=1).json()["status"] == "ok",
                              "controller")
 
 
 def models_at(controller: Server) -> list[str]:
-    return httpx.post(controller.url + "/list_models", timeout=2).json()["models"]
+    return httpx.post(controller.url + "/list_models", timeout=2, headers=controller.headers).json()["models"]
 
 
 def start_worker(controller: Server, *extra: str, names: str, echo: bool = False, delay_s: float = 0.0,
-                 wait: bool = True) -> Server:
+                 wait: bool = True, secret: str | None = None) -> Server:
+    """A worker of `controller`, with the controller's cluster secret unless another is given."""
     args = ["worker", "--model-names", names, "--controller-address", controller.url, "--heart-beat-interval", "1", *extra]
     if echo:
         args += ["--engine", "echo"]
-    server = Server(*args, env={"PARLEY_ECHO_DELAY_S": str(delay_s)})
+    server = Server(*args, env={"PARLEY_ECHO_DELAY_S": str(delay_s)}, secret=secret or controller.secret)
     if wait:
         name = names.split(",")[0]
-        server.wait_until(lambda: name in models_at(controller) and httpx.get(server.url + "/health", timeout=1).json()["registered"],
+        server.wait_until(lambda: name in models_at(controller)
+                          and httpx.get(server.url + "/health", timeout=1).json()["registered"],
                           f"registration of {name}", timeout=180)
     return server
 
 
-def start_api(controller: Server, *extra: str) -> Server:
-    server = Server("api", "--controller-address", controller.url, *extra)
+def start_api(controller: Server, *extra: str, env: dict | None = None) -> Server:
+    server = Server("api", "--controller-address", controller.url, *extra, env=env, secret=controller.secret)
     return server.wait_until(lambda: httpx.get(server.url + "/health", timeout=1).status_code == 200, "API")

@@ -88,9 +88,11 @@ async def test_register_without_status_asks_the_worker_and_refuses_when_it_canno
     assert (await controller.post("/list_models")).json() == {"models": []}
 
 
-async def test_bad_requests_are_422(controller):
-    assert (await controller.post("/register_worker", json={"check_heart_beat": True})).status_code == 422
-    assert (await controller.post("/get_worker_address", json={})).status_code == 422
+async def test_bad_requests_are_400_saying_what_is_wrong(controller):
+    r = await controller.post("/register_worker", json={"check_heart_beat": True})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "worker_name"
+    assert (await controller.post("/get_worker_address", json={})).status_code == 400
 
 
 def free_port() -> int:

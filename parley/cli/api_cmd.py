@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from parley.cli.secret_args import add_api_key_arguments, add_cluster_secret_argument, api_keys, cluster_secret
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("api", help="run the OpenAI-compatible API server", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--controller-address", default="http://127.0.0.1:21001")
-    p.add_argument("--api-keys", default=None, help="comma-separated keys clients must send as 'Authorization: Bearer KEY'")
+    add_api_key_arguments(p)
     p.add_argument("--allowed-origins", default=None, help="comma-separated origins allowed by CORS (e.g. http://localhost:3000 or *)")
     p.add_argument("--worker-timeout", type=float, default=120.0,
                    help="seconds of silence from a worker mid-reply before the reply fails (default %(default)s)")
+    add_cluster_secret_argument(p)
     p.set_defaults(run=run, default_log_level="INFO")
 
 
@@ -26,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     from parley.serving.api import APISettings, create_app
 
-    app = create_app(APISettings(controller_address=args.controller_address, api_keys=split_list(args.api_keys),
-                                 allowed_origins=split_list(args.allowed_origins), worker_timeout_s=args.worker_timeout))
+    app = create_app(APISettings(controller_address=args.controller_address, api_keys=api_keys(args),
+                                 allowed_origins=split_list(args.allowed_origins), worker_timeout_s=args.worker_timeout,
+                                 cluster_secret=cluster_secret(args)))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
     return 0

@@ -7,9 +7,8 @@ import getpass
 import sys
 from pathlib import Path
 
+from parley.cli.secret_args import add_db_url_arguments, db_url
 from parley.errors import ParleyError
-
-URL_HELP = "database URL: sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB (default: ~/.local/share/parley/parley.db)"
 
 
 def add_parser(sub) -> None:
@@ -18,25 +17,25 @@ def add_parser(sub) -> None:
     for name, helptext, run in (("upgrade", "apply the migrations (the web UI does this at start)", run_upgrade),
                                 ("stats", "vote and feedback counts", run_stats)):
         step = steps.add_parser(name, help=helptext)
-        step.add_argument("--db-url", default=None, help=URL_HELP)
+        add_db_url_arguments(step)
         step.set_defaults(run=run)
     user = steps.add_parser("create-user", help="an account for `parley web --auth` (password read from the terminal "
                                                 "or, with --password-stdin, from standard input)")
     user.add_argument("username")
     user.add_argument("--admin", action="store_true", help="may see vote statistics in the UI")
     user.add_argument("--password-stdin", action="store_true")
-    user.add_argument("--db-url", default=None, help=URL_HELP)
+    add_db_url_arguments(user)
     user.set_defaults(run=run_create_user)
     export = steps.add_parser("export-logs", help="votes as FastChat conversation-log JSON lines")
     export.add_argument("output", type=Path)
-    export.add_argument("--db-url", default=None, help=URL_HELP)
+    add_db_url_arguments(export)
     export.set_defaults(run=run_export)
 
 
 def _db(args):
     from parley.store.database import Database
 
-    db = Database(args.db_url)
+    db = Database(db_url(args))
     db.upgrade()
     return db
 

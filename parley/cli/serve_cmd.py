@@ -17,8 +17,20 @@ from collections.abc import Callable
 import httpx
 from rich.console import Console
 
+from parley.cli.secret_args import (
+    API_KEYS_ENV,
+    CLUSTER_SECRET_ENV,
+    DB_URL_ENV,
+    add_api_key_arguments,
+    add_cluster_secret_argument,
+    add_db_url_arguments,
+    api_keys,
+    cluster_secret,
+    db_url,
+)
 from parley.cli.supervisor import Child, RestartPolicy, Supervisor, describe_exit
 from parley.errors import ParleyError
+from parley.serving.cluster_auth import auth_headers, new_secret
 from parley.models.source import resolve_model_source
 
 
@@ -32,12 +44,12 @@ def add_parser(sub) -> None:
     p.add_argument("--worker-port", type=int, default=None, help="first worker's port (default: controller port + 1)")
     p.add_argument("--web-port", type=int, default=7860, help="web UI port (listens on --host, like the API)")
     p.add_argument("--no-web", action="store_true", help="do not start the web UI")
-    p.add_argument("--db-url", default=None, help="the web UI's database: sqlite:///PATH or postgresql://... "
-                                                  "(default: ~/.local/share/parley/parley.db)")
+    add_db_url_arguments(p)
     p.add_argument("--auth", action="store_true", help="the web UI requires login (see `parley db create-user`)")
     p.add_argument("--max-concurrent-replies", type=int, default=None,
                    help="replies the web UI streams at once (default 32; see `parley web --help`)")
-    p.add_argument("--api-keys", default=None, help="comma-separated keys the API requires")
+    add_api_key_arguments(p)
+    add_cluster_secret_argument(p)
     g = p.add_argument_group("workers")
     g.add_argument("--engine", default="transformers")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps", "xpu"])
@@ -83,19 +95,29 @@ def run(args: argparse.Namespace) -> int:
         if not _port_free(host, port):
             raise ParleyError(f"port {port} ({what}) is in use; stop what uses it or choose another port")
 
+    # Secrets reach the children in their environment, never in argv (which `ps` shows to every user). The
+    # cluster's own secret is made afresh unless one is given (for workers started elsewhere to join).
+    secret = cluster_secret(args) or new_secret()
+    keys, database = api_keys(args), db_url(args)
     base = [sys.executable, "-m", "parley", "--log-level", args.log_level]
+    cluster_env = {CLUSTER_SECRET_ENV: secret}
     controller_url = f"http://{local}:{args.controller_port}"
-    controller = Child("controller", base + ["controller", "--host", local, "--port", str(args.controller_port)])
+    controller = Child("controller", base + ["controller", "--host", local, "--port", str(args.controller_port)],
+                       env=cluster_env)
+    headers = auth_headers(secret)
+
+    def models_served(timeout: float) -> list[str]:
+        return httpx.post(controller_url + "/list_models", timeout=timeout, headers=headers).json()["models"]
 
     def drop_from_controller(child: Child, how: str) -> None:
         try:
-            httpx.post(controller_url + "/report_worker_failure", timeout=2,
+            httpx.post(controller_url + "/report_worker_failure", timeout=2, headers=headers,
                        json={"worker_name": child.address, "reason": f"the process {how}"})
         except httpx.HTTPError:
             pass  # the controller is down too; it learns the worker list afresh when it is back
 
     def serves(name: str) -> Callable[[], bool]:
-        return lambda: name in httpx.post(controller_url + "/list_models", timeout=1).json()["models"]
+        return lambda: name in models_served(1)
 
     workers = [
         Child(f"worker {name}", base + [
@@ -103,18 +125,19 @@ def run(args: argparse.Namespace) -> int:
             "--device", args.device, "--dtype", args.dtype, "--max-batch-size", str(args.max_batch_size),
             "--host", local, "--port", str(worker_port + i), "--controller-address", controller_url,
             *(["--load-8bit"] if args.load_8bit else []),
-        ], address=f"http://{local}:{worker_port + i}", on_death=drop_from_controller, ready=serves(name))
+        ], env=cluster_env, address=f"http://{local}:{worker_port + i}", on_death=drop_from_controller,
+            ready=serves(name))
         for i, (name, source) in enumerate(zip(names, sources))
     ]
     api = Child("api", base + ["api", "--host", args.host, "--port", str(args.port),
-                               "--controller-address", controller_url,
-                               *(["--api-keys", args.api_keys] if args.api_keys else [])])
+                               "--controller-address", controller_url],
+                env=cluster_env | {API_KEYS_ENV: ",".join(keys)})
     web = Child("web UI", base + ["web", "--host", args.host, "--port", str(args.web_port),
                                   "--controller-address", controller_url,
-                                  *(["--db-url", args.db_url] if args.db_url else []),
                                   *(["--auth"] if args.auth else []),
                                   *(["--max-concurrent-replies", str(args.max_concurrent_replies)]
-                                    if args.max_concurrent_replies else [])])
+                                    if args.max_concurrent_replies else [])],
+                env=cluster_env | ({DB_URL_ENV: database} if database else {}))
     children = [controller, *workers, api] + ([] if args.no_web else [web])
 
     def on_signal(signum, frame):
@@ -125,13 +148,13 @@ def run(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         controller.start()
-        _wait_for(console, "controller", controller, lambda: httpx.get(controller_url + "/test_connection", timeout=2).text == "success",
-                  args.startup_timeout)
+        _wait_for(console, "controller", controller,
+                  lambda: httpx.get(controller_url + "/health", timeout=2).json()["status"] == "ok", args.startup_timeout)
         for w in workers:
             w.start()
         for w, name in zip(workers, names):
             _wait_for(console, f"worker for {name} (loading the model)", w,
-                      lambda name=name: name in httpx.post(controller_url + "/list_models", timeout=2).json()["models"],
+                      lambda name=name: name in models_served(2),
                       args.startup_timeout)
         api.start()
         shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host

@@ -9,7 +9,9 @@ import sys
 
 import httpx
 
+from parley.cli.secret_args import add_cluster_secret_argument, cluster_secret
 from parley.errors import ParleyError
+from parley.serving.cluster_auth import auth_headers
 from parley.serving.api_errors import APIError
 from parley.serving.gateway import WorkerGateway
 
@@ -23,13 +25,14 @@ def add_parser(sub) -> None:
     p.add_argument("--message", default="Tell me a story with more than 1000 words.")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    add_cluster_secret_argument(p)
     p.set_defaults(run=run)
 
 
 async def _send(args: argparse.Namespace) -> None:
     payload = {"model": args.model_name, "messages": [{"role": "user", "content": args.message}],
                "temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
-    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0)) as http:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0), headers=auth_headers(cluster_secret(args))) as http:
         gateway = WorkerGateway(http, args.controller_address)
         if not args.worker_address:
             models = await gateway.list_models()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 from pathlib import Path
+
+from parley.cli.secret_args import add_cluster_secret_argument, add_db_url_arguments, cluster_secret, db_url
 
 log = logging.getLogger("parley.web")
 
@@ -15,8 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("--controller-address", default="http://127.0.0.1:21001")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--db-url", default=None, help="sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB "
-                                                  "(default: ~/.local/share/parley/parley.db)")
+    add_db_url_arguments(p)
     p.add_argument("--auth", action="store_true",
                    help="require login (accounts: `parley db create-user`); without it everyone is the local user")
     p.add_argument("--battle-weights", default=None,
@@ -40,6 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--mt-bench-judgments", type=Path, default=None,
                    help="MT-bench single judgments shown beside the ratings (default: ~/.local/share/parley/"
                         "mt_bench/model_judgment/gpt-4_single.jsonl)")
+    add_cluster_secret_argument(p)
     p.set_defaults(run=run, default_log_level="INFO")
 
 
@@ -51,15 +52,13 @@ def run(args: argparse.Namespace) -> int:
     from parley.web.policies import Limits
     from parley.web.services import WebSettings
 
-    try:
-        loopback = ipaddress.ip_address(args.host).is_loopback
-    except ValueError:
-        loopback = args.host == "localhost"
-    if not loopback and not args.auth:
+    from parley.serving.cluster_auth import is_loopback
+
+    if not is_loopback(args.host) and not args.auth:
         log.warning("serving on %s without --auth: everyone who can reach it shares one user and its history",
                     args.host)
     settings = WebSettings(
-        controller_address=args.controller_address, db_url=args.db_url, host=args.host, port=args.port,
+        controller_address=args.controller_address, cluster_secret=cluster_secret(args), db_url=db_url(args), host=args.host, port=args.port,
         auth=args.auth, battle_weights=parse_weights(args.battle_weights), model_info_file=args.model_info,
         moderation=args.moderation, limits=Limits(max_input_chars=args.max_input_chars, max_turns=args.max_turns),
         leaderboard_file=args.leaderboard_file, leaderboard_interval_s=args.leaderboard_interval,

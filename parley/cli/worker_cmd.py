@@ -7,6 +7,7 @@ import logging
 import socket
 
 from parley.cli.engine_args import add_engine_arguments, load_engine
+from parley.cli.secret_args import add_cluster_secret_argument, cluster_secret
 from parley.errors import ParleyError
 from parley.serving.protocol import HEART_BEAT_INTERVAL_S
 
@@ -38,6 +39,7 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--heart-beat-interval", type=float, default=HEART_BEAT_INTERVAL_S,
                    help="seconds between heartbeats to the controller (default %(default)s)")
     g.add_argument("--speed", type=float, default=1.0, help="relative speed, for lottery dispatch")
+    add_cluster_secret_argument(g)
 
 
 def worker_address(args: argparse.Namespace) -> str:
@@ -54,8 +56,11 @@ def worker_address(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from parley.serving.cluster_auth import warn_if_open
     from parley.serving.worker import WorkerSettings, create_app
 
+    secret = cluster_secret(args)  # before the model loads: a bad secret file fails in a second
+    warn_if_open(log, "worker", args.host, secret)
     names = [n.strip() for n in (args.model_names or "").split(",") if n.strip()]
     if names and not args.model_name:
         args.model_name = names[0]
@@ -67,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             register_with_controller=not args.no_register, limit_worker_concurrency=args.limit_worker_concurrency,
             max_queue_length=args.max_queue_length, stream_interval=args.stream_interval,
             conv_template=args.conv_template, heart_beat_interval_s=args.heart_beat_interval, speed=args.speed,
+            cluster_secret=secret,
         )
         app = create_app(engine, settings)
     except (ValueError, ParleyError) as exc:

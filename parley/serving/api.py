@@ -19,6 +19,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from parley.serving.api_errors import APIError, bad_request, install_error_handlers
+from parley.serving.cluster_auth import auth_headers
 from parley.serving.gateway import WorkerGateway
 from parley.serving.metrics import ServerMetrics, install_metrics
 from parley.serving.openai_schemas import (
@@ -43,6 +44,7 @@ class APISettings(BaseModel):
     api_keys: list[str] = Field(default_factory=list)  # empty: no key needed
     allowed_origins: list[str] = Field(default_factory=list)  # CORS; empty: same-origin only
     worker_timeout_s: float = Field(120.0, gt=0)  # longest silence from a worker mid-reply
+    cluster_secret: str | None = None  # sent to the controller and workers
 
 
 # -- request translation -----------------------------------------------------------------------
@@ -169,7 +171,8 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
     settings = settings or APISettings()
     own_http = http is None
     http = http or httpx.AsyncClient(timeout=httpx.Timeout(settings.worker_timeout_s, connect=5.0),
-                                     limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+                                     limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+                                     headers=auth_headers(settings.cluster_secret))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
+from parley.serving.api_errors import install_error_handlers
+from parley.serving.cluster_auth import ClusterAuthMiddleware, auth_headers
 from parley.serving.metrics import install_metrics
 from parley.serving.protocol import (
     HEART_BEAT_EXPIRATION_S,
@@ -23,6 +25,7 @@ from parley.serving.protocol import (
     HeartBeatResponse,
     ListModelsResponse,
     RegisterWorkerRequest,
+    ReportedStatus,
     WorkerAddressResponse,
     WorkerStatus,
 )
@@ -35,6 +38,7 @@ class ControllerSettings(BaseModel):
     dispatch_method: DispatchMethod = DispatchMethod.SHORTEST_QUEUE
     heart_beat_expiration_s: float = HEART_BEAT_EXPIRATION_S
     worker_timeout_s: float = 10.0  # for status requests the controller sends to workers
+    cluster_secret: str | None = None  # with one, every request but /health must carry it
 
 
 def create_app(settings: ControllerSettings | None = None, clock: Callable[[], float] = time.monotonic) -> FastAPI:
@@ -53,9 +57,10 @@ def create_app(settings: ControllerSettings | None = None, clock: Callable[[], f
             log.info("controller stopped")
 
     app = FastAPI(title="parley controller", lifespan=lifespan)
+    install_error_handlers(app)
     app.state.settings = settings
     app.state.registry = WorkerRegistry(settings.dispatch_method, settings.heart_beat_expiration_s, clock=clock)
-    app.state.http = httpx.AsyncClient(timeout=settings.worker_timeout_s)
+    app.state.http = httpx.AsyncClient(timeout=settings.worker_timeout_s, headers=auth_headers(settings.cluster_secret))
     metrics = install_metrics(app, "controller", count_all_requests=True)
 
     def refresh_gauges() -> None:
@@ -63,22 +68,34 @@ def create_app(settings: ControllerSettings | None = None, clock: Callable[[], f
         metrics.queue_length.labels("controller").set(app.state.registry.total_status().queue_length)
 
     metrics.on_collect(refresh_gauges)
+    if settings.cluster_secret:
+        app.add_middleware(ClusterAuthMiddleware, secret=settings.cluster_secret)
 
-    async def fetch_status(name: str) -> WorkerStatus | None:
+    async def fetch_status(name: str) -> ReportedStatus | None:
         try:
             response = await app.state.http.post(name.rstrip("/") + "/worker_get_status")
             response.raise_for_status()
-            return WorkerStatus.model_validate(response.json())
+            return ReportedStatus.model_validate(response.json())
         except (httpx.HTTPError, ValueError) as exc:
-            log.warning("worker %s did not report its status: %s", name, exc)
+            log.warning("worker %s did not report its status: %s", name, str(exc).splitlines()[0])
             return None
 
     @app.post("/register_worker")
     async def register_worker(request: RegisterWorkerRequest) -> dict:
-        status = request.worker_status or await fetch_status(request.worker_name)
+        registry: WorkerRegistry = app.state.registry
+        status = request.worker_status
+        current = registry.workers.get(request.worker_name)
+        if status is None or (current is not None and set(current.model_names) - set(status.model_names)):
+            # Nothing said, or a registration that would take models off a worker registered under this name:
+            # what the worker at that address says of itself counts, not what the request claims.
+            reported = await fetch_status(request.worker_name)
+            if reported is not None and status is not None and reported.model_names != status.model_names:
+                log.warning("a registration for %s claimed the models %s; the worker itself serves %s, which it keeps",
+                            request.worker_name, ", ".join(status.model_names), ", ".join(reported.model_names))
+            status = reported or (None if current is not None else status)
         if status is None:
             return {"registered": False}
-        app.state.registry.register(request.worker_name, status, request.check_heart_beat, request.multimodal)
+        registry.register(request.worker_name, status, request.check_heart_beat, request.multimodal)
         log.info("registered worker %s serving %s", request.worker_name, ", ".join(status.model_names))
         return {"registered": True}
 

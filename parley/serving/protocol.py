@@ -6,12 +6,42 @@ controller and FastChat's API server can use parley's controller and workers.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 # FastChat's defaults: a worker sends a heartbeat every 45 s; the controller forgets a worker
 # it has not heard from for 90 s.
 HEART_BEAT_INTERVAL_S = 45.0
 HEART_BEAT_EXPIRATION_S = 90.0
+
+
+# What a worker may report about itself (a registration outside these bounds is refused):
+MAX_MODEL_NAME_CHARS = 256
+MAX_MODELS_PER_WORKER = 256
+MAX_WORKER_SPEED = 1e6
+MAX_QUEUE_LENGTH = 1_000_000
+
+
+def _model_name(name: str) -> str:
+    if not name or name != name.strip() or len(name) > MAX_MODEL_NAME_CHARS \
+            or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ValueError(f"a model name must be 1 to {MAX_MODEL_NAME_CHARS} characters, without control characters "
+                         "or surrounding spaces")
+    return name
+
+
+def _worker_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2048 \
+            or parts.query or parts.fragment or any(c.isspace() for c in url):
+        raise ValueError("a worker name must be the worker's http(s) URL, e.g. http://10.0.0.5:21002")
+    return url
+
+
+ModelName = Annotated[str, AfterValidator(_model_name)]
+WorkerURL = Annotated[str, AfterValidator(_worker_url)]
 
 
 class WorkerStatus(BaseModel):
@@ -22,12 +52,20 @@ class WorkerStatus(BaseModel):
     queue_length: int = 0
 
 
+class ReportedStatus(WorkerStatus):
+    """A worker's status as the controller accepts it."""
+
+    model_names: list[ModelName] = Field(min_length=1, max_length=MAX_MODELS_PER_WORKER)
+    speed: float = Field(1.0, gt=0, le=MAX_WORKER_SPEED)
+    queue_length: int = Field(0, ge=0, le=MAX_QUEUE_LENGTH)
+
+
 class RegisterWorkerRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    worker_name: str  # the worker's base URL, e.g. http://10.0.0.5:21002
+    worker_name: WorkerURL  # the worker's base URL, e.g. http://10.0.0.5:21002
     check_heart_beat: bool = True
-    worker_status: WorkerStatus | None = None
+    worker_status: ReportedStatus | None = None
     multimodal: bool = False
 
 
@@ -35,7 +73,7 @@ class HeartBeatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     worker_name: str
-    queue_length: int = 0
+    queue_length: int = Field(0, ge=0, le=MAX_QUEUE_LENGTH)
 
 
 class GetWorkerAddressRequest(BaseModel):

@@ -26,6 +26,7 @@ from parley.conversation.matching import DEFAULT_TEMPLATE, template_for_model_na
 from parley.conversation.templates import NAMED_TEMPLATES, written_named_template
 from parley.engines.base import Engine, GenerationRequest, SamplingParams
 from parley.errors import ContextLengthError, InvalidRequestError, ParleyError
+from parley.serving.cluster_auth import ClusterAuthMiddleware, auth_headers
 from parley.serving.fastchat_conv import fastchat_conversation
 from parley.serving.metrics import ServerMetrics, install_metrics
 from parley.serving.protocol import (
@@ -53,6 +54,7 @@ class WorkerSettings(BaseModel):
     conv_template: str | None = None
     heart_beat_interval_s: float = Field(HEART_BEAT_INTERVAL_S, gt=0)
     speed: float = Field(1.0, gt=0)
+    cluster_secret: str | None = None  # with one, every request but /health must carry it
 
 
 class WorkerError(Exception):
@@ -115,6 +117,11 @@ class ModelWorker:
                 log.warning("the controller at %s does not know this worker (restarted?); registering again", base)
                 self.registered = False
                 await self.heartbeat(http)
+        except httpx.HTTPStatusError as exc:
+            why = ("it does not accept this worker's cluster secret (or needs one)" if exc.response.status_code == 401
+                   else f"it answered {exc.response.status_code}: {exc.response.text[:300]}")
+            log.error("the controller at %s refused this worker: %s; will retry", base, why)
+            self.registered = False
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("controller at %s unreachable (%s); will retry", base, type(exc).__name__)
             self.registered = False
@@ -300,9 +307,11 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
             log.info("worker stopped")
 
     app = FastAPI(title="parley worker", lifespan=lifespan)
-    app.state.http = httpx.AsyncClient(timeout=10.0)
+    app.state.http = httpx.AsyncClient(timeout=10.0, headers=auth_headers(settings.cluster_secret))
     metrics = install_metrics(app, "worker", count_all_requests=True,
                               self_counted=frozenset({"/worker_generate_stream", "/worker_generate"}))
+    if settings.cluster_secret:
+        app.add_middleware(ClusterAuthMiddleware, secret=settings.cluster_secret)
     worker = app.state.worker = ModelWorker(engine, settings, metrics)
 
     def refresh_gauges() -> None:

@@ -63,7 +63,7 @@ def build_blocks(services: WebServices) -> gr.Blocks:
 def create_app(settings: WebSettings) -> FastAPI:
     db = Database(settings.db_url)
     db.upgrade()
-    services = WebServices(settings=settings, db=db, client=ModelClient(settings.controller_address),
+    services = WebServices(settings=settings, db=db, client=ModelClient(settings.controller_address, settings.cluster_secret),
                            model_info=ModelInfo(settings.model_info_file), moderator=load_moderator(settings.moderation))
 
     @asynccontextmanager

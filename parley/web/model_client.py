@@ -9,6 +9,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from parley.serving.api_errors import APIError
+from parley.serving.cluster_auth import auth_headers
 from parley.serving.gateway import WorkerGateway
 
 
@@ -30,8 +31,8 @@ class ReplyProgress(BaseModel):
 
 
 class ModelClient:
-    def __init__(self, controller_address: str):
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0))
+    def __init__(self, controller_address: str, cluster_secret: str | None = None):
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0), headers=auth_headers(cluster_secret))
         self.gateway = WorkerGateway(self.http, controller_address)
 
     async def list_models(self) -> list[str]:

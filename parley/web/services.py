@@ -19,6 +19,7 @@ from parley.web.reply_slots import ReplySlots
 
 class WebSettings(BaseModel):
     controller_address: str = "http://127.0.0.1:21001"
+    cluster_secret: str | None = None  # sent to the controller and workers
     db_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 7860
