@@ -157,9 +157,10 @@ async def test_a_failed_decoding_step_ends_the_running_batch_clearly_and_the_eng
     assert after.token_ids == alone.token_ids
 
 
-async def test_the_worker_ends_the_failing_prompts_stream_with_an_error_and_serves_the_other(engine, marker_ids):
+async def test_the_worker_ends_the_failing_prompts_stream_with_an_error_and_serves_the_other(engine, marker_ids, caplog):
     def body(content: str) -> dict:
-        return {"messages": [{"role": "user", "content": content}], "temperature": 0, "max_new_tokens": 24}
+        return {"messages": [{"role": "user", "content": content}], "temperature": 0, "max_new_tokens": 24,
+                "request_id": "chatcmpl-test-1"}
 
     async with client_for(engine) as w:
         alone = frames((await w.post("/worker_generate_stream", json=body(GOOD))).content)[-1]
@@ -168,21 +169,27 @@ async def test_the_worker_ends_the_failing_prompts_stream_with_an_error_and_serv
                 w.post("/worker_generate_stream", json=body(GOOD)),
                 w.post("/worker_generate_stream", json=body(BAD))), timeout=60)
     [error] = frames(bad.content)
-    assert error["error_code"] == ErrorCode.INTERNAL_ERROR and error["text"].startswith(PROMPT_FAILED)
+    # the client learns that it failed and under which request id; the cause (CUDA...) only the worker's log
+    assert error["error_code"] == ErrorCode.INTERNAL_ERROR
+    assert error["text"] == "the generation failed in the worker (request chatcmpl-test-1; its log has the details)"
+    assert any("chatcmpl-test-1" in r.getMessage() and PROMPT_FAILED in r.getMessage() for r in caplog.records)
     last = frames(good.content)[-1]
     assert last["error_code"] == 0 and last["text"] == alone["text"] and last["finish_reason"] == alone["finish_reason"]
 
 
-async def test_an_embedding_input_the_model_fails_on_gets_an_error_reply_and_the_others_are_served(engine, marker_ids):
+async def test_an_embedding_input_the_model_fails_on_gets_an_error_reply_and_the_others_are_served(engine, marker_ids,
+                                                                                                  caplog):
     async with client_for(engine) as w:
         with failing_forward(engine.model.base_model, marked(marker_ids)):
             bad, good, reply = await asyncio.wait_for(asyncio.gather(
-                w.post("/worker_get_embeddings", json={"model": "m", "input": ["The cat sat.", f"A{MARKER} sat."]}),
+                w.post("/worker_get_embeddings", json={"model": "m", "input": ["The cat sat.", f"A{MARKER} sat."],
+                                                       "request_id": "embd-test-2"}),
                 w.post("/worker_get_embeddings", json={"model": "m", "input": ["The cat sat."]}),
                 w.post("/worker_generate_stream", json={"prompt": "The capital of France is", "temperature": 0,
                                                         "max_new_tokens": 8})), timeout=60)
-    assert bad.json() == {"text": "the model failed on this embedding input: RuntimeError: " + OOM,
+    assert bad.json() == {"text": "the embedding failed in the worker (request embd-test-2; its log has the details)",
                           "error_code": ErrorCode.INTERNAL_ERROR}
+    assert any("embd-test-2" in r.getMessage() and OOM in r.getMessage() for r in caplog.records)
     assert len(good.json()["embedding"]) == 1
     assert frames(reply.content)[-1]["finish_reason"] == "length"
 

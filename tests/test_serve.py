@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
+from tests.postgres import PostgresServer, postgres_bin
 from tests.servers import REPO, free_port
 
 
-def start_serve(log, *args: str) -> subprocess.Popen:
+def start_serve(log, *args: str, env: dict | None = None) -> subprocess.Popen:
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "parley", "serve", *args], cwd=REPO, stdout=out,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
     for _ in range(600):
         if "Press Ctrl-C to stop" in log.read_text() or proc.poll() is not None:
             break
@@ -117,3 +121,62 @@ def test_serve_restarts_a_worker_killed_with_sigkill_while_the_rest_keeps_servin
         print(f"worker back {back:.1f} s after SIGKILL; {len(statuses)} requests got 503 meanwhile")
     finally:
         stop_serve(proc, log)
+
+
+def children_of(pid: int) -> list[int]:
+    """Every process below `pid`."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_serve_passes_secrets_to_its_children_in_their_environment_never_on_the_command_line(tmp_path):
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL server binaries are absent (Debian package postgresql)")
+    database = PostgresServer()
+    key, password = "sk-team-key-71d3f0", "pg-password-5e1c9a"
+    try:
+        url = database.create_database("serve_secrets").replace("parley@", f"parley:{password}@")
+        (tmp_path / "keys").write_text(f"{key}\nsk-second-key-aa10\n")
+        (tmp_path / "db-url").write_text(url)
+        api_port, controller_port, web_port = free_port(), free_port(), free_port()
+        log = tmp_path / "serve.log"
+        proc = start_serve(log, "--engine", "llamacpp", "--port", str(api_port), "--controller-port",
+                           str(controller_port), "--worker-port", str(free_port()), "--web-port", str(web_port),
+                           "--api-keys-file", str(tmp_path / "keys"), "--db-url-file", str(tmp_path / "db-url"))
+        try:
+            children = children_of(proc.pid)
+            assert len(children) >= 4  # controller, worker, API, web UI
+            for pid in [proc.pid, *children]:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+                assert key not in argv and password not in argv and "sk-second" not in argv, argv
+            environ = {pid: Path(f"/proc/{pid}/environ").read_bytes() for pid in children}
+            secrets = {e.split(b"PARLEY_CLUSTER_SECRET=")[1].split(b"\0")[0] for e in environ.values()
+                       if b"PARLEY_CLUSTER_SECRET=" in e}
+            assert len(secrets) == 1 and len(secrets.pop()) >= 32  # one secret, made for this run, shared by all
+            for pid in children:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+                assert "CLUSTER_SECRET" not in argv
+            # the keys reached the API, the URL the web UI, the secret the controller
+            api = f"http://127.0.0.1:{api_port}/v1"
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=api, api_key="wrong", max_retries=0).models.list()
+            assert openai.OpenAI(base_url=api, api_key=key, max_retries=0).models.list().data
+            assert httpx.get(f"http://127.0.0.1:{web_port}/health", timeout=10).status_code == 200
+            assert f"127.0.0.1:{database.port}/serve_secrets" in log.read_text()
+            assert password not in log.read_text()
+            assert httpx.post(f"http://127.0.0.1:{controller_port}/list_models", timeout=10).status_code == 401
+        finally:
+            stop_serve(proc, log)
+    finally:
+        database.stop()

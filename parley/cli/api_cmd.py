@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from parley.cli.secret_args import add_api_key_arguments, add_cluster_secret_argument, api_keys, cluster_secret
+from parley.serving.request_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_SEND_TIMEOUT_S
 
 
 def add_parser(sub) -> None:
@@ -13,6 +14,11 @@ def add_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--controller-address", default="http://127.0.0.1:21001")
     add_api_key_arguments(p)
+    p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help="a request body beyond this is refused with 413 (default %(default)s: 4 MiB)")
+    p.add_argument("--stream-send-timeout", type=float, default=DEFAULT_SEND_TIMEOUT_S,
+                   help="seconds a client may read nothing of a streamed reply before it is disconnected and its "
+                        "generation stopped (default %(default)s)")
     p.add_argument("--allowed-origins", default=None, help="comma-separated origins allowed by CORS (e.g. http://localhost:3000 or *)")
     p.add_argument("--worker-timeout", type=float, default=120.0,
                    help="seconds of silence from a worker mid-reply before the reply fails (default %(default)s)")
@@ -31,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     app = create_app(APISettings(controller_address=args.controller_address, api_keys=api_keys(args),
                                  allowed_origins=split_list(args.allowed_origins), worker_timeout_s=args.worker_timeout,
-                                 cluster_secret=cluster_secret(args)))
+                                 cluster_secret=cluster_secret(args), max_body_bytes=args.max_request_bytes,
+                                 send_timeout_s=args.stream_send_timeout))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
     return 0

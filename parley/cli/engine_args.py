@@ -34,7 +34,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("openai engine (forward to an OpenAI-compatible server)")
     g.add_argument("--upstream-base-url", default=None, help="e.g. http://gpu-box:8000/v1 (vLLM, Ollama, llama-server...)")
     g.add_argument("--upstream-model", default=None, help="the model's name upstream (default: the served name)")
-    g.add_argument("--upstream-api-key", default=None, help="API key for the upstream (default: $OPENAI_API_KEY)")
+    g.add_argument("--upstream-api-key-file", default=None, metavar="PATH",
+                   help="file holding the upstream's API key (default: $PARLEY_UPSTREAM_API_KEY, else $OPENAI_API_KEY "
+                        "for api.openai.com and the hosts in $PARLEY_OPENAI_KEY_HOSTS)")
+    g.add_argument("--upstream-api-key", default=None, help=argparse.SUPPRESS)  # visible in `ps`: kept for old scripts
     g.add_argument("--api-endpoint-file", default=None,
                    help='JSON: {"served-name": {"api_base": URL, "api_key": KEY, "model_name": NAME}, ...}')
 
@@ -60,9 +63,17 @@ def load_engine(args: argparse.Namespace, registry: EngineRegistry | None = None
         return engine_cls.create(source, options)
 
 
-def proxy_engine(args: argparse.Namespace) -> Engine:
-    import os
+def upstream_api_key(args: argparse.Namespace, base_url: str) -> str | None:
+    from parley.cli.secret_args import read_secret
+    from parley.openai_env import environment_key_for
 
+    if args.upstream_api_key:
+        return args.upstream_api_key
+    return (read_secret(args.upstream_api_key_file, "PARLEY_UPSTREAM_API_KEY", "upstream API key")
+            or environment_key_for(base_url))
+
+
+def proxy_engine(args: argparse.Namespace) -> Engine:
     from parley.engines.openai_proxy import OpenAIProxyEngine, Upstream, load_endpoint_file
 
     if args.api_endpoint_file:
@@ -73,5 +84,5 @@ def proxy_engine(args: argparse.Namespace) -> Engine:
     if not name:
         raise ParleyError("--engine openai needs --upstream-model or --model-names")
     upstream = Upstream(api_base=args.upstream_base_url, model_name=args.upstream_model or name,
-                        api_key=args.upstream_api_key or os.environ.get("OPENAI_API_KEY"))
+                        api_key=upstream_api_key(args, args.upstream_base_url))
     return OpenAIProxyEngine({name: upstream})

@@ -25,10 +25,19 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="the benchmark's directory name under the data home (default: mt_bench)")
 
 
+def _key(value: str | None, path: str | None) -> str | None:
+    from parley.cli.secret_args import read_secret
+
+    return value or read_secret(path, "", "API key", environ={})
+
+
 def _server(p: argparse.ArgumentParser, who: str, prefix: str = "") -> None:
     p.add_argument(f"--{prefix}base-url", required=True, help=f"the {who}'s OpenAI-compatible endpoint, e.g. "
                    "http://127.0.0.1:8000/v1 (parley api), a vLLM server or https://api.openai.com/v1")
-    p.add_argument(f"--{prefix}api-key", default=None, help="API key (default: $OPENAI_API_KEY, else none)")
+    p.add_argument(f"--{prefix}api-key-file", default=None, metavar="PATH",
+                   help="file holding the API key (default: $OPENAI_API_KEY, sent only to api.openai.com and the "
+                        "hosts in $PARLEY_OPENAI_KEY_HOSTS; else none)")
+    p.add_argument(f"--{prefix}api-key", default=None, help=argparse.SUPPRESS)  # visible in `ps`: kept for old scripts
     p.add_argument("--parallel", type=int, default=1, help="concurrent requests (default: 1)")
     p.add_argument("--retries", type=int, default=3, help="retries of a failed call, with backoff (default: 3)")
     p.add_argument("--question-begin", type=int, default=None, help="first question (index in the file)")
@@ -117,7 +126,7 @@ def run_gen_answer(args: argparse.Namespace) -> int:
     console.print(f"{len(questions)} questions -> {answer_file}")
 
     async def main():
-        client = ChatClient(args.model, args.base_url, args.api_key, retries=args.retries)
+        client = ChatClient(args.model, args.base_url, _key(args.api_key, args.api_key_file), retries=args.retries)
         try:
             return await generate_answers(client, model_id, questions, answer_file, parallel=args.parallel,
                                           num_choices=args.num_choices, max_tokens=args.max_tokens,
@@ -160,7 +169,8 @@ def run_judge(args: argparse.Namespace) -> int:
                       f"{', '.join(plan.missing_references)}", markup=False)
 
     async def main():
-        client = ChatClient(args.judge_model, args.judge_base_url, args.judge_api_key, retries=args.retries)
+        client = ChatClient(args.judge_model, args.judge_base_url, _key(args.judge_api_key, args.judge_api_key_file),
+                            retries=args.retries)
         try:
             return await run_judgments(Judge(client, args.judge_max_tokens), matches, output, parallel=args.parallel,
                                        retry_failed=args.retry_failed)

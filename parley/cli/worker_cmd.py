@@ -39,6 +39,11 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--heart-beat-interval", type=float, default=HEART_BEAT_INTERVAL_S,
                    help="seconds between heartbeats to the controller (default %(default)s)")
     g.add_argument("--speed", type=float, default=1.0, help="relative speed, for lottery dispatch")
+    g.add_argument("--max-request-bytes", type=int, default=None,
+                   help="a request body beyond this is refused with 413 (default: 16 MiB)")
+    g.add_argument("--stream-send-timeout", type=float, default=None,
+                   help="seconds a reader may take nothing of a stream before it is disconnected and its generation "
+                        "stopped (default 60)")
     add_cluster_secret_argument(g)
 
 
@@ -73,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
             max_queue_length=args.max_queue_length, stream_interval=args.stream_interval,
             conv_template=args.conv_template, heart_beat_interval_s=args.heart_beat_interval, speed=args.speed,
             cluster_secret=secret,
+            **({"max_body_bytes": args.max_request_bytes} if args.max_request_bytes else {}),
+            **({"send_timeout_s": args.stream_send_timeout} if args.stream_send_timeout else {}),
         )
         app = create_app(engine, settings)
     except (ValueError, ParleyError) as exc:

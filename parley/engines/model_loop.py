@@ -205,11 +205,13 @@ class LocalEngine(Engine):
         return self._loop.snapshot()
 
     async def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
-        return len(self._encode(text, add_special_tokens))
+        return len(await asyncio.to_thread(self._encode, text, add_special_tokens))
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         params = request.params
-        prompt_ids = request.prompt_token_ids or self._encode(request.prompt or "", request.add_special_tokens)
+        # Tokenizing a long prompt takes a while: not on the event loop, which serves every other stream.
+        prompt_ids = request.prompt_token_ids or await asyncio.to_thread(self._encode, request.prompt or "",
+                                                                         request.add_special_tokens)
         if request.prompt_token_ids and not all(0 <= t < self._vocab_size for t in prompt_ids):
             # an id past the embedding table would fail the prefill (on CUDA: the whole process)
             raise InvalidRequestError(f"prompt_token_ids must be ids of this model's vocabulary (0 to {self._vocab_size - 1})")

@@ -7,10 +7,11 @@ after them is raised as `ChatFailure` for the caller to record. Token usage is a
 from __future__ import annotations
 
 import asyncio
-import os
 
 import openai
 from pydantic import BaseModel
+
+from parley.openai_env import environment_key_for
 
 
 class ChatFailure(Exception):
@@ -32,7 +33,7 @@ class ChatClient:
                  timeout_s: float = 600.0):
         self.model = model
         self.usage = TokenCount()
-        key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        key = api_key or environment_key_for(base_url) or "EMPTY"
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=retries, timeout=timeout_s)
 
     async def complete(self, messages: list[dict], temperature: float, max_tokens: int) -> str:

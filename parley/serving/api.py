@@ -23,6 +23,9 @@ from parley.serving.cluster_auth import auth_headers
 from parley.serving.gateway import WorkerGateway
 from parley.serving.metrics import ServerMetrics, install_metrics
 from parley.serving.openai_schemas import (
+    MAX_CHOICES,
+    SEED_MAX,
+    SEED_MIN,
     ChatCompletionRequest,
     ChatMessageIn,
     CompletionRequest,
@@ -33,6 +36,7 @@ from parley.serving.openai_schemas import (
     new_id,
 )
 from parley.serving.replies import Delta, Reply, merged_deltas, start_replies
+from parley.serving.request_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_SEND_TIMEOUT_S, BodySizeLimit, SendTimeout
 
 log = logging.getLogger("parley.api")
 
@@ -45,6 +49,8 @@ class APISettings(BaseModel):
     allowed_origins: list[str] = Field(default_factory=list)  # CORS; empty: same-origin only
     worker_timeout_s: float = Field(120.0, gt=0)  # longest silence from a worker mid-reply
     cluster_secret: str | None = None  # sent to the controller and workers
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)  # a bigger request body is a 413
+    send_timeout_s: float = Field(DEFAULT_SEND_TIMEOUT_S, gt=0)  # a client that reads nothing this long is dropped
 
 
 # -- request translation -----------------------------------------------------------------------
@@ -74,8 +80,6 @@ def logprob_count(logprobs: bool | None, top_logprobs: int | None) -> int | None
     """Chat's `logprobs`/`top_logprobs` as the worker's count (None: none)."""
     if top_logprobs is not None and not logprobs:
         raise bad_request("top_logprobs needs logprobs set to true", "top_logprobs")
-    if top_logprobs is not None and not 0 <= top_logprobs <= 20:
-        raise bad_request("top_logprobs must be between 0 and 20", "top_logprobs")
     return (top_logprobs or 0) if logprobs else None
 
 
@@ -124,8 +128,10 @@ def sampling_payload(body: ChatCompletionRequest | CompletionRequest, max_tokens
 
 
 def choice_payloads(payload: dict, n: int, seed: int | None) -> list[dict]:
-    """n requests for n choices: distinct seeds, reproducible when a seed is given."""
-    return [payload | {"seed": None if seed is None else seed + i} for i in range(n)]
+    """n requests for n choices: distinct seeds, reproducible when a seed is given (wrapping around
+    within 64 bits)."""
+    span = SEED_MAX - SEED_MIN + 1
+    return [payload | {"seed": None if seed is None else (seed + i - SEED_MIN) % span + SEED_MIN} for i in range(n)]
 
 
 def chunk_builder(kind: str, cid: str, created: int, model: str, include_usage: bool):
@@ -187,6 +193,8 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
 
     app = FastAPI(title="parley OpenAI-compatible API", lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(SendTimeout, timeout_s=settings.send_timeout_s)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     metrics: ServerMetrics = install_metrics(app, "api", count_all_requests=True, self_counted=frozenset(
         {"/v1/chat/completions", "/v1/completions"}))
     if settings.allowed_origins:
@@ -194,15 +202,18 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
                            allow_methods=["*"], allow_headers=["*"])
     gateway = app.state.gateway = WorkerGateway(http, settings.controller_address)
 
+    known_keys = [k.encode() for k in settings.api_keys]
+
     async def check_api_key(request: Request) -> None:
-        if not settings.api_keys:
+        if not known_keys:
             return
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key:
+        if scheme.lower() != "bearer" or not key.strip():
             raise APIError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.",
                            code="invalid_api_key")
-        if not any(secrets.compare_digest(key.strip(), k) for k in settings.api_keys):
+        given = key.strip().encode("latin-1")  # the header's own bytes (any of them), compared as bytes
+        if not any(secrets.compare_digest(given, k) for k in known_keys):
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     auth = [Depends(check_api_key)]
@@ -329,8 +340,8 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
         elif body.tool_choice not in (None, "none", "auto"):
             raise bad_request("tool_choice needs tools", "tool_choice")
         n = body.n or 1
-        payloads = choice_payloads(payload, n, body.seed)
         cid, created = new_id("chatcmpl"), int(time.time())
+        payloads = choice_payloads(payload | {"request_id": cid}, n, body.seed)
         chunk = chunk_builder("chat.completion.chunk", cid, created, body.model, body.include_usage)
         if body.stream:
             def render(d: Delta | None) -> list[dict]:
@@ -377,16 +388,17 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
         if any(not p for p in prompts):
             raise bad_request("prompt must not be empty", "prompt")
         n = body.n or 1
-        base = sampling_payload(body, body.max_tokens) | {"echo": bool(body.echo)}
+        if n * len(prompts) > MAX_CHOICES:
+            raise bad_request(f"n × the number of prompts is {n * len(prompts)}; one request may ask for at most "
+                              f"{MAX_CHOICES} choices", "n")
+        cid, created = new_id("cmpl"), int(time.time())
+        base = sampling_payload(body, body.max_tokens) | {"echo": bool(body.echo), "request_id": cid}
         if body.logprobs is not None:
-            if not 0 <= body.logprobs <= 5:
-                raise bad_request("logprobs must be between 0 and 5", "logprobs")
             base["logprobs"] = body.logprobs
         payloads, groups = [], []
         for p_index, prompt in enumerate(prompts):
             payloads += choice_payloads(base | {"prompt": prompt}, n, body.seed)
             groups += [p_index] * n
-        cid, created = new_id("cmpl"), int(time.time())
         chunk = chunk_builder("text_completion", cid, created, body.model, body.include_usage)
         if body.stream:
             def render(d: Delta | None) -> list[dict]:
@@ -416,10 +428,9 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
         if any(not t for t in texts):
             raise bad_request("input must not contain empty strings", "input")
         data, tokens = [], 0
+        request_id = new_id("embd")
         for start in range(0, len(texts), EMBEDDING_BATCH):
-            result = await gateway.embed(body.model, texts[start:start + EMBEDDING_BATCH])
-            if result.get("error_code"):
-                raise APIError.from_worker(result["error_code"], result.get("text", ""))
+            result = await gateway.embed(body.model, texts[start:start + EMBEDDING_BATCH], request_id)
             tokens += int(result.get("token_num", 0))
             for offset, vector in enumerate(result["embedding"]):
                 data.append({"object": "embedding", "index": start + offset,

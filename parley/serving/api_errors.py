@@ -41,6 +41,15 @@ class APIError(Exception):
         return cls(500, message, type="server_error", code="internal_error")
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _is_field(part) -> bool:
+    """Whether a part of a validation error's location is a field or an index (not the name of one of a
+    union's forms, such as `list[constrained-str]`)."""
+    return isinstance(part, int) or (part.isidentifier() and part not in _TYPE_TAGS)
+
+
 def bad_request(message: str, param: str | None = None) -> APIError:
     return APIError(400, message, param=param)
 
@@ -52,8 +61,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        err = exc.errors()[0]
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        errors = exc.errors()
+        # A value that fits none of a field's forms fails each of them; the error worth showing is the one
+        # about a bound (too long, too large...), not "should be a string" from a form the client did not mean.
+        err = next((e for e in errors if not str(e.get("type", "")).endswith(("_type", "_parsing"))), errors[0])
+        loc = [str(x) for x in err.get("loc", ()) if x != "body" and _is_field(x)]
         param = ".".join(loc) or None
         if err.get("type") == "extra_forbidden":
             message = f"Unrecognized request argument supplied: {param}"

@@ -41,11 +41,16 @@ class WorkerInfo:
 
 
 class WorkerGateway:
-    def __init__(self, http: httpx.AsyncClient, controller_address: str, info_ttl_s: float = 60.0, attempts: int = 3):
+    """`clamp_max_tokens`: a `max_new_tokens` beyond the model's context window is cut to it (the web UI's
+    slider) rather than refused with a 400 (the API, as OpenAI does)."""
+
+    def __init__(self, http: httpx.AsyncClient, controller_address: str, info_ttl_s: float = 60.0, attempts: int = 3,
+                 clamp_max_tokens: bool = False):
         self.http = http
         self.controller = controller_address.rstrip("/")
         self.info_ttl_s = info_ttl_s
         self.attempts = attempts
+        self.clamp_max_tokens = clamp_max_tokens
         self._info: dict[str, WorkerInfo] = {}
 
     # -- the controller ------------------------------------------------------------------
@@ -128,11 +133,15 @@ class WorkerGateway:
         raise APIError(503, f"no reachable worker serves the model '{model}' ({last_error})", type="server_error",
                        code="model_unavailable")
 
-    @staticmethod
-    def _worker_payload(info: WorkerInfo, payload: dict) -> dict:
+    def _worker_payload(self, info: WorkerInfo, payload: dict) -> dict:
         body = dict(payload)
         if body.get("max_new_tokens") is None and not info.native:
             body["max_new_tokens"] = info.context_length  # a FastChat worker caps it to the room left
+        if (body.get("max_new_tokens") or 0) > info.context_length:
+            if not self.clamp_max_tokens:
+                raise APIError(400, f"max_tokens is {body['max_new_tokens']}, more than the model's context window of "
+                                    f"{info.context_length} tokens", param="max_tokens", code="invalid_value")
+            body["max_new_tokens"] = info.context_length
         if not info.native:
             for field in ("tools", "response_format", "logprobs"):
                 if body.get(field) is not None:
@@ -173,15 +182,43 @@ class WorkerGateway:
         finally:
             await response.aclose()
 
-    async def embed(self, model: str, texts: list[str]) -> dict:
+    async def embed(self, model: str, texts: list[str], request_id: str | None = None) -> dict:
+        """The worker's answer (`embedding`: one vector per text, `token_num`); its errors as APIError."""
         last_error = ""
         for _ in range(self.attempts):
             address = await self.worker_for(model)
             try:
-                response = await self.http.post(address + "/worker_get_embeddings", json={"model": model, "input": texts})
-                return response.json()
+                response = await self.http.post(address + "/worker_get_embeddings",
+                                                json={"model": model, "input": texts, "request_id": request_id})
             except _CONNECT_FAILURES as exc:  # embeddings may be asked again: another worker gets them
                 last_error = type(exc).__name__
                 await self.report_failure(address, last_error)
+                continue
+            except httpx.TimeoutException:
+                raise APIError(504, f"the worker serving '{model}' did not answer in time", type="server_error",
+                               code="timeout") from None
+            except httpx.HTTPError as exc:
+                log.error("embedding request to %s failed: %r", address, exc)
+                raise APIError(502, f"the worker serving '{model}' failed to answer", type="server_error",
+                               code="worker_failed") from None
+            return _embedding_answer(model, address, response, len(texts))
         raise APIError(503, f"no reachable worker serves the model '{model}' ({last_error})", type="server_error",
                        code="model_unavailable")
+
+
+def _embedding_answer(model: str, address: str, response: httpx.Response, count: int) -> dict:
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict) and answer.get("error_code"):
+        raise APIError.from_worker(int(answer["error_code"]), str(answer.get("text") or "the worker reported an error"))
+    vectors = answer.get("embedding") if isinstance(answer, dict) else None
+    if response.status_code == 401:
+        log.error("the worker %s refused the cluster secret (or needs one)", address)
+    if not isinstance(vectors, list) or len(vectors) != count:
+        log.error("worker %s answered an embedding request with status %d: %s", address, response.status_code,
+                  response.text[:500])
+        raise APIError(502, f"the worker serving '{model}' gave an unreadable answer (status {response.status_code})",
+                       type="server_error", code="worker_failed")
+    return answer

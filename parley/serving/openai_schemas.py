@@ -4,15 +4,37 @@ Requests list every field OpenAI documents, so unknown fields are refused the wa
 them ("Unrecognized request argument"), while documented fields we do not act on (metadata,
 store, service_tier...) are accepted and ignored as OpenAI would for a model without them.
 Fields with an effect parley cannot give yet are refused with a clear 400 by the API.
+
+Every list and number a client sends is bounded (OpenAI's own limits where it has them), so one
+request cannot flood the workers; a request beyond a bound is a 400 that names the field.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+MAX_MESSAGES = 2048  # OpenAI's
+MAX_STOP_SEQUENCES = 16  # OpenAI allows 4; lm-evaluation-harness and FastChat clients send more
+MAX_STOP_CHARS = 256
+MAX_N = 128  # OpenAI's
+MAX_PROMPTS = 128  # strings in one completions request
+MAX_CHOICES = 128  # n × prompts: the worker streams one request opens
+MAX_TOP_LOGPROBS = 20  # OpenAI's
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's, for the legacy completions
+MAX_TOOLS = 128  # OpenAI's
+MAX_STOP_TOKEN_IDS = 64
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's
+MAX_EMBEDDING_INPUT_CHARS = 65536
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a 64-bit signed integer, as OpenAI's
+
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+Stop = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)]
+Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(max_length=1_000_000)]
 
 
 def new_id(prefix: str) -> str:
@@ -48,10 +70,10 @@ class ChatMessageIn(BaseModel):
 class _SamplingExtensions(_Request):
     """Sampling knobs beyond OpenAI's that vLLM and FastChat clients send."""
 
-    top_k: int | None = None
-    repetition_penalty: float | None = None
+    top_k: int | None = Field(None, ge=-1, le=2**31 - 1)  # -1 or 0: off
+    repetition_penalty: float | None = Field(None, gt=0, le=100)
     ignore_eos: bool | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
 
 
 class _GenerationRequest(_SamplingExtensions):
@@ -60,9 +82,9 @@ class _GenerationRequest(_SamplingExtensions):
     model: str
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    stop: str | list[str] | None = None
-    n: int | None = Field(None, ge=1, le=128)
-    seed: int | None = None
+    stop: Stop | None = None
+    n: int | None = Field(None, ge=1, le=MAX_N)
+    seed: Seed | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -76,12 +98,12 @@ class _GenerationRequest(_SamplingExtensions):
 
 
 class ChatCompletionRequest(_GenerationRequest):
-    messages: list[ChatMessageIn] = Field(min_length=1)
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: int | None = None
-    tools: list[dict] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[dict] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
     functions: list[dict] | None = None
@@ -102,17 +124,20 @@ class ChatCompletionRequest(_GenerationRequest):
 
 
 class CompletionRequest(_GenerationRequest):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | Annotated[list[str], Field(max_length=MAX_PROMPTS)] | TokenIds \
+        | Annotated[list[TokenIds], Field(max_length=MAX_PROMPTS)]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
     echo: bool | None = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     best_of: int | None = None
     suffix: str | None = None
 
 
 class EmbeddingRequest(_Request):
     model: str
-    input: str | list[str] | list[int] | list[list[int]]
+    input: Annotated[str, Field(max_length=MAX_EMBEDDING_INPUT_CHARS)] \
+        | Annotated[list[Annotated[str, Field(max_length=MAX_EMBEDDING_INPUT_CHARS)]], Field(max_length=MAX_EMBEDDING_INPUTS)] \
+        | TokenIds | Annotated[list[TokenIds], Field(max_length=MAX_EMBEDDING_INPUTS)]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None

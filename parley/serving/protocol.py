@@ -104,6 +104,12 @@ class WorkerFailureReport(BaseModel):
     reason: str | None = None
 
 
+# Bounds on a worker request (the API's are tighter: a client's stops plus the chat template's).
+MAX_MESSAGES = 4096
+MAX_STOPS = 64
+StopString = Annotated[str, Field(max_length=1024)]
+
+
 class ErrorCode:
     """FastChat's error codes (fastchat/constants.py), carried in `error_code` of worker replies."""
 
@@ -122,7 +128,7 @@ class GenerateParams(BaseModel):
 
     model: str | None = None
     prompt: str | None = None
-    messages: list[dict] | None = None
+    messages: list[dict] | None = Field(None, max_length=MAX_MESSAGES)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1  # FastChat: -1 disables
@@ -130,16 +136,17 @@ class GenerateParams(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     max_new_tokens: int | None = None  # None: up to the end of the context window
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
+    stop_token_ids: list[int] | None = Field(None, max_length=MAX_STOPS)
     echo: bool = False
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # what torch takes
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; N: the chosen token's and the N likeliest
     # parley's extensions, in OpenAI's shapes:
     response_format: dict | None = None
     tools: list[dict] | None = None
     tool_choice: str | dict | None = None
+    request_id: str | None = Field(None, max_length=100)  # the API's id of the request, for the worker's log
 
 
 class WorkerChunk(BaseModel):
@@ -160,6 +167,7 @@ class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     input: str | list[str]
+    request_id: str | None = Field(None, max_length=100)
 
 
 class CountTokenRequest(BaseModel):

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -38,6 +39,7 @@ from parley.serving.protocol import (
     WorkerChunk,
     WorkerStatus,
 )
+from parley.serving.request_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_SEND_TIMEOUT_S, BodySizeLimit, SendTimeout
 from parley.serving.structured import ReplyReader, ToolPlan, guided_from_response_format
 
 log = logging.getLogger("parley.worker")
@@ -55,6 +57,8 @@ class WorkerSettings(BaseModel):
     heart_beat_interval_s: float = Field(HEART_BEAT_INTERVAL_S, gt=0)
     speed: float = Field(1.0, gt=0)
     cluster_secret: str | None = None  # with one, every request but /health must carry it
+    max_body_bytes: int = Field(4 * DEFAULT_MAX_BODY_BYTES, ge=1024)  # the API's limit, with room for JSON escapes
+    send_timeout_s: float = Field(DEFAULT_SEND_TIMEOUT_S, gt=0)  # a reader that takes nothing this long is dropped
 
 
 class WorkerError(Exception):
@@ -194,6 +198,7 @@ class ModelWorker:
         started = started or time.perf_counter()
         admitted = False
         outcome: int | str = 200
+        request_id = _request_id(raw)
         try:
             if "__invalid__" in raw:
                 raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR, raw["__invalid__"])
@@ -206,8 +211,8 @@ class ModelWorker:
             forwarding = "forwarding" in self.engine.features
             if forwarding:  # an upstream server does it all: forward the request as it came
                 request, prompt, reader = None, params.prompt or "", None
-            else:
-                request, prompt, plan = self.build_request(params)
+            else:  # rendering a long conversation takes a while: not on the event loop, which serves every stream
+                request, prompt, plan = await asyncio.to_thread(self.build_request, params)
                 reader = plan.reader() if plan is not None else None
             limit = self.settings.limit_worker_concurrency + self.settings.max_queue_length
             if self.in_flight >= limit:
@@ -222,22 +227,9 @@ class ModelWorker:
                 async with contextlib.aclosing(chunks):  # a client that leaves cancels the generation
                     async for chunk in chunks:
                         yield chunk
-        except WorkerError as exc:
-            outcome = exc.code
-            yield WorkerChunk(text=exc.message, error_code=exc.code)
-        except ContextLengthError as exc:
-            outcome = ErrorCode.CONTEXT_OVERFLOW
-            yield WorkerChunk(text=str(exc), error_code=ErrorCode.CONTEXT_OVERFLOW)
-        except InvalidRequestError as exc:
-            outcome = ErrorCode.PARAM_OUT_OF_RANGE
-            yield WorkerChunk(text=str(exc), error_code=ErrorCode.PARAM_OUT_OF_RANGE)
-        except ParleyError as exc:  # an upstream's 429 stays a 429
-            outcome = ErrorCode.ENGINE_OVERLOADED if getattr(exc, "status", None) == 429 else ErrorCode.INTERNAL_ERROR
-            yield WorkerChunk(text=str(exc), error_code=outcome)
         except Exception as exc:  # an engine bug must reach the client as an error, not a hung stream
-            log.exception("generation failed")
-            outcome = ErrorCode.INTERNAL_ERROR
-            yield WorkerChunk(text=f"internal error in the worker: {type(exc).__name__}: {exc}", error_code=ErrorCode.INTERNAL_ERROR)
+            outcome, message = failure_for_client(exc, request_id, "generation")
+            yield WorkerChunk(text=message, error_code=outcome)
         finally:
             if admitted:
                 self.in_flight -= 1
@@ -308,6 +300,8 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
 
     app = FastAPI(title="parley worker", lifespan=lifespan)
     app.state.http = httpx.AsyncClient(timeout=10.0, headers=auth_headers(settings.cluster_secret))
+    app.add_middleware(SendTimeout, timeout_s=settings.send_timeout_s)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     metrics = install_metrics(app, "worker", count_all_requests=True,
                               self_counted=frozenset({"/worker_generate_stream", "/worker_generate"}))
     if settings.cluster_secret:
@@ -340,21 +334,23 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
         return JSONResponse(last.model_dump(exclude_none=True) | {"error_code": last.error_code})
 
     @app.post("/worker_get_embeddings")
-    async def worker_get_embeddings(body: EmbeddingsRequest) -> dict:
-        texts = [body.input] if isinstance(body.input, str) else body.input
+    async def worker_get_embeddings(request: Request) -> dict:
+        raw = await _json_body(request)
         try:
+            if "__invalid__" in raw:
+                raise InvalidRequestError(raw["__invalid__"])
+            try:
+                body = EmbeddingsRequest.model_validate(raw)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise InvalidRequestError(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+            texts = [body.input] if isinstance(body.input, str) else body.input
             if not texts or any(not t for t in texts):
                 raise InvalidRequestError("embedding input must be non-empty text")
             result = await engine.embed(texts)
-        except ContextLengthError as exc:
-            return {"text": str(exc), "error_code": ErrorCode.CONTEXT_OVERFLOW}
-        except InvalidRequestError as exc:
-            return {"text": str(exc), "error_code": ErrorCode.VALIDATION_TYPE_ERROR}
-        except ParleyError as exc:
-            return {"text": str(exc), "error_code": ErrorCode.INTERNAL_ERROR}
-        except Exception as exc:  # an engine bug: this request's error, in the reply's format
-            log.exception("embedding failed")
-            return {"text": f"internal error in the worker: {type(exc).__name__}: {exc}", "error_code": ErrorCode.INTERNAL_ERROR}
+        except Exception as exc:  # every failure is this request's error, in the reply's format
+            code, message = failure_for_client(exc, _request_id(raw), "embedding")
+            return {"text": message, "error_code": code}
         metrics.observe_tokens(settings.model_names[0], result.prompt_tokens, 0)
         return {"embedding": result.embeddings, "token_num": result.prompt_tokens}
 
@@ -367,9 +363,8 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
         try:
             return {"count": await engine.count_tokens(body.prompt), "error_code": 0}
         except Exception as exc:  # the tokenizer failed on this text
-            log.exception("counting tokens failed")
-            return {"count": 0, "text": f"counting tokens failed: {type(exc).__name__}: {exc}",
-                    "error_code": ErrorCode.INTERNAL_ERROR}
+            code, message = failure_for_client(exc, f"wrk-{uuid.uuid4().hex[:16]}", "token count")
+            return {"count": 0, "text": message, "error_code": code}
 
     @app.post("/worker_get_conv_template")
     async def worker_get_conv_template() -> dict:
@@ -390,6 +385,32 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
                 "queue_length": worker.in_flight, "running": stats.running}
 
     return app
+
+
+def _request_id(raw: dict) -> str:
+    given = raw.get("request_id")
+    return given if isinstance(given, str) and 0 < len(given) <= 100 and given.isprintable() else f"wrk-{uuid.uuid4().hex[:16]}"
+
+
+def failure_for_client(exc: Exception, request_id: str, what: str) -> tuple[int, str]:
+    """The error code and message a client sees for a failed request. A fault of the request says what is wrong;
+    anything else (an engine bug, CUDA, an upstream's failure) goes to this log in full, under the request id
+    the client is told, and the client learns no internals."""
+    if isinstance(exc, WorkerError):
+        return exc.code, exc.message
+    if isinstance(exc, ContextLengthError):
+        return ErrorCode.CONTEXT_OVERFLOW, str(exc)
+    if isinstance(exc, InvalidRequestError):
+        return ErrorCode.PARAM_OUT_OF_RANGE, str(exc)
+    status = getattr(exc, "status", None)  # an upstream's answer
+    if status == 429:  # an upstream's 429 stays a 429
+        log.warning("request %s: the upstream is rate-limiting: %s", request_id, exc)
+        return ErrorCode.ENGINE_OVERLOADED, f"the upstream server is rate-limiting requests; retry later (request {request_id})"
+    if isinstance(exc, ParleyError):
+        log.error("request %s: %s failed: %s", request_id, what, exc)
+    else:
+        log.error("request %s: %s failed", request_id, what, exc_info=exc)
+    return ErrorCode.INTERNAL_ERROR, f"the {what} failed in the worker (request {request_id}; its log has the details)"
 
 
 async def _json_body(request: Request) -> dict:

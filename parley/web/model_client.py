@@ -33,7 +33,7 @@ class ReplyProgress(BaseModel):
 class ModelClient:
     def __init__(self, controller_address: str, cluster_secret: str | None = None):
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0), headers=auth_headers(cluster_secret))
-        self.gateway = WorkerGateway(self.http, controller_address)
+        self.gateway = WorkerGateway(self.http, controller_address, clamp_max_tokens=True)
 
     async def list_models(self) -> list[str]:
         try:
