@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -66,3 +68,44 @@ def test_assembler_reports_stop_when_a_stop_string_completes_on_the_last_token()
     assert a.push([2]).text == ""
     last = a.push([3], finish="length")
     assert last.finish_reason == "stop" and last.text == ""
+
+
+def _earliest_stop_reference(text: str, stops: list[str]) -> tuple[str, bool]:
+    """Brute force over the whole text: the first stop to end wins (the longest of those that
+    end at that character); the text before it is what a client sees."""
+    stops = [s for s in stops if s]
+    for end in range(1, len(text) + 1):
+        ending = [len(s) for s in stops if text.endswith(s, 0, end)]
+        if ending:
+            return text[: end - max(ending)], True
+    return text, False
+
+
+def _held_back_reference(text: str, stops: list[str]) -> int:
+    """The longest suffix of `text` that is a proper prefix of some stop."""
+    return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+
+
+@pytest.mark.parametrize("alphabet", ["ab", "abc", "aé🙂"])
+def test_stop_matcher_agrees_with_a_brute_force_reference_on_random_streams(alphabet):
+    rng = random.Random(f"stops-{alphabet}")
+    for _ in range(1500):
+        stops = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 4))]
+        if rng.random() < 0.1:
+            stops.append("")  # ignored, as before
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        expected, expected_stop = _earliest_stop_reference(text, stops)
+        m = StopStringMatcher(stops)
+        shown, pos = "", 0
+        while pos < len(text) or rng.random() < 0.2:
+            size = rng.randint(0, 5)
+            shown += m.push(text[pos: pos + size])
+            pos = min(pos + size, len(text))
+            if m.stopped:
+                break
+            read = text[:pos]  # nothing that may still become a stop is shown, and nothing more is held
+            assert shown == read[: len(read) - _held_back_reference(read, [s for s in stops if s])], (stops, text)
+        if m.stopped:
+            assert m.push(text[pos:]) == ""
+        shown += m.flush()
+        assert (shown, m.stopped) == (expected, expected_stop), (stops, text)

@@ -13,9 +13,20 @@ import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from json.encoder import encode_basestring
 
 from parley.engines.base import GuidedDecoding
 from parley.errors import InvalidRequestError
+
+# Bounds on what a request may declare, checked before any model work: a schema becomes a
+# grammar (compiled per request) and tools are rendered into every prompt, so both are kept
+# to sizes that real requests stay far below. Sizes are of the value written as compact JSON
+# (UTF-8); depth counts nested objects and arrays ({"type": "object"} is 1 level deep).
+MAX_SCHEMA_DEPTH = 32  # a JSON schema: response_format.json_schema.schema, or a tool's parameters
+MAX_SCHEMA_BYTES = 64 * 1024
+MAX_TOOLS = 128
+MAX_TOOLS_BYTES = 256 * 1024  # all of `tools` together
+_TOOL_WRAPPING = 2  # the levels a tool adds around its parameters: {"function": {"parameters": ...}}
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
@@ -25,9 +36,56 @@ def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
 
+def json_extent(value: object, stop_after: int) -> tuple[int, int]:
+    """(nesting depth, size in bytes as compact JSON) of a parsed JSON value, found without
+    recursion, so no depth can exhaust the stack. The walk stops once the size passes
+    `stop_after` (the size returned is then only a lower bound), so it costs no more than the
+    bound whatever the value's size."""
+    depth = size = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack and size <= stop_after:
+        item, level = stack.pop()
+        if isinstance(item, Mapping):
+            depth = max(depth, level)
+            size += 1 + max(2 * len(item), 1)  # braces, colons and commas
+            for key, child in item.items():
+                if size > stop_after:
+                    break
+                size += len(encode_basestring(str(key)).encode())
+                stack.append((child, level + 1))
+        elif isinstance(item, (list, tuple)):
+            depth = max(depth, level)
+            size += 1 + max(len(item), 1)  # brackets and commas
+            if size <= stop_after:
+                stack.extend((child, level + 1) for child in item)
+        elif isinstance(item, str):
+            size += len(encode_basestring(item).encode())
+        elif item is None or isinstance(item, bool):
+            size += 4 if item in (None, True) else 5
+        else:
+            size += len(repr(item))
+    return depth, size
+
+
+def check_json_bounds(value: object, field: str, max_depth: int, max_bytes: int) -> None:
+    """Refuse a request field (a parsed JSON value) that is nested too deep or is too large."""
+    depth, size = json_extent(value, max_bytes)
+    if size > max_bytes:
+        raise InvalidRequestError(_too_large(field, max_bytes))
+    if depth > max_depth:
+        raise InvalidRequestError(f"{field} is nested {depth} levels deep; the limit is {max_depth}")
+
+
+def _too_large(field: str, max_bytes: int) -> str:
+    limit = f"{max_bytes // 1024} KiB" if max_bytes % 1024 == 0 else f"{max_bytes} bytes"
+    return f"{field} is larger than the limit of {limit} (written as compact JSON)"
+
+
 def functions_of(tools: Sequence[Mapping]) -> list[dict]:
-    """The `function` objects of OpenAI tools, checked."""
-    out = []
+    """The `function` objects of OpenAI tools, checked (shape and bounds)."""
+    if len(tools) > MAX_TOOLS:
+        raise InvalidRequestError(f"tools has {len(tools)} tools; the limit is {MAX_TOOLS}")
+    out, total = [], 0
     for i, tool in enumerate(tools):
         fn = tool.get("function") if tool.get("type", "function") == "function" else None
         if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str) or not fn["name"]:
@@ -35,6 +93,15 @@ def functions_of(tools: Sequence[Mapping]) -> list[dict]:
         params = fn.get("parameters") or {"type": "object", "properties": {}}
         if not isinstance(params, Mapping):
             raise InvalidRequestError(f"tools[{i}].function.parameters must be a JSON schema object")
+        depth, size = json_extent(tool, MAX_TOOLS_BYTES - total)
+        total += size + 1
+        if total > MAX_TOOLS_BYTES:
+            raise InvalidRequestError(_too_large("tools", MAX_TOOLS_BYTES))
+        if depth > MAX_SCHEMA_DEPTH + _TOOL_WRAPPING or size > MAX_SCHEMA_BYTES:  # name the part at fault
+            check_json_bounds(params, f"tools[{i}].function.parameters", MAX_SCHEMA_DEPTH, MAX_SCHEMA_BYTES)
+            if depth > MAX_SCHEMA_DEPTH + _TOOL_WRAPPING:
+                raise InvalidRequestError(f"tools[{i}] is nested {depth} levels deep; "
+                                          f"the limit is {MAX_SCHEMA_DEPTH + _TOOL_WRAPPING}")
         out.append({"name": fn["name"], "description": fn.get("description", ""), "parameters": dict(params)})
     return out
 

@@ -8,10 +8,21 @@ mask computation per token about 190 µs against 335 µs on the bundled model's 
 
 JSON is generated compactly (no free whitespace), which keeps small models from wandering
 into endless newlines inside an object.
+
+A request's grammar is compiled off the event loop (`build_matcher`) under a time limit, so a
+schema that is slow to compile fails alone, with a clear error, while other streams go on.
+The thread of a compilation that ran out of time cannot be stopped, so what bounds its work
+is llguidance's own limits (`GRAMMAR_LIMITS`, and its "schema too large" checks): on the
+bundled model's vocabulary the slowest schemas found within parley's schema bounds (products
+of allOf and anyOf) took up to about 2.5 s on a 2-core machine before being compiled or
+refused.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 from collections.abc import Sequence
 
 import llguidance
@@ -21,8 +32,41 @@ import torch
 from parley.engines.base import GuidedDecoding
 from parley.errors import InvalidRequestError
 
+log = logging.getLogger(__name__)
+
+GRAMMAR_COMPILE_TIMEOUT_S = 10.0  # the default; the environment variable below overrides it
+GRAMMAR_TIMEOUT_ENV = "PARLEY_GRAMMAR_TIMEOUT_S"
+# llguidance's resource limits (LLParserLimits), given explicitly: its defaults, except that
+# errors leave out the parser state and grammar (they go back to the client). Its docs rate
+# the fuel at ~50k/ms (initial), ~14k/ms (lexer step) and ~20k/ms (Earley items), yet some
+# grammars' first mask takes seconds before hitting the item limit: that mask is computed
+# when the matcher is built, under the compile time limit, not in a decoding step.
+GRAMMAR_LIMITS = {
+    "initial_lexer_fuel": 1_000_000,  # building the lexer's regexes
+    "step_lexer_fuel": 200_000,  # one mask's lexer work
+    "step_max_items": 50_000,  # one mask's parser work
+    "max_lexer_states": 250_000,  # lexer states (1-2 kB each), built as generation goes
+    "max_grammar_size": 500_000,  # symbols in the grammar's productions
+    "verbose_errors": False,
+}
+
 _COMPACT = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
 _ANY_OBJECT = {"type": "object"}
+
+
+def grammar_compile_timeout_s() -> float:
+    """The time a request's grammar may take to compile: GRAMMAR_COMPILE_TIMEOUT_S, or the
+    environment's PARLEY_GRAMMAR_TIMEOUT_S (seconds) when set to a positive number."""
+    raw = os.environ.get(GRAMMAR_TIMEOUT_ENV)
+    if raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = 0.0
+        if value > 0:
+            return value
+        log.warning("ignoring %s=%r: not a positive number of seconds", GRAMMAR_TIMEOUT_ENV, raw)
+    return GRAMMAR_COMPILE_TIMEOUT_S
 
 
 def grammar_for(guided: GuidedDecoding) -> str:
@@ -35,14 +79,26 @@ def grammar_for(guided: GuidedDecoding) -> str:
 
 
 class GrammarMatcher:
-    """One request's position in its grammar: masks logits, follows accepted tokens."""
+    """One request's position in its grammar: masks logits, follows accepted tokens.
+
+    Building one compiles the grammar and computes the first mask (often the costliest, and
+    where some grammars hit llguidance's limits), so that both happen where the compilation
+    runs, under its time limit, rather than in the engine's decoding step."""
 
     def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str, vocab_size: int):
-        self._matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
-        if self._matcher.is_error():
-            raise InvalidRequestError(f"the output constraint cannot be used: {self._matcher.get_error()}")
+        self._matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0,
+                                             limits=llguidance.LLParserLimits(**GRAMMAR_LIMITS))
+        self._check()
         self._bitmask = llguidance.numpy.allocate_token_bitmask(1, vocab_size)
+        llguidance.numpy.fill_next_token_bitmask(self._matcher, self._bitmask)
+        self._check()
+        self._mask_ready = True  # the bitmask holds the mask for the current position
         self._shifts = None
+
+    def _check(self) -> None:
+        if self._matcher.is_error():
+            reason = self._matcher.get_error().strip().splitlines()[0]  # no backtrace
+            raise InvalidRequestError(f"the output constraint cannot be used: {reason}")
 
     @property
     def finished(self) -> bool:
@@ -50,7 +106,9 @@ class GrammarMatcher:
 
     def mask(self, scores: torch.Tensor) -> torch.Tensor:
         """Set the logits of disallowed tokens to -inf (in place; `scores` is [1, vocab])."""
-        llguidance.numpy.fill_next_token_bitmask(self._matcher, self._bitmask)
+        if not self._mask_ready:
+            llguidance.numpy.fill_next_token_bitmask(self._matcher, self._bitmask)
+        self._mask_ready = False
         words = torch.from_numpy(self._bitmask[0]).to(scores.device)
         if self._shifts is None or self._shifts.device != scores.device:
             self._shifts = torch.arange(32, dtype=torch.int32, device=scores.device)
@@ -89,3 +147,17 @@ class GrammarFactory:
 
     def matcher(self, guided: GuidedDecoding) -> GrammarMatcher:
         return GrammarMatcher(self.tokenizer, grammar_for(guided), self.vocab_size)
+
+
+async def build_matcher(factory: GrammarFactory, guided: GuidedDecoding,
+                        timeout_s: float | None = None) -> GrammarMatcher:
+    """`factory.matcher(guided)` in a thread, within `timeout_s` (grammar_compile_timeout_s()
+    by default); past it the request is refused. The thread runs on to llguidance's limits,
+    and its matcher is dropped."""
+    limit = grammar_compile_timeout_s() if timeout_s is None else timeout_s
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(factory.matcher, guided), limit)
+    except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
+        raise InvalidRequestError(
+            f"the output constraint (JSON schema or tools) took longer than {limit:g} s to compile; "
+            "simplify the schema") from None

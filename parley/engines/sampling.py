@@ -200,6 +200,10 @@ class VocabularyTools:
         if params.guided is None and params.logprobs is None:
             return RequestSampler(params, device)
         factory = await self.factory()
-        matcher = factory.matcher(params.guided) if params.guided is not None else None
+        matcher = None
+        if params.guided is not None:  # compiled off the event loop, within a time limit
+            from parley.engines.guided import build_matcher
+
+            matcher = await build_matcher(factory, params.guided)
         return RequestSampler(params, device, matcher=matcher,
                               token_bytes=lambda t: factory.tokenizer.decode_bytes([t]))

@@ -85,7 +85,7 @@ class SendTimeout:
         async def bounded_send(message):
             try:
                 await asyncio.wait_for(send(message), self.timeout_s)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 raise _ClientStalled() from None
 
         try:

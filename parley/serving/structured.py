@@ -17,6 +17,11 @@ from parley.conversation import tools as tc
 from parley.engines.base import GuidedDecoding
 from parley.errors import InvalidRequestError
 
+# Schemas and tools are bounded (depth and size; tools also in number) before any model work,
+# by the constants at the top of parley.conversation.tools, where tools are parsed; the
+# grammar a schema becomes is then bounded by llguidance's limits and a compile timeout
+# (parley.engines.guided).
+
 
 def guided_from_response_format(response_format: Mapping | None) -> GuidedDecoding | None:
     if not response_format:
@@ -31,6 +36,7 @@ def guided_from_response_format(response_format: Mapping | None) -> GuidedDecodi
         schema = spec.get("schema") if isinstance(spec, Mapping) else None
         if not isinstance(schema, Mapping):
             raise InvalidRequestError("response_format.json_schema.schema must be a JSON schema object")
+        tc.check_json_bounds(schema, "response_format.json_schema.schema", tc.MAX_SCHEMA_DEPTH, tc.MAX_SCHEMA_BYTES)
         return GuidedDecoding(kind="json_schema", json_schema=dict(schema))
     raise InvalidRequestError(f"response_format.type must be text, json_object or json_schema, not {kind!r}")
 
