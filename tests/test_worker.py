@@ -11,7 +11,10 @@ import pytest
 
 from parley.conversation.templates import NAMED_TEMPLATES
 from parley.engines.echo import EchoEngine
+from parley.engines.openai_proxy import UpstreamError
+from parley.serving.api_errors import APIError
 from parley.serving.fastchat_conv import FASTCHAT_SEP_STYLE, fastchat_conversation, named_template_from_fastchat
+from parley.serving.gateway import _embedding_answer
 from parley.serving.protocol import ErrorCode
 from parley.serving.worker import WorkerSettings, create_app
 
@@ -165,3 +168,43 @@ async def test_real_model_answers_messages_with_its_own_template(engine):
     assert 'parley_time_to_first_token_seconds_count{endpoint="/worker_generate_stream",server="worker"} 1.0' in metrics
     assert 'parley_generation_tokens_total{model="m",server="worker"}' in metrics
     assert "parley_running_batch_size" in metrics and "parley_queue_length" in metrics
+
+
+class EmbeddingFails(EchoEngine):
+    """An engine whose embeddings fail in a given way (this is a test of the error path, not of inference)."""
+
+    def __init__(self, failure):
+        super().__init__()
+        self.failure = failure
+
+    async def embed(self, texts):
+        result = await super().embed(texts)
+        if self.failure == "nan":
+            result.embeddings[0][0] = float("nan")
+            return result
+        raise self.failure
+
+
+@pytest.mark.parametrize("failure, code, status", [
+    ("nan", ErrorCode.INTERNAL_ERROR, 500),
+    (RuntimeError("CUDA error: device-side assert triggered"), ErrorCode.INTERNAL_ERROR, 500),
+    (UpstreamError(429, "upstream (429): Rate limit reached for text-embedding-3-small"), ErrorCode.ENGINE_OVERLOADED, 429),
+    (UpstreamError(503, "upstream (503): <html>Bad gateway at 10.0.0.7</html>"), ErrorCode.INTERNAL_ERROR, 500),
+])
+async def test_every_embedding_failure_is_a_json_error_without_internals(failure, code, status):
+    async with client_for(EmbeddingFails(failure)) as w:
+        response = await w.post("/worker_get_embeddings", json={"input": ["a", "b"], "request_id": "embd-7"})
+    answer = response.json()  # JSON, whatever failed
+    assert answer["error_code"] == code
+    for internal in ("CUDA", "10.0.0.7", "nan", "Rate limit reached"):
+        assert internal not in answer["text"]
+    assert "embd-7" in answer["text"]
+    assert APIError.from_worker(answer["error_code"], answer["text"]).status == status  # as the API answers
+
+
+def test_the_api_turns_an_unreadable_worker_answer_into_a_clean_502():
+    for answer in (httpx.Response(500, text="Internal Server Error"), httpx.Response(200, json={"detail": "x"}),
+                   httpx.Response(200, json={"embedding": [[0.1]], "token_num": 1})):  # one vector for two texts
+        with pytest.raises(APIError) as info:
+            _embedding_answer("m", "http://w", answer, count=2)
+        assert info.value.status == 502 and info.value.code == "worker_failed"

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -348,6 +349,8 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
             if not texts or any(not t for t in texts):
                 raise InvalidRequestError("embedding input must be non-empty text")
             result = await engine.embed(texts)
+            if not all(math.isfinite(x) for vector in result.embeddings for x in vector):
+                raise ParleyError("the model produced NaN or infinite values in an embedding")  # not JSON
         except Exception as exc:  # every failure is this request's error, in the reply's format
             code, message = failure_for_client(exc, _request_id(raw), "embedding")
             return {"text": message, "error_code": code}
