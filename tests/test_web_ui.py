@@ -27,6 +27,9 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium
 MODEL = "smollm2-135m-instruct"
 
 
+CLUSTER_SECRET = "web-ui-test-cluster-secret-0123"
+
+
 class Stack:
     def __init__(self, tmp: Path):
         self.db_url = f"sqlite:///{tmp / 'parley.db'}"
@@ -38,14 +41,17 @@ class Stack:
                 [sys.executable, "-m", "parley", "serve", "--port", str(free_port()),
                  "--controller-port", str(self.controller_port), "--worker-port", str(free_port()),
                  "--web-port", str(self.web_port), "--db-url", self.db_url], cwd=REPO, stdout=out,
-                stderr=subprocess.STDOUT, text=True, env={**os.environ, "PARLEY_DATA_DIR": str(self.data_home)})
+                stderr=subprocess.STDOUT, text=True,
+                env={**os.environ, "PARLEY_DATA_DIR": str(self.data_home), "PARLEY_CLUSTER_SECRET": CLUSTER_SECRET})
         deadline = time.monotonic() + 300
         while "Press Ctrl-C to stop" not in self.log.read_text():
             assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
             time.sleep(0.5)
         self.url = f"http://127.0.0.1:{self.web_port}/"
-        self.controller = Server.__new__(Server)
+        self.controller = Server.__new__(Server)  # serve's own: a worker more joins it with the secret given
         self.controller.url = f"http://127.0.0.1:{self.controller_port}"
+        self.controller.secret = CLUSTER_SECRET
+        self.controller.headers = {"Authorization": f"Bearer {CLUSTER_SECRET}"}
         self.echo = start_worker(self.controller, names="echo-model", echo=True, delay_s=0.01)
         assert set(models_at(self.controller)) == {MODEL, "echo-model"}
 
@@ -228,7 +234,7 @@ def test_with_auth_a_second_user_cannot_see_the_first_users_conversations(stack,
                                   "--db-url", db_url], input=f"{user}-secret-pw\n", capture_output=True, text=True,
                                  cwd=REPO, timeout=120)
         assert created.returncode == 0, created.stderr
-    web = Server("web", "--auth", "--db-url", db_url, "--controller-address", stack.controller.url)
+    web = Server("web", "--auth", "--db-url", db_url, "--controller-address", stack.controller.url, secret=CLUSTER_SECRET)
     web.wait_until(lambda: httpx.get(web.url + "/health", timeout=1).status_code == 200, "web UI")
     try:
         page = open_page(browser, web.url + "/")
