@@ -209,3 +209,15 @@ async def test_a_refused_grammar_fails_alone_on_the_real_model(engine, chat_requ
     assert text.strip() and finish in ("stop", "length")
     assert isinstance(json.loads(valid_text)["n"], int) and valid_finish == "stop"
     assert longest_gap < 1.0, f"the loop stalled for {longest_gap:.3f} s"
+
+
+async def test_a_grammar_that_gives_up_while_generating_ends_its_request_as_the_requests_fault(engine, chat_request):
+    """This schema compiles and its first mask is fine, but llguidance's item limit stops it a few tokens
+    in: the request ends with an error about its schema (a 400 at the API), not an internal error."""
+    hostile = chat_request("Say hi.", temperature=0.0, max_new_tokens=8,
+                           guided=GuidedDecoding(kind="json_schema", json_schema=slow_schema()))
+    with pytest.raises(InvalidRequestError, match="too complex to follow while generating: Parser Error: .*items"):
+        async for _ in engine.generate_stream(hostile):
+            pass
+    plain = chat_request("Say hi.", temperature=0.0, max_new_tokens=4)
+    assert (await engine.generate(plain)).text  # and the engine serves on

@@ -121,7 +121,11 @@ class GrammarMatcher:
 
     def accept(self, token: int) -> None:
         if not self._matcher.consume_token(token):
-            raise RuntimeError(f"the grammar refused token {token}: {self._matcher.get_error()}")
+            # The mask allowed it, so the grammar itself gave up (one of llguidance's limits, as a schema whose
+            # alternatives multiply): the request's constraint is too complex to follow.
+            reason = (self._matcher.get_error() or "").strip().splitlines()[0:1] or ["refused"]
+            raise InvalidRequestError(f"the output constraint is too complex to follow while generating: {reason[0]}; "
+                                      "simplify the schema")
 
 
 class GrammarFactory:

@@ -16,6 +16,9 @@ log = logging.getLogger("parley.serving")
 MiB = 1024 * 1024
 DEFAULT_MAX_BODY_BYTES = 4 * MiB  # the API; a 4 MiB message is far beyond any context window
 DEFAULT_SEND_TIMEOUT_S = 60.0
+# A body over the limit is read to its end (and dropped) up to this much, so that a client still sending it
+# gets the 413 rather than a connection reset; past this the connection is just closed after the 413.
+DRAIN_LIMIT_BYTES = 64 * MiB
 
 
 def _error(status: int, message: str, code: str) -> tuple[dict, bytes]:
@@ -34,7 +37,12 @@ class BodySizeLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def _refuse(self, send, size: str) -> None:
+    async def _refuse(self, receive, send, size: str, read: int) -> None:
+        while read <= DRAIN_LIMIT_BYTES:  # drop the rest of the body
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                break
+            read += len(message.get("body", b""))
         start, body = _error(413, f"the request body is {size} bytes; this server takes at most {self.max_bytes}",
                              "request_too_large")
         await send(start)
@@ -46,7 +54,8 @@ class BodySizeLimit:
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if declared is not None:
             if not declared.isdigit() or int(declared) > self.max_bytes:
-                return await self._refuse(send, declared.decode("latin-1")[:20])
+                read = 0 if declared.isdigit() and int(declared) <= DRAIN_LIMIT_BYTES else DRAIN_LIMIT_BYTES + 1
+                return await self._refuse(receive, send, declared.decode("latin-1")[:20], read)
             return await self.app(scope, receive, send)  # the server delivers no more than declared
         # Chunked: read it here, up to the limit, then hand it on.
         chunks, size = [], 0
@@ -57,7 +66,9 @@ class BodySizeLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                return await self._refuse(send, f"more than {self.max_bytes}")
+                if not message.get("more_body"):
+                    size = DRAIN_LIMIT_BYTES + 1  # nothing left to drop
+                return await self._refuse(receive, send, f"more than {self.max_bytes}", size)
             if not message.get("more_body"):
                 break
         replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
