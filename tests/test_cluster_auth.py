@@ -181,3 +181,32 @@ def test_a_secret_file_is_read(tmp_path):
                           headers={"Authorization": f"Bearer {SECRET}"}).status_code == 200
     finally:
         controller.stop()
+
+
+def test_an_api_with_the_wrong_secret_answers_a_clear_503_and_logs_why(cluster):
+    controller, _, _ = cluster
+    api = Server("api", "--controller-address", controller.url, secret="not-the-cluster-secret-000")
+    try:
+        api.wait_until(lambda: httpx.get(api.url + "/health", timeout=2).status_code == 200, "API")
+        reply = httpx.post(api.url + "/v1/chat/completions", timeout=30, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4})
+        assert reply.status_code == 503
+        assert "cluster secret" in reply.json()["error"]["message"]
+        assert "refused this server" in api.log() and "Traceback" not in api.log()
+    finally:
+        api.stop()
+
+
+async def test_a_worker_that_refuses_the_gateway_is_a_clean_502(cluster):
+    """The API reached the right controller but a worker with another secret: a 502 saying so, not a 500."""
+    from parley.serving.api_errors import APIError
+    from parley.serving.gateway import WorkerGateway
+
+    controller, worker, _ = cluster
+    async with httpx.AsyncClient(headers=controller.headers) as http:
+        gateway = WorkerGateway(http, controller.url)
+        http.headers["Authorization"] = "Bearer another-secret-for-the-worker"  # right for nobody
+        with pytest.raises(APIError) as info:
+            async for _ in gateway.generate_stream(MODEL, {"prompt": "hi"}, worker=worker.url):
+                pass
+    assert info.value.status == 502 and "refused the request (status 401)" in info.value.message

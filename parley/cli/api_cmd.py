@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from parley.cli.secret_args import add_api_key_arguments, add_cluster_secret_argument, api_keys, cluster_secret
+from parley.cli.secret_args import (
+    add_api_key_arguments,
+    add_cluster_secret_argument,
+    api_keys,
+    cluster_secret,
+)
 from parley.serving.request_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_SEND_TIMEOUT_S
 
 

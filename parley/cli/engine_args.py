@@ -74,7 +74,11 @@ def upstream_api_key(args: argparse.Namespace, base_url: str) -> str | None:
 
 
 def proxy_engine(args: argparse.Namespace) -> Engine:
-    from parley.engines.openai_proxy import OpenAIProxyEngine, Upstream, load_endpoint_file
+    from parley.engines.openai_proxy import (
+        OpenAIProxyEngine,
+        Upstream,
+        load_endpoint_file,
+    )
 
     if args.api_endpoint_file:
         return OpenAIProxyEngine(load_endpoint_file(args.api_endpoint_file))

@@ -28,7 +28,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _key(value: str | None, path: str | None) -> str | None:
     from parley.cli.secret_args import read_secret
 
-    return value or read_secret(path, "", "API key", environ={})
+    return value or read_secret(path, None, "API key")
 
 
 def _server(p: argparse.ArgumentParser, who: str, prefix: str = "") -> None:
@@ -147,7 +147,12 @@ def run_gen_answer(args: argparse.Namespace) -> int:
 def run_judge(args: argparse.Namespace) -> int:
     from parley.eval.chat_client import ChatClient
     from parley.eval.mt_bench_files import load_answers, load_judge_prompts, read_jsonl
-    from parley.eval.mt_bench_judge import Judge, judgment_file, make_matches, run_judgments
+    from parley.eval.mt_bench_judge import (
+        Judge,
+        judgment_file,
+        make_matches,
+        run_judgments,
+    )
 
     data_dir = _data_dir(args)
     questions = _questions(args, data_dir)

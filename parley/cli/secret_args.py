@@ -19,7 +19,8 @@ API_KEYS_ENV = "PARLEY_API_KEYS"
 DB_URL_ENV = "PARLEY_DB_URL"
 
 
-def read_secret(path: str | Path | None, env_var: str, what: str, environ: Mapping[str, str] = os.environ) -> str | None:
+def read_secret(path: str | Path | None, env_var: str | None, what: str,
+                environ: Mapping[str, str] = os.environ) -> str | None:
     """The secret in the file at `path` (surrounding whitespace stripped), else in $env_var, else None."""
     if path:
         try:
@@ -29,7 +30,7 @@ def read_secret(path: str | Path | None, env_var: str, what: str, environ: Mappi
         if not value:
             raise ParleyError(f"the {what} file {path} is empty")
         return value
-    value = environ.get(env_var, "").strip()
+    value = environ.get(env_var, "").strip() if env_var else ""
     return value or None
 
 

@@ -30,8 +30,8 @@ from parley.cli.secret_args import (
 )
 from parley.cli.supervisor import Child, RestartPolicy, Supervisor, describe_exit
 from parley.errors import ParleyError
-from parley.serving.cluster_auth import auth_headers, new_secret
 from parley.models.source import resolve_model_source
+from parley.serving.cluster_auth import auth_headers, new_secret
 
 
 def add_parser(sub) -> None:

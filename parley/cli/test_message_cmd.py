@@ -11,8 +11,8 @@ import httpx
 
 from parley.cli.secret_args import add_cluster_secret_argument, cluster_secret
 from parley.errors import ParleyError
-from parley.serving.cluster_auth import auth_headers
 from parley.serving.api_errors import APIError
+from parley.serving.cluster_auth import auth_headers
 from parley.serving.gateway import WorkerGateway
 
 

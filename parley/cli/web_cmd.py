@@ -6,7 +6,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from parley.cli.secret_args import add_cluster_secret_argument, add_db_url_arguments, cluster_secret, db_url
+from parley.cli.secret_args import (
+    add_cluster_secret_argument,
+    add_db_url_arguments,
+    cluster_secret,
+    db_url,
+)
 
 log = logging.getLogger("parley.web")
 
@@ -47,12 +52,11 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from parley.serving.cluster_auth import is_loopback
     from parley.web.app import create_app
     from parley.web.arena import parse_weights
     from parley.web.policies import Limits
     from parley.web.services import WebSettings
-
-    from parley.serving.cluster_auth import is_loopback
 
     if not is_loopback(args.host) and not args.auth:
         log.warning("serving on %s without --auth: everyone who can reach it shares one user and its history",

@@ -36,7 +36,12 @@ from parley.serving.openai_schemas import (
     new_id,
 )
 from parley.serving.replies import Delta, Reply, merged_deltas, start_replies
-from parley.serving.request_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_SEND_TIMEOUT_S, BodySizeLimit, SendTimeout
+from parley.serving.request_limits import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_SEND_TIMEOUT_S,
+    BodySizeLimit,
+    SendTimeout,
+)
 
 log = logging.getLogger("parley.api")
 

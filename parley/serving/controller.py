@@ -18,15 +18,15 @@ from parley.serving.cluster_auth import ClusterAuthMiddleware, auth_headers
 from parley.serving.metrics import install_metrics
 from parley.serving.protocol import (
     HEART_BEAT_EXPIRATION_S,
-    KnownModelsResponse,
-    WorkerFailureReport,
     GetWorkerAddressRequest,
     HeartBeatRequest,
     HeartBeatResponse,
+    KnownModelsResponse,
     ListModelsResponse,
     RegisterWorkerRequest,
     ReportedStatus,
     WorkerAddressResponse,
+    WorkerFailureReport,
     WorkerStatus,
 )
 from parley.serving.registry import DispatchMethod, WorkerRegistry

@@ -64,6 +64,11 @@ class WorkerGateway:
                            code="service_unavailable") from None
         if response.status_code == 404:
             raise LookupError(path)
+        if response.status_code == 401:
+            log.error("the controller %s refused this server: its cluster secret differs (or it needs one)",
+                      self.controller)
+            raise APIError(503, "the controller refused this server (cluster secret); see the server's log",
+                           type="server_error", code="service_unavailable")
         response.raise_for_status()
         return response.json()
 
@@ -96,19 +101,29 @@ class WorkerGateway:
         info = self._info.get(address)
         if info and time.monotonic() - info.fetched_at < self.info_ttl_s:
             return info
-        details = (await self.http.post(address + "/model_details", json={}, timeout=10.0)).json()
+        details = await self._worker_json(address, "/model_details")
         native = bool((details.get("parley") or {}).get("messages"))
         formatter = None
         if not native:
-            conv = (await self.http.post(address + "/worker_get_conv_template", json={}, timeout=10.0)).json()["conv"]
+            conv = (await self._worker_json(address, "/worker_get_conv_template")).get("conv")
             try:
                 formatter = ChatFormatter(named=named_template_from_fastchat(conv))
-            except ValueError as exc:
+            except (ValueError, TypeError, KeyError) as exc:
                 raise APIError(500, f"the worker at {address} uses a chat template parley cannot render: {exc}",
                                type="server_error") from None
         info = WorkerInfo(address, int(details.get("context_length") or 2048), native, formatter, time.monotonic())
         self._info[address] = info
         return info
+
+    async def _worker_json(self, address: str, path: str) -> dict:
+        response = await self.http.post(address + path, json={}, timeout=10.0)
+        try:
+            answer = response.json() if response.status_code == 200 else None
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise _refused(address, response)
+        return answer
 
     async def _connect(self, model: str, payload: dict, path: str, fixed: str | None) -> tuple[str, httpx.Response]:
         """Open a worker stream, moving to another worker when one is unreachable (unless the
@@ -121,6 +136,10 @@ class WorkerGateway:
                 body = self._worker_payload(info, payload)
                 request = self.http.build_request("POST", address + path, json=body)
                 response = await self.http.send(request, stream=True)
+                if response.status_code != 200:
+                    await response.aread()
+                    await response.aclose()
+                    raise _refused(address, response)
                 return address, response
             except _CONNECT_FAILURES as exc:
                 last_error = f"{type(exc).__name__}"
@@ -206,6 +225,17 @@ class WorkerGateway:
                        code="model_unavailable")
 
 
+def _refused(address: str, response: httpx.Response) -> APIError:
+    """A worker that answered, but not as a worker does (a 401 for a missing cluster secret, a proxy's error page)."""
+    if response.status_code == 401:
+        log.error("the worker %s refused this server: its cluster secret differs (or it needs one)", address)
+    else:
+        log.error("the worker %s answered %s with status %d: %s", address, response.request.url.path,
+                  response.status_code, response.text[:500])
+    return APIError(502, f"the worker at {address} refused the request (status {response.status_code})",
+                    type="server_error", code="worker_failed")
+
+
 def _embedding_answer(model: str, address: str, response: httpx.Response, count: int) -> dict:
     try:
         answer = response.json()
@@ -215,7 +245,7 @@ def _embedding_answer(model: str, address: str, response: httpx.Response, count:
         raise APIError.from_worker(int(answer["error_code"]), str(answer.get("text") or "the worker reported an error"))
     vectors = answer.get("embedding") if isinstance(answer, dict) else None
     if response.status_code == 401:
-        log.error("the worker %s refused the cluster secret (or needs one)", address)
+        raise _refused(address, response)
     if not isinstance(vectors, list) or len(vectors) != count:
         log.error("worker %s answered an embedding request with status %d: %s", address, response.status_code,
                   response.text[:500])

@@ -40,7 +40,12 @@ from parley.serving.protocol import (
     WorkerChunk,
     WorkerStatus,
 )
-from parley.serving.request_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_SEND_TIMEOUT_S, BodySizeLimit, SendTimeout
+from parley.serving.request_limits import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_SEND_TIMEOUT_S,
+    BodySizeLimit,
+    SendTimeout,
+)
 from parley.serving.structured import ReplyReader, ToolPlan, guided_from_response_format
 
 log = logging.getLogger("parley.worker")
