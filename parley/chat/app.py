@@ -8,19 +8,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from parley.chat.backends import ChatBackend, ChatParams
-from parley.chat.session import ChatSession
+from parley.chat.session import HELP, ChatSession
 from parley.chat.styles import ChatStyle
 from parley.errors import ParleyError
 
-HELP = """commands:
-  !!exit, exit        leave
-  !!reset, clear      start a new conversation
-  !!remove            drop the last exchange
-  !!regen             regenerate the last reply
-  !!save FILE         save the conversation as JSON
-  !!load FILE         load a saved conversation
-  help                this list
-Ctrl-C while a reply streams stops that reply."""
+
 
 _DONE = object()
 

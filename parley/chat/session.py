@@ -8,6 +8,16 @@ from pathlib import Path
 from parley.conversation.formatter import ChatMessage
 from parley.errors import ParleyError
 
+HELP = """commands:
+  !!exit, exit        leave
+  !!reset, clear      start a new conversation
+  !!remove            drop the last exchange
+  !!regen             regenerate the last reply
+  !!save FILE         save the conversation as JSON
+  !!load FILE         load a saved conversation
+  help                this list
+Ctrl-C while a reply streams stops that reply."""
+
 SAVE_FORMAT = "parley.chat.v1"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from parley import __version__
@@ -44,10 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "DEBUG":
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call is noise
-    if args.log_level != "DEBUG":
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
+        # transformers reads this when (and only if) a command imports it: commands without a model never do
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         return args.run(args) or 0
     except ParleyError as exc:

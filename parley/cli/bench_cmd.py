@@ -6,13 +6,16 @@ import argparse
 import asyncio
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from parley.bench.load import DEFAULT_PROMPT, LoadResult, run_load
 from parley.errors import ParleyError
+
+if TYPE_CHECKING:
+    from parley.bench.load import LoadResult
 
 
 def add_parser(sub) -> None:
@@ -23,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated levels (default %(default)s)")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--num-requests", type=int, default=None, help="per level (default: 2 x concurrency, at least 4)")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--prompt", default=None, help="the user message of every request (default: a request for a long story)")
     p.add_argument("--ignore-eos", action="store_true",
                    help="ask for exactly --max-tokens tokens (parley, vLLM; servers without it reject the field)")
     p.add_argument("--response-format", choices=["json"], default=None,
@@ -56,6 +59,9 @@ def results_table(results: list[LoadResult], title: str) -> Table:
 
 
 def run(args: argparse.Namespace) -> int:
+    from parley.bench.load import DEFAULT_PROMPT, run_load
+
+    args.prompt = args.prompt or DEFAULT_PROMPT
     try:
         levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     except ValueError:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from parley.chat.app import HELP, run_chat
-from parley.chat.backends import ChatParams, LocalBackend, RemoteBackend
-from parley.chat.session import ChatSession
+from parley.chat.session import HELP
 from parley.chat.styles import STYLES
 from parley.cli.engine_args import add_engine_arguments, load_engine
-from parley.conversation.formatter import ChatFormatter
 from parley.errors import ParleyError
 
 
@@ -36,6 +33,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from parley.chat.app import run_chat
+    from parley.chat.backends import ChatParams, LocalBackend, RemoteBackend
+    from parley.chat.session import ChatSession
+    from parley.conversation.formatter import ChatFormatter
+
     try:
         params = ChatParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                             repetition_penalty=args.repetition_penalty, seed=args.seed)

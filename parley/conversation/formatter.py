@@ -6,13 +6,20 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, field_validator
-from transformers.utils.chat_template_utils import render_jinja_template
 
 from parley.conversation import tools as tool_calls
 from parley.conversation.matching import DEFAULT_TEMPLATE, template_for_model_name
 from parley.conversation.templates import NAMED_TEMPLATES, NamedTemplate, written_named_template
 from parley.engines.base import ModelInfo
 from parley.errors import InvalidRequestError, ParleyError
+
+
+def render_jinja_template(**kwargs):
+    """transformers' chat-template renderer, imported when first used (a gateway or controller that never
+    renders a template does not load transformers)."""
+    from transformers.utils.chat_template_utils import render_jinja_template as render
+
+    return render(**kwargs)
 
 
 class ChatMessage(BaseModel):
