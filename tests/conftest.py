@@ -13,6 +13,21 @@ from parley.models.source import resolve_model_source
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# `make test` sets this: there the test-only packages (fschat and FastChat's API server's aiohttp and
+# shortuuid) are installed, so a test that needs them fails when they are missing instead of skipping.
+REQUIRE_TEST_EXTRAS = os.environ.get("PARLEY_REQUIRE_TEST_EXTRAS") == "1"
+
+
+def import_or_skip(module: str, reason: str):
+    """`pytest.importorskip`, except that under `make test` a missing module fails the test."""
+    if REQUIRE_TEST_EXTRAS:
+        import importlib
+
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            pytest.fail(f"{module} is missing but make test installs it ({reason}): {exc}")
+    return pytest.importorskip(module, reason=reason)
 
 
 @pytest.fixture(scope="session")

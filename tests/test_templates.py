@@ -8,8 +8,9 @@ from parley.conversation.formatter import ChatFormatter, validate_messages
 from parley.conversation.matching import NAME_RULES, template_for_model_name
 from parley.conversation.templates import NAMED_TEMPLATES, standalone_chat_template
 from parley.errors import InvalidRequestError, ParleyError
+from tests.conftest import import_or_skip
 
-fastchat_conversation = pytest.importorskip("fastchat.conversation")
+fastchat_conversation = import_or_skip("fastchat.conversation", "the templates are compared with FastChat's")
 
 CONVERSATIONS = {
     "one turn": [{"role": "user", "content": "What is the capital of France?"}],

@@ -21,7 +21,12 @@ def test_battle_pairs_follow_the_weights_and_every_model_is_eligible_without_any
     assert all(1800 < seen[m] < 2200 for m in "abc")  # each in about 2/3 of the battles
     assert Counter(p[0] for p in pairs)["a"] == pytest.approx(1000, abs=120)  # sides are shuffled
     weighted = Counter(m for _ in range(3000) for m in pick_pair(["a", "b", "c"], {"a": 4, "c": 0}, rng))
-    assert weighted["c"] == 0 and weighted["a"] == weighted["b"] == 3000
+    assert weighted["c"] == 0 and weighted["a"] == weighted["b"] == 3000  # weight 0 leaves c out
+    # With three eligible models the weights decide who battles: a (weight 4) is in 4/6 + 2 · (1/6 · 4/5) ≈ 93%
+    # of the battles, b and d (weight 1) in 53% each; equal weights would give each 67%.
+    weighted = Counter(m for _ in range(3000) for m in pick_pair(["a", "b", "c", "d"], {"a": 4, "c": 0}, rng))
+    assert weighted["c"] == 0
+    assert 2650 < weighted["a"] < 2950 and 1450 < weighted["b"] < 1750 and 1450 < weighted["d"] < 1750
     with pytest.raises(ParleyError, match="two models"):
         pick_pair(["only"])
     with pytest.raises(ParleyError, match="two models"):

@@ -13,10 +13,15 @@ from parley.conversation.templates import NAMED_TEMPLATES
 from parley.engines.echo import EchoEngine
 from parley.engines.openai_proxy import UpstreamError
 from parley.serving.api_errors import APIError
-from parley.serving.fastchat_conv import FASTCHAT_SEP_STYLE, fastchat_conversation, named_template_from_fastchat
+from parley.serving.fastchat_conv import (
+    FASTCHAT_SEP_STYLE,
+    fastchat_conversation,
+    named_template_from_fastchat,
+)
 from parley.serving.gateway import _embedding_answer
 from parley.serving.protocol import ErrorCode
 from parley.serving.worker import WorkerSettings, create_app
+from tests.conftest import import_or_skip
 
 
 def frames(body: bytes) -> list[dict]:
@@ -137,7 +142,7 @@ async def test_embeddings_count_token_and_model_details():
 
 @pytest.mark.parametrize("name", sorted(NAMED_TEMPLATES))
 def test_conv_template_is_what_fastchat_would_send(name):
-    fastchat = pytest.importorskip("fastchat.conversation")
+    fastchat = import_or_skip("fastchat.conversation", "the templates are compared with FastChat's")
     template = NAMED_TEMPLATES[name]
     ours = json.loads(json.dumps(fastchat_conversation(template)))
     try:
