@@ -39,7 +39,8 @@ def free_port() -> int:
 
 def slow_schema(branches: int = 12) -> dict:
     """All of three any-ofs of 12 objects: 1,728 combinations for the grammar compiler."""
-    return {"allOf": [{"anyOf": [{"type": "object", "properties": {f"k{j}_{i}": {"type": "integer"}}}
+    return {"allOf": [{"anyOf": [{"type": "object", "properties": {f"k{j}_{i}": {"type": "integer"}},
+                                  "additionalProperties": True}
                                  for i in range(branches)]} for j in range(3)]}
 
 

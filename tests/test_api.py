@@ -113,6 +113,31 @@ def test_langchain_chat_openai_invoke_and_stream(stack):
     assert "Paris" in "".join(chunk.content for chunk in llm.stream("What is the capital of France?"))
 
 
+def test_langchain_forced_tool_call_on_an_ordinary_tool_gives_a_call(stack):
+    """`bind_tools(..., tool_choice=NAME)` on a tool whose schema says nothing of extra keys (as LangChain writes
+    them): the arguments are closed to the declared keys, as OpenAI's and vLLM's are, so the small model cannot
+    keep adding keys until its tokens run out and the call parses."""
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    assert "additionalProperties" not in get_weather.args_schema.model_json_schema()
+    llm = ChatOpenAI(model=REAL, base_url=stack["api"].url + "/v1", api_key=KEY, temperature=0, max_tokens=48,
+                     max_retries=0).bind_tools([get_weather], tool_choice="get_weather")
+    message = llm.invoke("What is the weather in Paris?")
+    assert message.invalid_tool_calls == []
+    [call] = message.tool_calls
+    assert call["name"] == "get_weather" and set(call["args"]) == {"city"}
+    streamed = None
+    for chunk in llm.stream("What is the weather in Paris?"):
+        streamed = chunk if streamed is None else streamed + chunk
+    assert streamed.tool_calls == [call | {"id": streamed.tool_calls[0]["id"]}]  # the same arguments, streamed
+
+
 def test_requests_are_routed_by_model_name(client):
     echo = client.completions.create(model="echo", prompt="alpha beta gamma", max_tokens=2)
     assert echo.choices[0].text == "alpha beta "  # only the echo engine answers like this

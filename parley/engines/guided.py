@@ -69,9 +69,40 @@ def grammar_compile_timeout_s() -> float:
     return GRAMMAR_COMPILE_TIMEOUT_S
 
 
+# Where subschemas sit in a schema (JSON Schema 2020-12 and draft 7): a map of them, one, or a list.
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_ONES = ("items", "additionalProperties", "not", "if", "then", "else", "contains", "additionalItems",
+                "unevaluatedItems", "propertyNames")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
+
+
+def closed_objects(schema, close: bool = True):
+    """A copy of `schema` in which every object that lists its properties and says nothing of others takes no
+    others, as OpenAI's strict mode and vLLM treat them. Without it a small model asked for `{"city": ...}`
+    keeps adding keys of its own until its tokens run out, and the cut JSON is no call at all. The branches of
+    an `allOf` are not closed themselves (each would forbid the others' keys); what is inside them is."""
+    if isinstance(schema, list):
+        return [closed_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: closed_objects(sub) for name, sub in out[key].items()}
+    for key in _SCHEMA_ONES + _SCHEMA_LISTS:
+        if key in out:
+            out[key] = closed_objects(out[key])
+    if isinstance(out.get("allOf"), list):
+        out["allOf"] = [closed_objects(sub, close=False) for sub in out["allOf"]]
+    if close and "properties" in out and not any(
+            k in out for k in ("additionalProperties", "patternProperties", "unevaluatedProperties", "allOf")):
+        out["additionalProperties"] = False
+    return out
+
+
 def grammar_for(guided: GuidedDecoding) -> str:
     """The llguidance grammar text for a request's constraint."""
-    schema = _ANY_OBJECT if guided.kind == "json_object" else guided.json_schema
+    schema = _ANY_OBJECT if guided.kind == "json_object" else closed_objects(guided.json_schema)
     try:
         return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_COMPACT)
     except ValueError as exc:
