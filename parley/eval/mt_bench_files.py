@@ -28,18 +28,12 @@ from pydantic import BaseModel, ValidationError
 from parley.errors import ParleyError
 from parley.eval.atomic import write_text_atomic
 from parley.jsonfiles import parse_json_lines, read_records
+from parley.paths import data_home
 
 log = logging.getLogger(__name__)
 
 # Categories whose judge prompts carry a reference answer (FastChat's NEED_REF_CATS).
 NEEDS_REFERENCE = frozenset({"math", "reasoning", "coding", "arena-hard-200"})
-
-
-def data_home() -> Path:
-    """$PARLEY_DATA_DIR, else $XDG_DATA_HOME/parley, else ~/.local/share/parley."""
-    if env := os.environ.get("PARLEY_DATA_DIR"):
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share") / "parley"
 
 
 def bench_dir(data_dir: Path | None, bench: str = "mt_bench") -> Path:

@@ -22,8 +22,9 @@ import gradio as gr
 from parley.eval import arena_leaderboard
 from parley.eval.arena_battles import load_battles
 from parley.eval.atomic import write_text_atomic
-from parley.eval.mt_bench_files import data_home, read_complete_jsonl
+from parley.eval.mt_bench_files import read_complete_jsonl
 from parley.eval.mt_bench_results import single_scores
+from parley.paths import data_home
 from parley.store.models import User
 from parley.web.services import WebServices
 
