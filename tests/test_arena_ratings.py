@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from parley.eval.arena_battles import Battle, load_battles
-from parley.eval.arena_ratings import bootstrap_bt, bradley_terry, online_elo, pairwise_matrices
+from parley.eval.arena_ratings import (
+    bootstrap_bt,
+    bradley_terry,
+    online_elo,
+    pairwise_matrices,
+)
 from tests.conftest import run_parley
 
 TRUE = {"m-alpha": 1230.0, "m-bravo": 1120.0, "m-charlie": 1050.0, "m-delta": 990.0, "m-echo": 880.0, "m-foxtrot": 730.0}
@@ -164,7 +169,12 @@ def test_fastchat_logs_are_cleaned_and_rated_by_the_cli(tmp_path):
 
 def test_models_whose_rating_the_votes_cannot_pin_down_are_marked_provisional():
     from parley.eval.arena_battles import Cleaning
-    from parley.eval.arena_leaderboard import PROVISIONAL, build, identified_models, to_markdown
+    from parley.eval.arena_leaderboard import (
+        PROVISIONAL,
+        build,
+        identified_models,
+        to_markdown,
+    )
 
     def battle(a, b, winner):
         return Battle(model_a=a, model_b=b, winner=winner)

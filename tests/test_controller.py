@@ -15,7 +15,7 @@ import pytest
 
 from parley.serving.controller import ControllerSettings, create_app
 from parley.serving.protocol import WorkerStatus
-from parley.serving.registry import DispatchMethod, WorkerRegistry
+from parley.serving.worker_registry import DispatchMethod, WorkerRegistry
 from tests.conftest import REPO
 
 

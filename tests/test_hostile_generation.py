@@ -15,11 +15,11 @@ from parley.conversation import tools as tc
 from parley.engines.base import GenerationRequest, GuidedDecoding, SamplingParams
 from parley.engines.guided import GRAMMAR_TIMEOUT_ENV, GrammarFactory, build_matcher
 from parley.engines.hf.loading import model_directory
-from parley.engines.sampling import VocabularyTools
+from parley.engines.sampling import SamplerFactory
 from parley.engines.text_stream import StopStringMatcher
 from parley.errors import InvalidRequestError
 from parley.models.source import resolve_model_source
-from parley.serving.structured import ToolPlan, guided_from_response_format
+from parley.serving.output_constraints import ToolPlan, guided_from_response_format
 
 # -- stop strings ---------------------------------------------------------------------------
 
@@ -157,7 +157,7 @@ class Ticker:
 
 async def test_a_schema_slow_to_compile_is_refused_while_the_event_loop_keeps_serving(grammar_factory, monkeypatch):
     monkeypatch.setenv(GRAMMAR_TIMEOUT_ENV, "0.05")
-    tools = VocabularyTools(lambda: grammar_factory)
+    tools = SamplerFactory(lambda: grammar_factory)
     params = SamplingParams(guided=GuidedDecoding(kind="json_schema", json_schema=slow_schema()))
     ticker = Ticker()
     started = time.perf_counter()

@@ -20,7 +20,7 @@ from parley.store.database import Database
 from parley.web import leaderboard_tab
 from parley.web.app import build_blocks, create_app
 from parley.web.model_client import ModelClient
-from parley.web.policies import ModelInfo
+from parley.web.model_descriptions import ModelDescriptions
 from parley.web.services import WebServices, WebSettings
 from tests.servers import free_port
 
@@ -44,7 +44,7 @@ def make_services(tmp_path):
         db = Database(settings.db_url)
         db.upgrade()
         made.append(WebServices(settings=settings, db=db, client=ModelClient(settings.controller_address),
-                                model_info=ModelInfo(), moderator=None))
+                                model_info=ModelDescriptions(), moderator=None))
         return made[-1]
 
     yield make

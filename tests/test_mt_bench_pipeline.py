@@ -9,8 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from parley.eval.mt_bench_files import load_answers, load_judge_prompts, load_questions, read_jsonl
-from parley.eval.mt_bench_judge import make_matches, parse_rating, parse_verdict, render_user_prompt
+from parley.eval.mt_bench_files import (
+    load_answers,
+    load_judge_prompts,
+    load_questions,
+    read_jsonl,
+)
+from parley.eval.mt_bench_judge import (
+    make_matches,
+    parse_rating,
+    parse_verdict,
+    render_user_prompt,
+)
 from tests.conftest import SHARED_DATA, run_parley
 from tests.servers import start_api, start_controller, start_worker
 

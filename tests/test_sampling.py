@@ -7,7 +7,12 @@ import math
 import torch
 
 from parley.engines.base import SamplingParams
-from parley.engines.sampling import RequestSampler, SequenceState, TokenEvent, advance_rows
+from parley.engines.sampling import (
+    RequestSampler,
+    SequenceState,
+    TokenEvent,
+    advance_rows,
+)
 
 
 class BrokenGrammar:

@@ -14,7 +14,14 @@ import pytest
 
 from parley.store.conversations import FAILED, INCOMPLETE
 from tests.servers import Server, models_at, start_controller, start_worker
-from tests.test_web_ui import assistant_texts, browser, open_page, stored_messages, wait_text, wait_until  # noqa: F401
+from tests.test_web_ui import (  # noqa: F401
+    assistant_texts,
+    browser,
+    open_page,
+    stored_messages,
+    wait_text,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="Debian's chromium is not installed")
 

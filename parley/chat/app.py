@@ -12,8 +12,6 @@ from parley.chat.session import HELP, ChatSession
 from parley.chat.styles import ChatStyle
 from parley.errors import ParleyError
 
-
-
 _DONE = object()
 
 

@@ -7,7 +7,7 @@ import logging
 
 from parley.cli.secret_args import add_cluster_secret_argument, cluster_secret
 from parley.serving.protocol import HEART_BEAT_EXPIRATION_S
-from parley.serving.registry import DispatchMethod
+from parley.serving.worker_registry import DispatchMethod
 
 log = logging.getLogger("parley.controller")
 

@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from parley.serving.cluster_auth import is_loopback
     from parley.web.app import create_app
     from parley.web.arena import parse_weights
-    from parley.web.policies import Limits
     from parley.web.services import WebSettings
+    from parley.web.user_input import Limits
 
     if not is_loopback(args.host) and not args.auth:
         log.warning("serving on %s without --auth: everyone who can reach it shares one user and its history",

@@ -9,7 +9,11 @@ from pydantic import BaseModel, field_validator
 
 from parley.conversation import tools as tool_calls
 from parley.conversation.matching import DEFAULT_TEMPLATE, template_for_model_name
-from parley.conversation.templates import NAMED_TEMPLATES, NamedTemplate, written_named_template
+from parley.conversation.templates import (
+    NAMED_TEMPLATES,
+    NamedTemplate,
+    written_named_template,
+)
 from parley.engines.base import ModelInfo
 from parley.errors import InvalidRequestError, ParleyError
 

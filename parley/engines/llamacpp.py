@@ -29,7 +29,12 @@ from parley.engines.base import (
     RequestFailedError,
 )
 from parley.engines.model_loop import LocalEngine, ModelLoop
-from parley.engines.sampling import SequenceState, TokenEvent, VocabularyTools, advance_rows
+from parley.engines.sampling import (
+    SamplerFactory,
+    SequenceState,
+    TokenEvent,
+    advance_rows,
+)
 from parley.errors import ContextLengthError, ParleyError
 from parley.models.source import ModelSource, SourceKind
 
@@ -287,7 +292,7 @@ class LlamaCppEngine(LocalEngine):
             num_parameters=model.n_params(),
         )
         self._loop = LlamaCppBatcher(model, self._ctx, self._n_vocab, ctx_params.n_batch, n_seq)
-        self._vocab = VocabularyTools(self._grammar_factory)
+        self._vocab = SamplerFactory(self._grammar_factory)
 
     def _grammar_factory(self):
         from parley.engines.guided import GrammarFactory

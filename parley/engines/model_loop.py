@@ -27,8 +27,14 @@ from typing import Any
 import torch
 
 from parley.engines.assembler import OutputAssembler
-from parley.engines.base import Engine, EngineStats, GenerationChunk, GenerationRequest, RequestFailedError
-from parley.engines.sampling import Emit, RequestSampler, SequenceState, VocabularyTools
+from parley.engines.base import (
+    Engine,
+    EngineStats,
+    GenerationChunk,
+    GenerationRequest,
+    RequestFailedError,
+)
+from parley.engines.sampling import Emit, RequestSampler, SamplerFactory, SequenceState
 from parley.errors import ContextLengthError, EngineClosedError, InvalidRequestError
 
 log = logging.getLogger(__name__)
@@ -189,7 +195,7 @@ class LocalEngine(Engine):
     for all of them (tokenize, check the window, build the sampler, stream the sequence)."""
 
     _loop: ModelLoop
-    _vocab: VocabularyTools
+    _vocab: SamplerFactory
     _context_length: int
     _vocab_size: int
     _eos_ids: frozenset[int]

@@ -181,7 +181,7 @@ def _next_token(seq: SequenceState, logits: torch.Tensor, row: int,
     return token, logprob, finish
 
 
-class VocabularyTools:
+class SamplerFactory:
     """What an engine needs for guided decoding and log-probabilities: its vocabulary as
     llguidance sees it, built on first use (about a second) and then shared by all requests."""
 

@@ -11,7 +11,14 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 
-from parley.engines.base import EmbeddingResult, Engine, EngineOptions, GenerationChunk, GenerationRequest, ModelInfo
+from parley.engines.base import (
+    EmbeddingResult,
+    Engine,
+    EngineOptions,
+    GenerationChunk,
+    GenerationRequest,
+    ModelInfo,
+)
 from parley.errors import ContextLengthError, InvalidRequestError, ParleyError
 from parley.models.source import ModelSource, SourceKind
 

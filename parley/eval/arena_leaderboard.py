@@ -12,7 +12,12 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from parley.eval.arena_battles import Battle, Cleaning, battle_counts
-from parley.eval.arena_ratings import bootstrap_bt, bootstrap_elo, bradley_terry, pairwise_matrices
+from parley.eval.arena_ratings import (
+    bootstrap_bt,
+    bootstrap_elo,
+    bradley_terry,
+    pairwise_matrices,
+)
 from parley.eval.atomic import write_text_atomic
 
 

@@ -18,7 +18,13 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from parley.eval.chat_client import ChatClient, ChatFailure, TokenCount
-from parley.eval.mt_bench_files import Question, append_jsonl, read_jsonl, repair_jsonl, rewrite_sorted
+from parley.eval.mt_bench_files import (
+    Question,
+    append_jsonl,
+    read_jsonl,
+    repair_jsonl,
+    rewrite_sorted,
+)
 from parley.eval.parallel import run_with_progress
 
 # FastChat's temperature_config; any other category samples at 0.7.

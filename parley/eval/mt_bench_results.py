@@ -21,7 +21,6 @@ from pathlib import Path
 from pydantic import BaseModel
 
 
-
 class SingleScore(BaseModel):
     model: str
     first_turn: float | None

@@ -29,7 +29,7 @@ from parley.serving.protocol import (
     WorkerFailureReport,
     WorkerStatus,
 )
-from parley.serving.registry import DispatchMethod, WorkerRegistry
+from parley.serving.worker_registry import DispatchMethod, WorkerRegistry
 
 log = logging.getLogger("parley.controller")
 

@@ -31,6 +31,11 @@ from parley.errors import ContextLengthError, InvalidRequestError, ParleyError
 from parley.serving.cluster_auth import ClusterAuthMiddleware, auth_headers
 from parley.serving.fastchat_conv import fastchat_conversation
 from parley.serving.metrics import ServerMetrics, install_metrics
+from parley.serving.output_constraints import (
+    ReplyReader,
+    ToolPlan,
+    guided_from_response_format,
+)
 from parley.serving.protocol import (
     HEART_BEAT_INTERVAL_S,
     CountTokenRequest,
@@ -46,7 +51,6 @@ from parley.serving.request_limits import (
     BodySizeLimit,
     SendTimeout,
 )
-from parley.serving.structured import ReplyReader, ToolPlan, guided_from_response_format
 
 log = logging.getLogger("parley.worker")
 

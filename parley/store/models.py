@@ -9,7 +9,17 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -17,7 +27,7 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def new_id() -> str:
+def random_id() -> str:
     return uuid.uuid4().hex
 
 
@@ -36,7 +46,7 @@ class User(Base):
 
 class Conversation(Base):
     __tablename__ = "conversations"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=random_id)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     title: Mapped[str] = mapped_column(String(200), default="New chat")
     model: Mapped[str | None] = mapped_column(String(200))

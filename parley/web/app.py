@@ -15,8 +15,9 @@ from fastapi import FastAPI  # noqa: E402
 from parley.store.database import Database  # noqa: E402
 from parley.web import arena_tab, chat_tab, leaderboard_tab  # noqa: E402
 from parley.web.model_client import ModelClient  # noqa: E402
-from parley.web.policies import ModelInfo, load_moderator  # noqa: E402
+from parley.web.model_descriptions import ModelDescriptions  # noqa: E402
 from parley.web.services import WebServices, WebSettings  # noqa: E402
+from parley.web.user_input import load_moderator  # noqa: E402
 
 log = logging.getLogger(__name__)
 CSS = """
@@ -64,7 +65,7 @@ def create_app(settings: WebSettings) -> FastAPI:
     db = Database(settings.db_url)
     db.upgrade()
     services = WebServices(settings=settings, db=db, client=ModelClient(settings.controller_address, settings.cluster_secret),
-                           model_info=ModelInfo(settings.model_info_file), moderator=load_moderator(settings.moderation))
+                           model_info=ModelDescriptions(settings.model_info_file), moderator=load_moderator(settings.moderation))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

@@ -13,10 +13,10 @@ import gradio as gr
 
 from parley.errors import ParleyError
 from parley.web.arena import pick_pair
-from parley.web.model_client import ChatParams
-from parley.web.policies import check_input
+from parley.web.model_client import ReplyParams
 from parley.web.replies import StreamedReply
 from parley.web.services import WebServices
+from parley.web.user_input import check_input
 
 VOTES = (("A is better", "model_a"), ("B is better", "model_b"), ("Tie", "tie"), ("Both are bad", "tie (bothbad)"))
 
@@ -88,7 +88,7 @@ def build(services: WebServices, anonymous: bool, prefix: str) -> dict:
             yield gr.skip(), a_value, b_value, *[gr.skip()] * len(vote_buttons)
             return
         user = await asyncio.to_thread(services.user, request)
-        params = ChatParams(temperature=temp, top_p=top, max_tokens=int(limit))
+        params = ReplyParams(temperature=temp, top_p=top, max_tokens=int(limit))
         values = [[*a_value, {"role": "assistant", "content": ""}], [*b_value, {"role": "assistant", "content": ""}]]
         replies = [StreamedReply(services, user.id, st["replies"][side], st["models"][side], params) for side in (0, 1)]
         queue: asyncio.Queue = asyncio.Queue()

@@ -11,10 +11,10 @@ import gradio as gr
 
 from parley.errors import ParleyError
 from parley.store.conversations import INCOMPLETE
-from parley.web.model_client import ChatParams
-from parley.web.policies import check_input
+from parley.web.model_client import ReplyParams
 from parley.web.replies import StreamedReply, chat_messages
 from parley.web.services import WebServices
+from parley.web.user_input import check_input
 
 
 def _label(c) -> str:
@@ -88,7 +88,7 @@ def build(services: WebServices, models_box_choices) -> dict:
             return
         user = await asyncio.to_thread(services.user, request)
         stored = await asyncio.to_thread(services.conversations.get, user.id, conversation)
-        params = ChatParams(temperature=temp, top_p=top, max_tokens=int(limit))
+        params = ReplyParams(temperature=temp, top_p=top, max_tokens=int(limit))
         history_value = [*history_value, {"role": "assistant", "content": ""}]
         reply = StreamedReply(services, user.id, reply_id, model_name, params)
         try:

@@ -13,7 +13,7 @@ from parley.serving.cluster_auth import auth_headers
 from parley.serving.gateway import WorkerGateway
 
 
-class ChatParams(BaseModel):
+class ReplyParams(BaseModel):
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(512, ge=1, le=32768)
@@ -41,7 +41,7 @@ class ModelClient:
         except (APIError, httpx.HTTPError):
             return []
 
-    async def stream(self, model: str, messages: list[dict], params: ChatParams) -> AsyncIterator[ReplyProgress]:
+    async def stream(self, model: str, messages: list[dict], params: ReplyParams) -> AsyncIterator[ReplyProgress]:
         """Progress of one reply: the text so far, then a last item with `done` (and `error`, if it failed)."""
         started = time.perf_counter()
         progress = ReplyProgress()

@@ -9,8 +9,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from parley.store.conversations import FAILED, INCOMPLETE, STOPPED, ConversationView, NotFound
-from parley.web.model_client import ChatParams, ReplyProgress
+from parley.store.conversations import (
+    FAILED,
+    INCOMPLETE,
+    STOPPED,
+    ConversationView,
+    NotFound,
+)
+from parley.web.model_client import ReplyParams, ReplyProgress
 from parley.web.reply_slots import Busy
 
 if TYPE_CHECKING:
@@ -41,7 +47,7 @@ class StreamedReply:
     """One reply being written: streamed from the model within a reply slot, saved to the store as it grows
     (at most every SAVE_EVERY_S) and once more at its end, whatever the end is (done, an error, Stop, busy)."""
 
-    def __init__(self, services: WebServices, user_id: int, reply_id: int, model: str, params: ChatParams):
+    def __init__(self, services: WebServices, user_id: int, reply_id: int, model: str, params: ReplyParams):
         self._services, self._user_id, self.reply_id, self.model, self.params = services, user_id, reply_id, model, params
         self.text = ""
         self.finish_reason = STOPPED  # until the stream ends by itself, the user stopped it

@@ -1,4 +1,4 @@
-"""What the web UI's handlers use: the store, the models, the policies, and who the user is."""
+"""What the web UI's handlers use: the store, the models, the input rules, the model descriptions, and who the user is."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from parley.store.database import Database
 from parley.store.models import User
 from parley.store.votes import Votes
 from parley.web.model_client import ModelClient
-from parley.web.policies import Limits, ModelInfo, Moderator
+from parley.web.model_descriptions import ModelDescriptions
 from parley.web.reply_slots import ReplySlots
+from parley.web.user_input import Limits, Moderator
 
 
 class WebSettings(BaseModel):
@@ -43,7 +44,7 @@ class WebServices:
     settings: WebSettings
     db: Database
     client: ModelClient
-    model_info: ModelInfo
+    model_info: ModelDescriptions
     moderator: Moderator | None
     accounts: Accounts = field(init=False)
     conversations: Conversations = field(init=False)

@@ -15,7 +15,7 @@ from parley.engines.base import (
 from parley.engines.hf.batching import ContinuousBatcher
 from parley.engines.hf.loading import LoadPlan, load_model_and_tokenizer
 from parley.engines.model_loop import LocalEngine
-from parley.engines.sampling import VocabularyTools
+from parley.engines.sampling import SamplerFactory
 from parley.errors import ContextLengthError
 from parley.models.source import ModelSource
 
@@ -67,7 +67,7 @@ class TransformersEngine(LocalEngine):
         self._loop = ContinuousBatcher(model, plan.device, max_batch_size=max_batch_size)
         self._vocab_size = model.get_input_embeddings().num_embeddings
         vocab_size = model.config.get_text_config().vocab_size
-        self._vocab = VocabularyTools(lambda: self._grammar_factory(vocab_size))
+        self._vocab = SamplerFactory(lambda: self._grammar_factory(vocab_size))
 
     def _grammar_factory(self, vocab_size: int):
         from parley.engines.guided import GrammarFactory

@@ -1,13 +1,9 @@
-"""Input limits, the moderation hook, and model descriptions users can extend."""
+"""What the model picker says of each model: built-in descriptions, extended with --model-info FILE."""
 
 from __future__ import annotations
 
-import importlib
 import json
-from collections.abc import Callable
 from pathlib import Path
-
-from pydantic import BaseModel
 
 from parley.errors import ParleyError
 
@@ -23,45 +19,8 @@ BUILTIN_MODEL_INFO = {
     "claude": ("Anthropic's Claude models, through an API", "https://www.anthropic.com/"),
 }
 
-# A moderation hook: given the user's text, return None to allow it or a message to refuse it.
-Moderator = Callable[[str], "str | None"]
 
-
-class Limits(BaseModel):
-    max_input_chars: int = 8000
-    max_turns: int = 20  # user messages per conversation
-
-
-def check_input(text: str, turns_so_far: int, limits: Limits, moderator: Moderator | None = None) -> str | None:
-    """None when the message may be sent, else what to tell the user."""
-    if not text.strip():
-        return "Type a message first."
-    if len(text) > limits.max_input_chars:
-        return f"Your message is {len(text)} characters long; the limit is {limits.max_input_chars}."
-    if turns_so_far >= limits.max_turns:
-        return f"This conversation has reached {limits.max_turns} turns. Start a new one to go on."
-    if moderator is not None:
-        verdict = moderator(text)
-        if verdict:
-            return verdict
-    return None
-
-
-def load_moderator(spec: str | None) -> Moderator | None:
-    """`package.module:function` -> the function (no network calls unless that function makes them)."""
-    if not spec:
-        return None
-    module_name, _, attr = spec.partition(":")
-    try:
-        hook = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ParleyError(f"--moderation {spec}: {exc}") from None
-    if not callable(hook):
-        raise ParleyError(f"--moderation {spec} is not callable")
-    return hook
-
-
-class ModelInfo:
+class ModelDescriptions:
     def __init__(self, extra_file: Path | None = None):
         self.table = dict(BUILTIN_MODEL_INFO)
         if extra_file:

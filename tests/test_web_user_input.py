@@ -10,7 +10,8 @@ import pytest
 
 from parley.errors import ParleyError
 from parley.web.arena import parse_weights, pick_pair
-from parley.web.policies import Limits, ModelInfo, check_input, load_moderator
+from parley.web.model_descriptions import ModelDescriptions
+from parley.web.user_input import Limits, check_input, load_moderator
 
 
 def test_battle_pairs_follow_the_weights_and_every_model_is_eligible_without_any():
@@ -47,23 +48,23 @@ def test_input_limits_and_the_moderation_hook():
     assert "limit is 20" in check_input("x" * 21, 0, limits)
     assert "reached 2 turns" in check_input("hello", 2, limits)
     assert check_input("   ", 0, limits) == "Type a message first."
-    hook = load_moderator("tests.test_web_policies:refuse_secrets")
+    hook = load_moderator("tests.test_web_user_input:refuse_secrets")
     assert check_input("my password is 1", 0, limits, hook) == "Please do not share secrets."
     assert check_input("hello", 0, limits, hook) is None
-    for spec in ("tests.test_web_policies:nothing", "no.such.module:f", "tests.test_web_policies:json"):
+    for spec in ("tests.test_web_user_input:nothing", "no.such.module:f", "tests.test_web_user_input:json"):
         with pytest.raises(ParleyError, match="--moderation"):
             load_moderator(spec)
 
 
 def test_model_descriptions_can_be_extended(tmp_path):
-    info = ModelInfo()
+    info = ModelDescriptions()
     assert "bundled with parley" in info.describe("smollm2-135m-instruct") and info.describe("unknown") == "**unknown**"
     extra = tmp_path / "info.json"
     extra.write_text(json.dumps({"smollm2-135m-instruct-sft": {"description": "our fine-tune", "link": ""},
                                  "acme": {"description": "ACME's model", "link": "https://acme.test"}}))
-    info = ModelInfo(extra)
+    info = ModelDescriptions(extra)
     assert info.describe("smollm2-135m-instruct-sft") == "**smollm2-135m-instruct-sft**: our fine-tune"  # longest prefix
     assert info.describe("acme-7b") == "**acme-7b**: ACME's model ([link](https://acme.test))"
     extra.write_text("[1, 2]")
     with pytest.raises(ParleyError, match="--model-info"):
-        ModelInfo(extra)
+        ModelDescriptions(extra)
