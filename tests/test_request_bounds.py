@@ -222,3 +222,11 @@ async def test_a_small_request_is_not_held_up_by_a_huge_prompt_being_tokenized(r
     assert small_reply["error_code"] == 0 and small_reply["text"]
     assert huge_reply["error_code"] != 0 and "context window" in huge_reply["text"]
     assert finished == ["small", "huge"]
+
+
+@pytest.mark.parametrize("field, value", [("max_tokens", True), ("max_tokens", "5"), ("max_tokens", 5.0),
+                                          ("temperature", "0.5"), ("stream", "true"), ("n", "2"), ("seed", 1.5)])
+def test_a_value_of_the_wrong_json_type_is_a_400_as_openai_answers(api, field, value):
+    """Strict, as OpenAI is: `max_tokens: true` is refused, not read as 1."""
+    assert_openai_error(api.post("/v1/chat/completions", json=chat(**{field: value})), 400, field)
+    assert api.post("/v1/chat/completions", json=chat(temperature=1, max_tokens=2)).status_code == 200  # int for float

@@ -42,7 +42,8 @@ def new_id(prefix: str) -> str:
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict, as OpenAI is: `max_tokens: true`, `"temperature": "0.5"` or `max_tokens: 5.0` are 400s, not 1, 0.5, 5.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class StreamOptions(_Request):
