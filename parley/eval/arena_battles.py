@@ -15,32 +15,17 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from parley.arena_record import VOTE_TYPES, Battle
 from parley.errors import ParleyError
 from parley.jsonfiles import read_records
 
-VOTE_TYPES = {"leftvote": "model_a", "rightvote": "model_b", "tievote": "tie", "bothbad_vote": "tie (bothbad)"}
 # Words in an answer that give away who answered (FastChat's list, trimmed to names and makers).
 IDENTITY_WORDS = ("vicuna", "lmsys", "koala", "uc berkeley", "open assistant", "laion", "chatglm", "chatgpt", "gpt-4",
                   "openai", "anthropic", "claude", "bard", "palm", "lamda", "google", "gemini", "llama", "mistral",
                   "qwen", "alibaba", "deepseek", "smollm", "hugging face", "huggingface", "network error")
-Winner = Literal["model_a", "model_b", "tie", "tie (bothbad)"]
-
-
-class Battle(BaseModel):
-    model_a: str
-    model_b: str
-    winner: Winner
-    anony: bool = True
-    tstamp: float = 0.0
-    question_id: str | None = None
-    judge: str | None = None
-    turn: int = 1
-    conversation_a: list[dict] = Field(default_factory=list)  # OpenAI-format messages
-    conversation_b: list[dict] = Field(default_factory=list)
 
 
 class Cleaning(BaseModel):

@@ -11,8 +11,8 @@ from pathlib import Path
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
+from parley.arena_record import VOTE_TYPES, Battle
 from parley.errors import ParleyError
-from parley.eval.arena_battles import VOTE_TYPES, Battle
 from parley.store.conversations import NotFound
 from parley.store.database import Database
 from parley.store.models import Conversation, Feedback, Message, User, Vote
