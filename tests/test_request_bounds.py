@@ -116,10 +116,9 @@ def test_a_body_beyond_the_limit_is_a_413_before_it_is_parsed(api):
 
 def test_a_worker_refuses_a_20_mb_body_at_once(stack):
     body = json.dumps({"messages": [{"role": "user", "content": "x" * (20 * 1024 * 1024)}]})
-    started = time.perf_counter()
     response = httpx.post(stack["worker"].url + "/worker_generate_stream", content=body, timeout=60)
-    assert response.status_code == 413
-    assert time.perf_counter() - started < 10  # not tokenized: refused on its size (generous for a busy machine)
+    assert response.status_code == 413  # refused on its size, not tokenized first
+    assert response.json()["error"]["code"] == "request_too_large"
 
 
 @pytest.mark.parametrize("token", ["Bearer ключ", "Bearer a\tb", "Bearer " + "é" * 10, "Basic abc", "Bearer"])
@@ -148,8 +147,9 @@ def stalled_stream(url: str, body: dict) -> socket.socket:
 
 def test_a_client_that_stops_reading_is_disconnected_and_its_generation_stopped(stack):
     worker = stack["worker"]
-    # 16 choices of 2,000 words of 100 characters at 50 words a second: about 6 MB over 40 s, if it were read.
-    prompt = " ".join(f"{i:04d}" + "w" * 96 for i in range(2000))
+    # 16 choices of 2,000 words of 400 characters at 50 words a second: about 13 MB over 40 s, if it were read, so
+    # the socket buffers (a few MB on loopback) fill long before the reply ends.
+    prompt = " ".join(f"{i:04d}" + "w" * 396 for i in range(2000))
     sock = stalled_stream(stack["api"].url, completion(prompt=prompt, n=16, max_tokens=2000, stream=True))
     try:
         def in_flight() -> int:

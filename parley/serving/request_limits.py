@@ -94,6 +94,9 @@ class SendTimeout:
             return await self.app(scope, receive, send)
 
         async def bounded_send(message):
+            # wait_for runs the send in a task of its own (16 µs a send, against 0.1 µs bare). asyncio.timeout would
+            # cost 5.8 µs, but its cancellation does not get through the stream's task group (tried: the stalled
+            # reply's generation went on), so the task it is.
             try:
                 await asyncio.wait_for(send(message), self.timeout_s)
             except asyncio.TimeoutError:
