@@ -21,6 +21,11 @@ class InvalidRequestError(ParleyError):
     """A generation request that can never succeed as given (bad parameters, empty prompt)."""
 
 
+class InvalidPromptError(InvalidRequestError):
+    """The conversation (or prompt) cannot be made into a prompt: messages out of order, a template that
+    refuses them."""
+
+
 class ContextLengthError(InvalidRequestError):
     """The prompt does not fit the model's context window.
 

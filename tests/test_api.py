@@ -222,7 +222,7 @@ def test_two_workers_share_a_model_and_the_survivor_serves_when_one_is_killed(st
         def served(worker) -> float:
             metrics = httpx.get(worker.url + "/metrics").text
             line = next(line for line in metrics.splitlines()
-                        if line.startswith('parley_requests_total{endpoint="/worker_generate_stream"'))
+                        if line.startswith('parley_requests_total{endpoint="/parley/generate"'))
             return float(line.rsplit(" ", 1)[1])
 
         counts = [served(w) for w in pair]

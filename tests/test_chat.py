@@ -64,7 +64,7 @@ def chat_in_process(engine, formatter, lines: list[str], **params) -> tuple[Chat
     style.error = lambda text: errors.write(text + "\n")  # type: ignore[method-assign]
     session = ChatSession()
     with start_blocking_portal() as portal:
-        ChatApp(LocalBackend(engine, formatter), style, session,
+        ChatApp(LocalBackend(engine), style, session,
                 ChatParams(temperature=0, max_new_tokens=40, **params), portal).run()
     return session, stdout.getvalue(), errors.getvalue()
 

@@ -199,14 +199,15 @@ def test_an_api_with_the_wrong_secret_answers_a_clear_503_and_logs_why(cluster):
 
 async def test_a_worker_that_refuses_the_gateway_is_a_clean_502(cluster):
     """The API reached the right controller but a worker with another secret: a 502 saying so, not a 500."""
-    from parley.serving.api_errors import APIError
-    from parley.serving.gateway import WorkerGateway
+    from parley.engines.base import GenerationRequest
+    from parley.serving.cluster_client import ClusterClient
+    from parley.serving.cluster_errors import WorkerFailed
 
     controller, worker, _ = cluster
     async with httpx.AsyncClient(headers=controller.headers) as http:
-        gateway = WorkerGateway(http, controller.url)
+        cluster_client = ClusterClient(http, controller.url)
         http.headers["Authorization"] = "Bearer another-secret-for-the-worker"  # right for nobody
-        with pytest.raises(APIError) as info:
-            async for _ in gateway.generate_stream(MODEL, {"prompt": "hi"}, worker=worker.url):
+        with pytest.raises(WorkerFailed) as info:
+            async for _ in cluster_client.generate_stream(MODEL, GenerationRequest(prompt="hi"), worker=worker.url):
                 pass
     assert info.value.status == 502 and "refused the request (status 401)" in info.value.message

@@ -12,6 +12,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from parley.conversation import tools as tc
+from parley.conversation.output_constraints import ToolPlan, guided_from_response_format
 from parley.engines.base import GenerationRequest, GuidedDecoding, SamplingParams
 from parley.engines.guided import GRAMMAR_TIMEOUT_ENV, GrammarFactory, build_matcher
 from parley.engines.hf.loading import model_directory
@@ -19,7 +20,6 @@ from parley.engines.sampling import SamplerFactory
 from parley.engines.text_stream import StopStringMatcher
 from parley.errors import InvalidRequestError
 from parley.models.source import resolve_model_source
-from parley.serving.output_constraints import ToolPlan, guided_from_response_format
 
 # -- stop strings ---------------------------------------------------------------------------
 

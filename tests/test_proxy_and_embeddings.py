@@ -66,6 +66,15 @@ def test_the_proxy_gives_the_same_greedy_text_as_the_upstream(client):
     assert text == client.completions.create(model=LOCAL, prompt="The sky is", max_tokens=8, temperature=0).choices[0].text
 
 
+def test_the_proxy_passes_min_p_through(client):
+    """min_p 1 at temperature 1 leaves only the likeliest token: the upstream (a parley API) must have been given it."""
+    direct = client.chat.completions.create(model=LOCAL, messages=QUESTION, temperature=0, max_tokens=30)
+    for seed in (1, 2):
+        proxied = client.chat.completions.create(model=PROXIED, messages=QUESTION, temperature=1.0, seed=seed,
+                                                 max_tokens=30, extra_body={"min_p": 1.0})
+        assert proxied.choices[0].message.content == direct.choices[0].message.content
+
+
 def test_the_proxy_passes_tools_response_format_and_logprobs_through(client):
     kwargs = dict(messages=[{"role": "user", "content": "Weather in Rome?"}], tools=[TOOL], tool_choice="required",
                   temperature=0, max_tokens=60)

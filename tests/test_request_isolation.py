@@ -247,3 +247,11 @@ async def test_llamacpp_a_prompt_that_fails_ends_alone_while_a_running_reply_goe
     after = await asyncio.wait_for(llama_engine.generate(good), timeout=60)
     assert after.token_ids == alone.token_ids
     await settled(llama_engine)
+
+
+async def test_min_p_one_on_llama_cpp_gives_the_greedy_reply(llama_engine, chat_request):
+    """The llama.cpp engine chooses tokens with the same sampler: min_p works there too."""
+    question = "What is the capital of France?"
+    greedy = await llama_engine.generate(chat_request(question, temperature=0, max_new_tokens=20))
+    pinned = await llama_engine.generate(chat_request(question, temperature=1.0, min_p=1.0, seed=5, max_new_tokens=20))
+    assert pinned.token_ids == greedy.token_ids

@@ -49,3 +49,34 @@ def test_penalties_and_logprobs():
     penalized = RequestSampler(SamplingParams(temperature=0, frequency_penalty=0.5), "cpu")
     assert penalized.choose(logits, [])[0] == 1
     assert penalized.choose(logits, [])[0] == 2  # 5.0 - 0.5 < 4.9
+
+
+def test_the_samplers_filters_choose_what_transformers_own_would():
+    """temperature, top-k, top-p and the repetition penalty in plain torch, against transformers' processors."""
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from parley.engines.sampling import repetition_penalized
+
+    torch.manual_seed(0)
+    for _ in range(20):
+        scores = torch.randn(1, 50) * 3
+        params = SamplingParams(temperature=0.7, top_k=20, top_p=0.8)
+        ours = RequestSampler(params, "cpu")._warped(scores)
+        theirs = TopPLogitsWarper(0.8)(None, TopKLogitsWarper(20)(None, TemperatureLogitsWarper(0.7)(None, scores)))
+        assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+        assert torch.allclose(ours[~torch.isinf(ours)], theirs[~torch.isinf(theirs)])
+        history = [3, 7, 7, 11]
+        assert torch.allclose(repetition_penalized(scores, history, 1.3),
+                              RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([history]), scores))
+
+
+def test_min_p_drops_tokens_below_its_share_of_the_likeliest():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    warped = RequestSampler(SamplingParams(min_p=0.5), "cpu")._warped(probs.log())
+    assert torch.isinf(warped).tolist() == [[False, False, True, True]]  # 0.15 and 0.05 < 0.5 × 0.5
+    assert not torch.isinf(RequestSampler(SamplingParams(), "cpu")._warped(probs.log())).any()

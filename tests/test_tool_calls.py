@@ -8,8 +8,8 @@ import pytest
 
 from parley.conversation import tools as tc
 from parley.conversation.formatter import ChatFormatter
+from parley.conversation.output_constraints import ToolPlan, guided_from_response_format
 from parley.errors import InvalidRequestError
-from parley.serving.output_constraints import ToolPlan, guided_from_response_format
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},

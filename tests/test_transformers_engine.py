@@ -25,6 +25,18 @@ async def test_greedy_answer_names_paris(engine, chat_request):
     assert result.finish_reason == "stop"  # the model ended its turn itself
 
 
+async def test_min_p_one_keeps_only_the_likeliest_token_and_a_small_min_p_still_samples(engine, chat_request):
+    """min_p drops the tokens less likely than min_p × the likeliest one's probability: at 1 only the likeliest is
+    left, so sampling at temperature 1 gives the greedy reply whatever the seed."""
+    greedy = await engine.generate(chat_request(FRANCE, temperature=0, max_new_tokens=30))
+    for seed in (1, 2):
+        pinned = await engine.generate(chat_request(FRANCE, temperature=1.0, min_p=1.0, seed=seed, max_new_tokens=30))
+        assert pinned.token_ids == greedy.token_ids
+    free = [await engine.generate(chat_request(FRANCE, temperature=1.5, min_p=0.01, seed=s, max_new_tokens=30))
+            for s in (1, 2, 3)]
+    assert any(r.token_ids != greedy.token_ids for r in free)
+
+
 async def test_greedy_tokens_equal_transformers_generate(engine, chat_request):
     """The engine's own decoding loop against transformers' reference `generate`."""
     for question in ("Name three fruits.", "Explain what a compiler does."):
@@ -181,7 +193,8 @@ def test_empty_or_ambiguous_prompt_is_refused(bad):
         GenerationRequest(**bad)
 
 
-@pytest.mark.parametrize("bad", [{"temperature": -1}, {"top_p": 0}, {"max_new_tokens": 0}, {"stop": [""]}])
+@pytest.mark.parametrize("bad", [{"temperature": -1}, {"top_p": 1.5}, {"max_new_tokens": 0}, {"min_p": 1.5},
+                                 {"stop": ["x"] * 65}])
 def test_bad_sampling_parameters_are_refused(bad):
     with pytest.raises(ValidationError):
         SamplingParams(**bad)

@@ -12,13 +12,13 @@ import pytest
 from parley.conversation.templates import NAMED_TEMPLATES
 from parley.engines.echo import EchoEngine
 from parley.engines.openai_proxy import UpstreamError
-from parley.serving.api_errors import APIError
+from parley.serving.cluster_client import _embedding_answer
+from parley.serving.cluster_errors import RequestRejected, WorkerFailed
 from parley.serving.fastchat_conv import (
     FASTCHAT_SEP_STYLE,
     fastchat_conversation,
     named_template_from_fastchat,
 )
-from parley.serving.gateway import _embedding_answer
 from parley.serving.protocol import ErrorCode
 from parley.serving.worker import WorkerSettings, create_app
 from tests.conftest import import_or_skip
@@ -62,7 +62,7 @@ async def test_echo_stop_and_stream_interval():
 @pytest.mark.parametrize("body, code", [
     ({"prompt": "x", "presence_penalty": 0.5}, ErrorCode.PARAM_OUT_OF_RANGE),
     ({"prompt": "x", "logprobs": 2}, ErrorCode.PARAM_OUT_OF_RANGE),
-    ({"prompt": "x", "top_p": 0}, ErrorCode.PARAM_OUT_OF_RANGE),
+    ({"prompt": "x", "top_p": 1.5}, ErrorCode.PARAM_OUT_OF_RANGE),
     ({"prompt": "x", "max_new_tokens": "many"}, ErrorCode.VALIDATION_TYPE_ERROR),
     ({"prompt": ""}, ErrorCode.VALIDATION_TYPE_ERROR),
     ({"messages": [{"role": "assistant", "content": "hi"}]}, ErrorCode.VALIDATION_TYPE_ERROR),
@@ -204,12 +204,12 @@ async def test_every_embedding_failure_is_a_json_error_without_internals(failure
     for internal in ("CUDA", "10.0.0.7", "nan", "Rate limit reached"):
         assert internal not in answer["text"]
     assert "embd-7" in answer["text"]
-    assert APIError.from_worker(answer["error_code"], answer["text"]).status == status  # as the API answers
+    assert RequestRejected.from_worker(answer["error_code"], answer["text"]).status == status  # as the API answers
 
 
 def test_the_api_turns_an_unreadable_worker_answer_into_a_clean_502():
     for answer in (httpx.Response(500, text="Internal Server Error"), httpx.Response(200, json={"detail": "x"}),
                    httpx.Response(200, json={"embedding": [[0.1]], "token_num": 1})):  # one vector for two texts
-        with pytest.raises(APIError) as info:
+        with pytest.raises(WorkerFailed) as info:
             _embedding_answer("m", "http://w", answer, count=2)
         assert info.value.status == 502 and info.value.code == "worker_failed"

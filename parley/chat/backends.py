@@ -7,8 +7,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
-from parley.conversation.formatter import ChatFormatter
-from parley.engines.base import Engine, GenerationRequest, SamplingParams
+from parley.engines.base import Engine, GenerationRequest, Message, SamplingParams
 from parley.errors import ParleyError
 
 
@@ -29,22 +28,16 @@ class ChatBackend(Protocol):
 
 
 class LocalBackend:
-    """A model loaded in this process, its prompts rendered by a chat template."""
+    """A model loaded in this process: the conversation goes to the engine as the API would send it (the
+    engine renders it with its chat template)."""
 
-    def __init__(self, engine: Engine, formatter: ChatFormatter):
+    def __init__(self, engine: Engine):
         self.engine = engine
-        self.formatter = formatter
         self.model_name = engine.model_info.name
 
     async def stream(self, messages: list[dict], params: ChatParams) -> AsyncIterator[str]:
-        prompt = self.formatter.render(messages)
-        request = GenerationRequest(
-            prompt=prompt.text,
-            add_special_tokens=prompt.add_special_tokens,
-            params=SamplingParams(
-                **params.model_dump(), stop=prompt.stop, stop_token_ids=prompt.stop_token_ids
-            ),
-        )
+        request = GenerationRequest(messages=[Message.model_validate(m) for m in messages],
+                                    params=SamplingParams(**params.model_dump()))
         async for chunk in self.engine.generate_stream(request):
             if chunk.text:
                 yield chunk.text

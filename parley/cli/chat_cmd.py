@@ -36,7 +36,6 @@ def run(args: argparse.Namespace) -> int:
     from parley.chat.app import run_chat
     from parley.chat.backends import ChatParams, LocalBackend, RemoteBackend
     from parley.chat.session import ChatSession
-    from parley.conversation.formatter import ChatFormatter
 
     try:
         params = ChatParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         backend = RemoteBackend(args.base_url, args.model, args.api_key)
     else:
         engine = load_engine(args)
-        backend = LocalBackend(engine, ChatFormatter.for_model(engine.model_info, args.conv_template))
+        backend = LocalBackend(engine)
     style = STYLES[args.style](multiline=args.multiline)
     if args.style != "programmatic":
         style.info(f"chatting with {backend.model_name}; type help for commands")

@@ -48,6 +48,7 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
         num_gpus=args.num_gpus, max_gpu_memory=args.max_gpu_memory, cpu_offloading=args.cpu_offloading,
         max_batch_size=args.max_batch_size, trust_remote_code=args.trust_remote_code,
         n_ctx=args.n_ctx, n_threads=args.n_threads, n_gpu_layers=args.n_gpu_layers,
+        conv_template=getattr(args, "conv_template", None),
     )
 
 

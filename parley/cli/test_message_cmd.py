@@ -11,9 +11,10 @@ import httpx
 
 from parley.cli.secret_args import add_cluster_secret_argument, cluster_secret
 from parley.errors import ParleyError
-from parley.serving.api_errors import APIError
 from parley.serving.cluster_auth import auth_headers
-from parley.serving.gateway import WorkerGateway
+from parley.serving.cluster_client import ClusterClient
+from parley.serving.cluster_errors import ClusterError
+from parley.serving.openai_schemas import ChatCompletionRequest, new_id
 
 
 def add_parser(sub) -> None:
@@ -30,31 +31,28 @@ def add_parser(sub) -> None:
 
 
 async def _send(args: argparse.Namespace) -> None:
-    payload = {"model": args.model_name, "messages": [{"role": "user", "content": args.message}],
-               "temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
+    request = ChatCompletionRequest.model_validate({
+        "model": args.model_name, "messages": [{"role": "user", "content": args.message}],
+        "temperature": args.temperature, "max_tokens": args.max_new_tokens}).to_generation_request(new_id("test"))
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0), headers=auth_headers(cluster_secret(args))) as http:
-        gateway = WorkerGateway(http, args.controller_address)
+        cluster = ClusterClient(http, args.controller_address)
         if not args.worker_address:
-            models = await gateway.list_models()
+            models = await cluster.list_models()
             if args.model_name not in models:
                 raise ParleyError(f"no worker serves '{args.model_name}'; the controller at {args.controller_address} "
                                   f"has: {', '.join(models) or 'no models'}")
         print(f"user: {args.message}\n{args.model_name}: ", end="", flush=True)
-        seen = ""
-        async for chunk in gateway.generate_stream(args.model_name, payload, worker=args.worker_address):
-            if chunk.get("error_code"):
-                print()
-                raise ParleyError(f"the worker answered with error {chunk['error_code']}: {chunk.get('text')}")
-            text = chunk.get("text", "")
-            sys.stdout.write(text[len(seen):])
-            sys.stdout.flush()
-            seen = text
-        print()
+        try:
+            async for chunk in cluster.generate_stream(args.model_name, request, worker=args.worker_address):
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+        finally:
+            print()
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_send(args))
-    except APIError as exc:
-        raise ParleyError(exc.message) from None
+    except ClusterError as exc:
+        raise ParleyError(f"{exc.message} ({exc.code})") from None
     return 0

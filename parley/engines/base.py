@@ -10,14 +10,33 @@ from __future__ import annotations
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from parley.errors import ParleyError
 from parley.models.source import ModelSource
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+# -- the request: one type from the API to the engine --------------------------------------------
+#
+# The bounds of each value are stated once, here, as the types below; the OpenAI request types
+# (parley.serving.openai_schemas) use the same ones. The defaults table is SamplingParams' own
+# field defaults: a value the request leaves out takes the default there, and nowhere else.
+
+Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="0: greedy decoding")]
+TopP = Annotated[float, Field(ge=0.0, le=1.0, description="nucleus sampling; 0 keeps only the likeliest token")]
+TopK = Annotated[int, Field(ge=-1, le=2**31 - 1, description="0 or -1: off")]
+MinP = Annotated[float, Field(ge=0.0, le=1.0, description="drop tokens below min_p × the likeliest one's probability")]
+RepetitionPenalty = Annotated[float, Field(gt=0.0, le=100.0)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]  # presence and frequency
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+LogprobCount = Annotated[int, Field(ge=0, le=20, description="the chosen token's and the N likeliest")]
+MaxTokens = Annotated[int, Field(ge=1)]
+MAX_STOPS = 64  # a client's stop strings plus the chat template's
+StopText = Annotated[str, Field(max_length=1024)]
+MAX_MESSAGES = 4096
 
 
 class GuidedDecoding(BaseModel):
@@ -36,50 +55,108 @@ class GuidedDecoding(BaseModel):
 
 
 class SamplingParams(BaseModel):
+    """How tokens are chosen and when generation ends. The field defaults are the defaults table."""
+
     model_config = ConfigDict(extra="forbid")
 
-    temperature: float = Field(1.0, ge=0.0, le=100.0, description="0 means greedy decoding")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0, description="0 disables top-k")
-    repetition_penalty: float = Field(1.0, gt=0.0)
-    max_new_tokens: int = Field(256, ge=1)
-    stop: list[str] = Field(default_factory=list, description="text that ends generation; never shown")
-    stop_token_ids: list[int] = Field(default_factory=list)
-    seed: int | None = None
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    top_k: TopK = 0
+    min_p: MinP = 0.0
+    repetition_penalty: RepetitionPenalty = 1.0
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    max_new_tokens: MaxTokens | None = Field(None, description="None: up to the end of the context window")
+    stop: list[StopText] = Field(default_factory=list, max_length=MAX_STOPS,
+                                 description="text that ends generation; never shown")
+    stop_token_ids: list[TokenId] = Field(default_factory=list, max_length=MAX_STOPS)
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # what torch takes
     ignore_eos: bool = False
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    logprobs: int | None = Field(None, ge=0, le=20, description="None: none; N: the chosen token's and the top N")
+    logprobs: LogprobCount | None = Field(None, description="None: none; N: the chosen token's and the top N")
     guided: GuidedDecoding | None = None
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value):
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
+
     @model_validator(mode="after")
-    def _no_empty_stop(self) -> SamplingParams:
-        if any(s == "" for s in self.stop):
-            raise ValueError("stop strings must not be empty")
+    def _normalized(self) -> SamplingParams:
+        # One meaning for each value, decided here and nowhere else.
+        self.stop = [s for s in dict.fromkeys(self.stop) if s]  # "" would end every reply at once
+        if self.temperature <= 1e-5:
+            self.temperature = 0.0
+        if self.top_p == 0.0:  # only the likeliest token
+            self.temperature, self.top_p = 0.0, 1.0
+        if self.top_k < 0:
+            self.top_k = 0
         return self
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
 
+    def with_stops(self, stop: list[str], stop_token_ids: list[int]) -> SamplingParams:
+        """These parameters with a chat template's stops added (no bound: the template's are trusted)."""
+        return self.model_copy(update={
+            "stop": self.stop + [s for s in stop if s and s not in self.stop],
+            "stop_token_ids": self.stop_token_ids + [i for i in stop_token_ids if i not in self.stop_token_ids]})
 
-class GenerationRequest(BaseModel):
+
+class Message(BaseModel):
+    """One turn of a conversation, as the engine's chat template renders it."""
+
     model_config = ConfigDict(extra="forbid")
 
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    name: str | None = None
+    tool_calls: list[dict] | None = None
+    tool_call_id: str | None = None
+
+
+class GenerationRequest(BaseModel):
+    """What the API asks of a worker and the worker of its engine, unchanged: the conversation (or a prompt),
+    the sampling parameters, and what the output must look like."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None  # the name it was asked under (an engine serving several models routes by it)
+    messages: list[Message] | None = Field(None, max_length=MAX_MESSAGES)
     prompt: str | None = None
-    prompt_token_ids: list[int] | None = None
+    prompt_token_ids: list[TokenId] | None = None
     # Chat templates render special tokens (BOS...) into the text already: then False.
     add_special_tokens: bool = True
+    echo: bool = False  # the reply starts with the prompt
     params: SamplingParams = Field(default_factory=SamplingParams)
-    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    # Output constraints, in OpenAI's shapes (the engine's chat layer turns them into a grammar):
+    response_format: dict | None = None
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex, max_length=100)
 
     @model_validator(mode="after")
     def _exactly_one_prompt(self) -> GenerationRequest:
-        if (self.prompt is None) == (self.prompt_token_ids is None):
-            raise ValueError("give exactly one of prompt and prompt_token_ids")
-        if self.prompt == "" or self.prompt_token_ids == []:
+        given = [x for x in (self.messages, self.prompt, self.prompt_token_ids) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of messages, prompt and prompt_token_ids")
+        if not given[0]:
             raise ValueError("the prompt is empty")
+        if self.tools and self.messages is None:
+            raise ValueError("tools need messages, not a prompt")
         return self
+
+
+class ToolCallDelta(BaseModel):
+    """A streamed piece of a tool call, in OpenAI's shape: the first piece of a call has its id, type and
+    name; later ones add argument text."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: dict
 
 
 class Usage(BaseModel):
@@ -107,6 +184,7 @@ class GenerationChunk(BaseModel):
     text: str = ""
     token_ids: list[int] = Field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None  # one per token in token_ids, when asked for
+    tool_calls: list[ToolCallDelta] | None = None  # when tools were offered and the model calls them
     finish_reason: FinishReason | None = None
     usage: Usage | None = None  # on the last chunk
 
@@ -170,6 +248,7 @@ class EngineOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_name: str | None = None
+    conv_template: str | None = None  # a named chat template instead of the model's own
     device: Literal["auto", "cpu", "cuda", "mps", "xpu"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     load_8bit: bool = False
@@ -185,12 +264,13 @@ class EngineOptions(BaseModel):
 
 
 class Engine(ABC):
-    """An inference backend. Implementations must batch concurrent requests internally."""
+    """An inference backend. Implementations must batch concurrent requests internally.
+
+    An engine takes a `GenerationRequest` as the API built it and does all of it itself, or refuses
+    what it cannot do with InvalidRequestError: engines that compute tokens render the conversation
+    with a chat template (parley.engines.prompted), a forwarding engine sends it on as it is."""
 
     name: str = "engine"
-    # What the engine does beyond plain sampling: "logprobs", "penalties" (presence and
-    # frequency), "guided" (constrained decoding: structured output, forced tool calls).
-    features: frozenset[str] = frozenset()
 
     @classmethod
     def create(cls, source: ModelSource, options: EngineOptions) -> Engine:
@@ -221,6 +301,11 @@ class Engine(ABC):
     @property
     @abstractmethod
     def model_info(self) -> ModelInfo: ...
+
+    @property
+    def chat_template_name(self) -> str | None:
+        """The chat template this engine renders conversations with (None: its upstream renders them)."""
+        return None
 
     def stats(self) -> EngineStats:
         return EngineStats()

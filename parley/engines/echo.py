@@ -16,19 +16,21 @@ from collections.abc import AsyncIterator
 from parley.engines.assembler import OutputAssembler
 from parley.engines.base import (
     EmbeddingResult,
-    Engine,
     EngineOptions,
     GenerationChunk,
     GenerationRequest,
     ModelInfo,
 )
+from parley.engines.prompted import PromptEngine
 from parley.errors import ContextLengthError
 from parley.models.source import ModelSource
 
 _TOKEN = re.compile(r"\s*\S+\s*|\s+")
 
 
-class EchoEngine(Engine):
+class EchoEngine(PromptEngine):
+    """Echoes the prompt back, token by token (words and spaces): a model-free engine for tests and demos."""
+
     name = "echo"
 
     def __init__(self, model_name: str = "echo", context_length: int = 4096, delay_s: float = 0.0, dim: int = 16,
@@ -43,7 +45,9 @@ class EchoEngine(Engine):
     def create(cls, source: ModelSource, options: EngineOptions) -> EchoEngine:
         # PARLEY_ECHO_DELAY_S slows each token down, so tests can hold a reply open (overload,
         # a worker killed mid-reply) without a real model.
-        return cls(model_name=options.model_name or source.name, delay_s=float(os.environ.get("PARLEY_ECHO_DELAY_S", "0")))
+        engine = cls(model_name=options.model_name or source.name, delay_s=float(os.environ.get("PARLEY_ECHO_DELAY_S", "0")))
+        engine._conv_template = options.conv_template
+        return engine
 
     @property
     def model_info(self) -> ModelInfo:
@@ -61,12 +65,12 @@ class EchoEngine(Engine):
     def _decode(self, ids) -> str:
         return "".join(self._words[i] for i in ids)
 
-    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    async def _generate_prompt(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         ids = request.prompt_token_ids or self.tokenize(request.prompt or "")
         if len(ids) >= self._info.context_length:
             raise ContextLengthError(len(ids), self._info.context_length)
         params = request.params
-        budget = min(params.max_new_tokens, self._info.context_length - len(ids))
+        budget = min(params.max_new_tokens or self._info.context_length, self._info.context_length - len(ids))
         out = ids[:budget]
         assembler = OutputAssembler(self._decode, params.stop, len(ids))
         for i, token in enumerate(out):

@@ -252,7 +252,6 @@ def has_amx_path(system_info: str) -> bool:
 
 class LlamaCppEngine(LocalEngine):
     name = "llamacpp"
-    features = frozenset({"logprobs", "penalties", "guided"})
 
     def __init__(self, gguf_path: str, model_name: str, options: EngineOptions):
         lib = _llama_cpp()
@@ -307,7 +306,9 @@ class LlamaCppEngine(LocalEngine):
         if source.kind != SourceKind.GGUF:
             raise ParleyError(f"the llamacpp engine serves GGUF files; {source.location!r} is not one "
                               "(use --engine transformers for Hugging Face models)")
-        return cls(source.location, options.model_name or source.name, options)
+        engine = cls(source.location, options.model_name or source.name, options)
+        engine._conv_template = options.conv_template
+        return engine
 
     @property
     def model_info(self) -> ModelInfo:

@@ -28,12 +28,12 @@ import torch
 
 from parley.engines.assembler import OutputAssembler
 from parley.engines.base import (
-    Engine,
     EngineStats,
     GenerationChunk,
     GenerationRequest,
     RequestFailedError,
 )
+from parley.engines.prompted import PromptEngine
 from parley.engines.sampling import Emit, RequestSampler, SamplerFactory, SequenceState
 from parley.errors import ContextLengthError, EngineClosedError, InvalidRequestError
 
@@ -190,7 +190,7 @@ async def stream_sequence(loop: ModelLoop, make_seq: Callable[[Emit], SequenceSt
         seq.cancelled = True  # no-op when it already finished; frees its batch row otherwise
 
 
-class LocalEngine(Engine):
+class LocalEngine(PromptEngine):
     """An engine whose model runs in this process on a `ModelLoop`: the request path is the same
     for all of them (tokenize, check the window, build the sampler, stream the sequence)."""
 
@@ -213,7 +213,9 @@ class LocalEngine(Engine):
     async def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
         return len(await asyncio.to_thread(self._encode, text, add_special_tokens))
 
-    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    supports_logprobs = supports_penalties = supports_guided = True
+
+    async def _generate_prompt(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         params = request.params
         # Tokenizing a long prompt takes a while: not on the event loop, which serves every other stream.
         prompt_ids = request.prompt_token_ids or await asyncio.to_thread(self._encode, request.prompt or "",
@@ -228,7 +230,7 @@ class LocalEngine(Engine):
         def new_sequence(emit: Emit) -> SequenceState:
             return SequenceState(
                 prompt_ids=list(prompt_ids), params=params,
-                max_new_tokens=min(params.max_new_tokens, self._context_length - len(prompt_ids)),
+                max_new_tokens=min(params.max_new_tokens or self._context_length, self._context_length - len(prompt_ids)),
                 stop_ids=frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self._eos_ids),
                 emit=emit, sampler=sampler)
 

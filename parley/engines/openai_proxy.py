@@ -2,10 +2,11 @@
 
 This is how parley serves models running in vLLM, SGLang, TGI, Ollama, llama-server or a
 hosted API without importing those engines: only the HTTP protocol is shared, so a new
-release upstream cannot break the worker. Chat requests are forwarded as they came
-(messages, tools, tool_choice, response_format, logprobs, penalties, seed, stop), and the
-upstream's stream comes back as worker chunks: cumulative text and tool calls, per-token
-log-probabilities, usage. One worker can front several upstream models at once through an
+release upstream cannot break the worker. It implements the engine seam like any other engine:
+a request with messages goes to the upstream's chat completions as it came (tools, tool_choice,
+response_format, logprobs, penalties, seed, stop, min_p), a prompt to its completions, and the
+upstream's stream comes back as the same deltas a local engine yields (text, tool-call deltas,
+log-probabilities, usage). One worker can front several upstream models at once through an
 endpoint file (`--api-endpoint-file`).
 """
 
@@ -26,6 +27,7 @@ from parley.engines.base import (
     GenerationRequest,
     ModelInfo,
     TokenLogprob,
+    ToolCallDelta,
     Usage,
 )
 from parley.errors import InvalidRequestError, ParleyError
@@ -73,19 +75,19 @@ def _as_error(exc: openai.APIError) -> Exception:
     return UpstreamError(status, f"upstream ({status}): {message}")
 
 
-def _chat_logprobs(choice) -> list[dict]:
+def _chat_logprobs(choice) -> list[TokenLogprob]:
     content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
-    return [TokenLogprob.model_validate(e.model_dump()).model_dump() for e in content or []]
+    return [TokenLogprob.model_validate(e.model_dump()) for e in content or []]
 
 
-def _completion_logprobs(choice) -> list[dict]:
+def _completion_logprobs(choice) -> list[TokenLogprob]:
     lp = choice.logprobs
     if not lp or not lp.tokens:
         return []
     tops = lp.top_logprobs or [{}] * len(lp.tokens)
-    return [{"token": t, "logprob": v if v is not None else 0.0, "bytes": list(t.encode()),
-             "top_logprobs": [{"token": k, "logprob": x, "bytes": list(k.encode())}
-                              for k, x in sorted((top or {}).items(), key=lambda kv: -kv[1])]}
+    return [TokenLogprob(token=t, logprob=v if v is not None else 0.0, bytes=list(t.encode()),
+                         top_logprobs=[{"token": k, "logprob": x, "bytes": list(k.encode())}
+                                       for k, x in sorted((top or {}).items(), key=lambda kv: -kv[1])])
             for t, v, top in zip(lp.tokens, lp.token_logprobs or [0.0] * len(lp.tokens), tops)]
 
 
@@ -93,7 +95,6 @@ class OpenAIProxyEngine(Engine):
     """Forwards each request to the upstream that serves its model name."""
 
     name = "openai"
-    features = frozenset({"logprobs", "penalties", "guided", "forwarding"})
 
     def __init__(self, upstreams: dict[str, Upstream]):
         if not upstreams:
@@ -118,102 +119,93 @@ class OpenAIProxyEngine(Engine):
         name = model if model in self.upstreams else next(iter(self.upstreams))
         return self._clients[name], self.upstreams[name].model_name or name
 
-    # -- the worker's path: whole requests, forwarded ---------------------------------------
+    # -- the engine seam ---------------------------------------------------------------------
 
-    async def forward(self, params: dict) -> AsyncIterator[dict]:
-        """Forward one worker request; yields worker-chunk fields (cumulative `text` and
-        `tool_calls`, `token_logprobs` of the new tokens, `finish_reason` and `usage` at the end)."""
-        client, upstream_model = self._route(params.get("model"))
-        common = {"model": upstream_model, "stream": True, "stream_options": {"include_usage": True}}
-        for key in ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty"):
-            if params.get(key) is not None:
-                common[key] = params[key]
-        if params.get("max_new_tokens"):
-            common["max_tokens"] = params["max_new_tokens"]
-        extra = {k: params[k] for k in ("top_k", "repetition_penalty", "ignore_eos", "stop_token_ids")
-                 if params.get(k) not in (None, -1, 1.0, False, [])}
+    @staticmethod
+    def _upstream_request(request: GenerationRequest, upstream_model: str) -> tuple[dict, dict]:
+        """The upstream request's fields and its `extra_body` (vLLM's and FastChat's sampling extensions)."""
+        p = request.params
+        common = {"model": upstream_model, "stream": True, "stream_options": {"include_usage": True},
+                  "temperature": p.temperature, "top_p": p.top_p}
+        for key in ("seed", "presence_penalty", "frequency_penalty"):
+            if getattr(p, key):
+                common[key] = getattr(p, key)
+        if p.stop:
+            common["stop"] = p.stop
+        if p.max_new_tokens:
+            common["max_tokens"] = p.max_new_tokens
+        extra = {k: getattr(p, k) for k, off in (("top_k", 0), ("min_p", 0.0), ("repetition_penalty", 1.0),
+                                                  ("ignore_eos", False), ("stop_token_ids", [])) if getattr(p, k) != off}
+        if p.guided is not None:
+            raise InvalidRequestError("the openai engine forwards response_format and tools, not a grammar")
+        if request.prompt_token_ids is not None:
+            raise InvalidRequestError("the openai engine forwards text prompts, not token ids")
+        if request.messages is not None:
+            common["messages"] = [m.model_dump(exclude_none=True) for m in request.messages]
+            if p.logprobs is not None:
+                common["logprobs"] = True
+                if p.logprobs:
+                    common["top_logprobs"] = p.logprobs
+            for key in ("response_format", "tools", "tool_choice"):
+                if getattr(request, key) is not None:
+                    common[key] = getattr(request, key)
+        else:
+            common |= {"prompt": request.prompt, "echo": request.echo}
+            if p.logprobs is not None:
+                common["logprobs"] = p.logprobs
+        return common, extra
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        client, upstream_model = self._route(request.model)
+        body, extra = self._upstream_request(request, upstream_model)
         try:
-            if params.get("messages") is not None:
-                request = dict(common, messages=params["messages"])
-                if params.get("logprobs") is not None:
-                    request["logprobs"] = True
-                    if params["logprobs"]:
-                        request["top_logprobs"] = params["logprobs"]
-                for key in ("response_format", "tools", "tool_choice"):
-                    if params.get(key) is not None:
-                        request[key] = params[key]
-                stream = await client.chat.completions.create(**request, extra_body=extra or None)
-                async for out in self._chat_chunks(stream):
-                    yield out
+            if "messages" in body:
+                stream = await client.chat.completions.create(**body, extra_body=extra or None)
+                async for chunk in self._chat_chunks(stream):
+                    yield chunk
             else:
-                request = dict(common, prompt=params.get("prompt") or "", echo=bool(params.get("echo")))
-                if params.get("logprobs") is not None:
-                    request["logprobs"] = params["logprobs"]
-                stream = await client.completions.create(**request, extra_body=extra or None)
-                async for out in self._completion_chunks(stream):
-                    yield out
+                stream = await client.completions.create(**body, extra_body=extra or None)
+                async for chunk in self._completion_chunks(stream):
+                    yield chunk
         except openai.APIStatusError as exc:
             raise _as_error(exc) from None
         except openai.APIConnectionError as exc:
             raise UpstreamError(502, f"upstream unreachable: {exc}") from None
 
     @staticmethod
-    async def _chat_chunks(stream) -> AsyncIterator[dict]:
-        text, calls, finish, usage = "", [], None, None
+    def _last(finish: str | None, usage) -> GenerationChunk:
+        finish = finish if finish in ("stop", "length", "tool_calls") else "stop"
+        return GenerationChunk(finish_reason=finish, usage=Usage(
+            prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0))
+
+    @classmethod
+    async def _chat_chunks(cls, stream) -> AsyncIterator[GenerationChunk]:
+        finish, usage = None, None
         async for chunk in stream:
-            if chunk.usage:
-                usage = chunk.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"})
+            usage = chunk.usage or usage
             for choice in chunk.choices:
                 delta = choice.delta
-                changed = bool(delta.content)
-                text += delta.content or ""
-                for d in delta.tool_calls or []:
-                    while len(calls) <= d.index:
-                        calls.append({"id": None, "type": "function", "function": {"name": None, "arguments": ""}})
-                    call = calls[d.index]
-                    call["id"] = d.id or call["id"]
-                    if d.function:
-                        call["function"]["name"] = d.function.name or call["function"]["name"]
-                        call["function"]["arguments"] += d.function.arguments or ""
-                    changed = True
+                calls = [ToolCallDelta(index=d.index, id=d.id, type="function" if d.id else None,
+                                       function={k: v for k, v in (d.function.model_dump() if d.function else {}).items()
+                                                 if v is not None})
+                         for d in delta.tool_calls or []]
                 logprobs = _chat_logprobs(choice)
                 finish = choice.finish_reason or finish
-                if changed or logprobs:
-                    yield {"text": text, "tool_calls": [dict(c) for c in calls] or None, "token_logprobs": logprobs or None}
-        yield {"text": text, "tool_calls": calls or None, "finish_reason": finish or "stop",
-               "usage": usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+                if delta.content or calls or logprobs:
+                    yield GenerationChunk(text=delta.content or "", tool_calls=calls or None, logprobs=logprobs or None)
+        yield cls._last(finish, usage)
 
-    @staticmethod
-    async def _completion_chunks(stream) -> AsyncIterator[dict]:
-        text, finish, usage = "", None, None
+    @classmethod
+    async def _completion_chunks(cls, stream) -> AsyncIterator[GenerationChunk]:
+        finish, usage = None, None
         async for chunk in stream:
-            if chunk.usage:
-                usage = chunk.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"})
+            usage = chunk.usage or usage
             for choice in chunk.choices:
-                text += choice.text or ""
                 finish = choice.finish_reason or finish
                 logprobs = _completion_logprobs(choice)
                 if choice.text or logprobs:
-                    yield {"text": text, "token_logprobs": logprobs or None}
-        yield {"text": text, "finish_reason": finish or "stop",
-               "usage": usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
-
-    # -- the engine seam (prompt in, text out), for `parley chat` and direct use --------------
-
-    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        if request.prompt is None:
-            raise InvalidRequestError("the openai engine forwards text prompts, not token ids")
-        p = request.params
-        seen = ""
-        async for out in self.forward({"prompt": request.prompt, "temperature": p.temperature, "top_p": p.top_p,
-                                       "max_new_tokens": p.max_new_tokens, "stop": p.stop or None, "seed": p.seed}):
-            new, seen = out["text"][len(seen):], out["text"]
-            if out.get("finish_reason"):
-                u = out["usage"]
-                yield GenerationChunk(text=new, finish_reason="length" if out["finish_reason"] == "length" else "stop",
-                                      usage=Usage(prompt_tokens=u["prompt_tokens"], completion_tokens=u["completion_tokens"]))
-            elif new:
-                yield GenerationChunk(text=new)
+                    yield GenerationChunk(text=choice.text or "", logprobs=logprobs or None)
+        yield cls._last(finish, usage)
 
     async def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
         """An estimate (about four characters a token): the upstream has the tokenizer."""

@@ -35,7 +35,11 @@ class EngineRegistry:
 
     def get(self, name: str) -> type[Engine]:
         if name not in self._engines and name in self._entry_points:
-            self._engines[name] = self._entry_points[name].load()
+            try:
+                self._engines[name] = self._entry_points[name].load()
+            except ModuleNotFoundError as exc:  # e.g. a gateway host installed without parley[local]
+                raise ParleyError(f"the {name} engine needs {exc.name}, which is not installed here; install "
+                                  f"parley[local] (or the package {exc.name})") from None
         try:
             return self._engines[name]
         except KeyError:

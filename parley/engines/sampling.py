@@ -3,7 +3,10 @@
 Each request keeps its own parameters, random generator, penalties, grammar matcher and
 log-probability bookkeeping; an engine hands it one row of logits per step. Both the
 transformers and the llama.cpp engines choose tokens here, so a request behaves the same
-whichever engine computes the logits.
+whichever engine computes the logits. Plain torch: nothing here needs transformers.
+
+The order is that of transformers' and vLLM's samplers: repetition penalty, presence and
+frequency penalties, grammar mask, then temperature, top-k, top-p and min-p, then a draw.
 """
 
 from __future__ import annotations
@@ -15,13 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from parley.engines.base import FinishReason, SamplingParams, TokenLogprob, TopLogprob
 
@@ -45,24 +41,17 @@ class RequestSampler:
     def __init__(self, params: SamplingParams, device: torch.device | str, matcher: Any = None,
                  token_bytes: TokenBytes | None = None):
         self.greedy = params.greedy
-        self._penalty = (
-            RepetitionPenaltyLogitsProcessor(params.repetition_penalty) if params.repetition_penalty != 1.0 else None
-        )
+        self._penalty = params.repetition_penalty if params.repetition_penalty != 1.0 else None
         self._presence = params.presence_penalty
         self._frequency = params.frequency_penalty
         self._counts: Counter[int] = Counter()  # generated tokens, for presence/frequency penalties
         self._matcher = matcher  # a grammar matcher (parley.engines.guided), or None
         self._logprobs = params.logprobs
         self._token_bytes = token_bytes
-        self._warpers = LogitsProcessorList()
+        self._temperature, self._top_k, self._top_p, self._min_p = (
+            params.temperature, params.top_k, params.top_p, params.min_p)
         self._generator: torch.Generator | None = None
         if not self.greedy:
-            if params.temperature != 1.0:
-                self._warpers.append(TemperatureLogitsWarper(params.temperature))
-            if params.top_k > 0:
-                self._warpers.append(TopKLogitsWarper(params.top_k))
-            if params.top_p < 1.0:
-                self._warpers.append(TopPLogitsWarper(params.top_p))
             self._generator = torch.Generator(device=device)
             if params.seed is None:
                 self._generator.seed()
@@ -86,7 +75,7 @@ class RequestSampler:
         raw = row.float()
         scores = raw
         if self._penalty is not None:
-            scores = self._penalty(torch.tensor([list(history)], device=scores.device), scores)
+            scores = repetition_penalized(scores, history, self._penalty)
         if self._counts and (self._presence or self._frequency):
             ids = torch.tensor(list(self._counts), device=scores.device)
             counts = torch.tensor(list(self._counts.values()), device=scores.device, dtype=scores.dtype)
@@ -97,12 +86,31 @@ class RequestSampler:
         if self.greedy:
             token = int(scores.argmax(-1))
         else:
-            probs = torch.softmax(self._warpers(None, scores), dim=-1)
+            probs = torch.softmax(self._warped(scores), dim=-1)
             token = int(torch.multinomial(probs, 1, generator=self._generator))
         self._counts[token] += 1
         if self._matcher is not None:
             self._matcher.accept(token)
         return token, (self._logprob_of(raw, token) if self._logprobs is not None else None)
+
+    def _warped(self, scores: torch.Tensor) -> torch.Tensor:
+        """Temperature, then top-k, top-p and min-p: what falls outside them gets -inf."""
+        if self._temperature != 1.0:
+            scores = scores / self._temperature
+        if 0 < self._top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self._top_k, dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, -float("inf"))
+        if self._top_p < 1.0:
+            ordered, order = torch.sort(scores, descending=False, dim=-1)
+            cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+            drop = cumulative <= 1 - self._top_p
+            drop[..., -1] = False  # the likeliest token always stays
+            scores = scores.masked_fill(drop.scatter(-1, order, drop), -float("inf"))
+        if self._min_p > 0.0:
+            probs = scores.softmax(dim=-1)
+            floor = self._min_p * probs.max(dim=-1, keepdim=True).values
+            scores = scores.masked_fill(probs < floor, -float("inf"))
+        return scores
 
     def _logprob_of(self, raw: torch.Tensor, token: int) -> TokenLogprob:
         logp = torch.log_softmax(raw[0], dim=-1)
@@ -116,6 +124,17 @@ class RequestSampler:
     def _entry(self, token: int, logprob: float) -> TopLogprob:
         raw = self._token_bytes(token) if self._token_bytes else b""
         return TopLogprob(token=raw.decode("utf-8", errors="replace"), logprob=max(logprob, -9999.0), bytes=list(raw))
+
+
+def repetition_penalized(scores: torch.Tensor, history: Sequence[int], penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty (Keskar et al., 2019), as transformers applies it: the logit of every token
+    seen so far is divided by `penalty` when positive and multiplied by it when negative."""
+    if not history:
+        return scores
+    ids = torch.tensor([list(history)], device=scores.device)
+    seen = torch.gather(scores, 1, ids)
+    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
+    return scores.scatter(1, ids, seen)
 
 
 @dataclass(eq=False)

@@ -9,8 +9,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from parley.serving.protocol import ErrorCode
-
 log = logging.getLogger("parley.api")
 
 
@@ -28,17 +26,6 @@ class APIError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-    @classmethod
-    def from_worker(cls, error_code: int, message: str) -> APIError:
-        """Map a FastChat worker error code to the status OpenAI would use."""
-        if error_code == ErrorCode.CONTEXT_OVERFLOW:
-            return cls(400, message, code="context_length_exceeded", param="messages")
-        if error_code == ErrorCode.ENGINE_OVERLOADED:
-            return cls(429, message, type="rate_limit_error", code="rate_limit_exceeded")
-        if 40000 <= error_code < 50000:
-            return cls(400, message, code="invalid_parameter")
-        return cls(500, message, type="server_error", code="internal_error")
 
 
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})

@@ -15,7 +15,24 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+
+from parley.conversation.output_constraints import ToolPlan, guided_from_response_format
+from parley.engines.base import (
+    FinishReason,
+    GenerationRequest,
+    Message,
+    MinP,
+    Penalty,
+    RepetitionPenalty,
+    SamplingParams,
+    Temperature,
+    TokenId,
+    TokenLogprob,
+    TopK,
+    TopP,
+)
+from parley.errors import InvalidRequestError
 
 MAX_MESSAGES = 2048  # OpenAI's
 MAX_STOP_SEQUENCES = 16  # OpenAI allows 4; lm-evaluation-harness and FastChat clients send more
@@ -67,35 +84,77 @@ class ChatMessageIn(BaseModel):
     tool_calls: list[dict] | None = None
     tool_call_id: str | None = None
 
+    @field_validator("role")
+    @classmethod
+    def _not_function(cls, role: str) -> str:
+        if role == "function":
+            raise ValueError("the 'function' role is deprecated; use tool messages")
+        return role
+
+    @field_validator("content")
+    @classmethod
+    def _text_only(cls, content):
+        if isinstance(content, list) and any(p.type != "text" for p in content):
+            raise ValueError("only text content parts are supported")
+        return content
+
+    def to_message(self) -> Message:
+        content = "".join(p.text or "" for p in self.content) if isinstance(self.content, list) else self.content or ""
+        return Message(role="system" if self.role == "developer" else self.role, content=content,
+                       tool_calls=self.tool_calls or None, tool_call_id=self.tool_call_id if self.role == "tool" else None)
+
 
 class _SamplingExtensions(_Request):
     """Sampling knobs beyond OpenAI's that vLLM and FastChat clients send."""
 
-    top_k: int | None = Field(None, ge=-1, le=2**31 - 1)  # -1 or 0: off
-    repetition_penalty: float | None = Field(None, gt=0, le=100)
+    top_k: TopK | None = None  # -1 or 0: off
+    min_p: MinP | None = None
+    repetition_penalty: RepetitionPenalty | None = None
     ignore_eos: bool | None = None
-    stop_token_ids: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
+    stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
 
 
 class _GenerationRequest(_SamplingExtensions):
     """Fields chat and completions share."""
 
     model: str
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     stop: Stop | None = None
     n: int | None = Field(None, ge=1, le=MAX_N)
     seed: Seed | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
     logit_bias: dict[str, float] | None = None
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+        """The sampling parameters this request asks for: each value it gives, else SamplingParams' default
+        (the one defaults table). Every knob is named here once, and only here."""
+        given = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p,
+                 "repetition_penalty": self.repetition_penalty, "presence_penalty": self.presence_penalty,
+                 "frequency_penalty": self.frequency_penalty, "max_new_tokens": max_tokens, "stop": self.stop,
+                 "stop_token_ids": self.stop_token_ids, "ignore_eos": self.ignore_eos, "logprobs": logprobs}
+        return SamplingParams(**{k: v for k, v in given.items() if v is not None})
+
+    def _refuse(self, checks: dict[str, bool]) -> None:
+        for field, refused in checks.items():
+            if refused:
+                raise UnsupportedField(field)
+
+
+class UnsupportedField(ValueError):
+    """A documented OpenAI field whose effect parley cannot give yet: a 400 naming it."""
+
+    def __init__(self, field: str, message: str | None = None):
+        super().__init__(message or f"'{field}' is not supported by this server yet")
+        self.field = field
 
 
 class ChatCompletionRequest(_GenerationRequest):
@@ -123,6 +182,29 @@ class ChatCompletionRequest(_GenerationRequest):
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
 
+    def to_generation_request(self, request_id: str) -> GenerationRequest:
+        """parley's request for this chat completion (one choice; `n` choices are n of them, see `seeds`)."""
+        self._refuse({"functions": bool(self.functions), "function_call": self.function_call is not None,
+                      "logit_bias": bool(self.logit_bias), "audio": bool(self.audio)})
+        if self.top_logprobs is not None and not self.logprobs:
+            raise UnsupportedField("top_logprobs", "top_logprobs needs logprobs set to true")
+        if not self.tools and self.tool_choice not in (None, "none", "auto"):
+            raise UnsupportedField("tool_choice", "tool_choice needs tools")
+        # The bounds of schemas and tools, checked before anything else touches them (a schema nested hundreds
+        # deep must be a 400, not a serializer's recursion error).
+        for field, check in (("response_format", lambda: guided_from_response_format(self.response_format)),
+                             ("tools", lambda: self.tools and ToolPlan.of(self.tools, self.tool_choice))):
+            try:
+                check()
+            except InvalidRequestError as exc:
+                raise UnsupportedField(field, str(exc)) from None
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return GenerationRequest(
+            model=self.model, messages=[m.to_message() for m in self.messages], request_id=request_id,
+            params=self.sampling_params(self.max_completion_tokens or self.max_tokens, logprobs),
+            response_format=self.response_format or None, tools=self.tools or None,
+            tool_choice=self.tool_choice if self.tools else None)
+
 
 class CompletionRequest(_GenerationRequest):
     prompt: str | Annotated[list[str], Field(max_length=MAX_PROMPTS)] | TokenIds \
@@ -133,6 +215,23 @@ class CompletionRequest(_GenerationRequest):
     best_of: int | None = None
     suffix: str | None = None
 
+    def to_generation_requests(self, request_id: str) -> list[GenerationRequest]:
+        """parley's request for each prompt (one choice each)."""
+        self._refuse({"logit_bias": bool(self.logit_bias), "suffix": bool(self.suffix),
+                      "best_of": self.best_of not in (None, 1)})
+        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise UnsupportedField("prompt", "prompt must be a string or a list of strings (token-id prompts are "
+                                             "not supported)")
+        if any(not p for p in prompts):
+            raise UnsupportedField("prompt", "prompt must not be empty")
+        if (self.n or 1) * len(prompts) > MAX_CHOICES:
+            raise UnsupportedField("n", f"n × the number of prompts is {(self.n or 1) * len(prompts)}; one request "
+                                        f"may ask for at most {MAX_CHOICES} choices")
+        params = self.sampling_params(self.max_tokens, self.logprobs)
+        return [GenerationRequest(model=self.model, prompt=p, echo=bool(self.echo), params=params, request_id=request_id)
+                for p in prompts]
+
 
 class EmbeddingRequest(_Request):
     model: str
@@ -142,6 +241,16 @@ class EmbeddingRequest(_Request):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
+
+
+def seeds(seed: int | None, n: int) -> list[int | None]:
+    """The seeds of n choices: distinct, reproducible when a seed is given (wrapping around within 64 bits)."""
+    span = SEED_MAX - SEED_MIN + 1
+    return [None if seed is None else (seed + i - SEED_MIN) % span + SEED_MIN for i in range(n)]
+
+
+def with_seed(request: GenerationRequest, seed: int | None) -> GenerationRequest:
+    return request.model_copy(update={"params": request.params.model_copy(update={"seed": seed})})
 
 
 class UsageInfo(BaseModel):
@@ -165,3 +274,163 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# -- responses: what the API answers, as OpenAI's types ------------------------------------------
+
+
+class _Response(BaseModel):
+    """Fields that are None are sent as null, as OpenAI sends them, except those listed in `_omit_if_none`."""
+
+    _omit_if_none: frozenset[str] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omitting(self, handler):
+        data = handler(self)
+        for name in self._omit_if_none:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class FunctionCall(_Response):
+    _omit_if_none = frozenset({"name"})
+
+    name: str | None = None
+    arguments: str = ""
+
+
+class ToolCall(_Response):
+    """A tool call; in a stream each delta has its `index`, and only the first its id, type and name."""
+
+    _omit_if_none = frozenset({"index", "id", "type"})
+
+    index: int | None = None
+    id: str | None = None
+    type: Literal["function"] | None = "function"
+    function: FunctionCall
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+    refusal: None = None
+
+
+class AssistantMessage(_Response):
+    _omit_if_none = frozenset({"tool_calls"})
+
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason | None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: None = None
+    choices: list[ChatChoice]
+    usage: UsageInfo
+
+
+class ChatDelta(_Response):
+    _omit_if_none = frozenset({"role", "content", "tool_calls"})
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One event of a streamed chat completion; with stream_options.include_usage every chunk has `usage`
+    (null until the last, which has no choices)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: None = None
+    choices: list[ChatChunkChoice]
+    usage: UsageInfo | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy completions shape of log-probabilities."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+    @classmethod
+    def of(cls, entries: list[TokenLogprob]) -> CompletionLogprobs:
+        offsets, position = [], 0
+        for e in entries:
+            offsets.append(position)
+            position += len(e.token)
+        return cls(tokens=[e.token for e in entries], token_logprobs=[e.logprob for e in entries],
+                   top_logprobs=[{t.token: t.logprob for t in e.top_logprobs} for e in entries], text_offset=offsets)
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: FinishReason | None = None
+
+
+class Completion(BaseModel):
+    """A completion, or (as `text_completion` events) one event of a streamed one."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: None = None
+    choices: list[CompletionChoice]
+    usage: UsageInfo | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # a base64 string with encoding_format "base64"
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from parley.engines.base import MAX_MESSAGES, MAX_STOPS, GenerationChunk
+
 # FastChat's defaults: a worker sends a heartbeat every 45 s; the controller forgets a worker
 # it has not heard from for 90 s.
 HEART_BEAT_INTERVAL_S = 45.0
@@ -104,14 +106,9 @@ class WorkerFailureReport(BaseModel):
     reason: str | None = None
 
 
-# Bounds on a worker request (the API's are tighter: a client's stops plus the chat template's).
-MAX_MESSAGES = 4096
-MAX_STOPS = 64
-StopString = Annotated[str, Field(max_length=1024)]
-
-
 class ErrorCode:
-    """FastChat's error codes (fastchat/constants.py), carried in `error_code` of worker replies."""
+    """FastChat's error codes (fastchat/constants.py), carried in `error_code` of FastChat worker replies and in
+    `error.code` of parley's native stream."""
 
     VALIDATION_TYPE_ERROR = 40001
     PARAM_OUT_OF_RANGE = 40302
@@ -120,9 +117,37 @@ class ErrorCode:
     INTERNAL_ERROR = 50001
 
 
+# -- parley's native generation stream ------------------------------------------------------------
+#
+# `POST /parley/generate` takes a `parley.engines.base.GenerationRequest` as JSON, as the API built
+# it, and answers `application/x-ndjson`: one `StreamFrame` per line, each a delta (new text, the
+# log-probabilities of its tokens, tool-call deltas; usage and finish reason on the last), or an
+# error. Nothing is cumulative: the bytes grow with the reply, not with its square.
+
+NATIVE_STREAM_PATH = "/parley/generate"
+NATIVE_PROTOCOL = 2  # /model_details' parley.protocol: the worker speaks the native stream
+
+
+class StreamError(BaseModel):
+    code: int  # an ErrorCode
+    message: str
+
+
+class StreamFrame(GenerationChunk):
+    """One line of the native stream: a `GenerationChunk`, or an error that ends the stream."""
+
+    error: StreamError | None = None
+
+
+# -- FastChat's worker protocol (parley.serving.fastchat_worker adapts it) -------------------------
+
+StopString = Annotated[str, Field(max_length=1024)]
+
+
 class GenerateParams(BaseModel):
-    """What `/worker_generate_stream` accepts: FastChat's gen_params, plus `messages` (parley's
-    extension: the worker renders them with its own chat template) and `seed`."""
+    """What FastChat's `/worker_generate_stream` accepts (its gen_params), plus parley's extensions: `messages`
+    (the worker renders them with its own chat template), `seed`, `min_p`, logprobs, tools and response_format.
+    Defaults are FastChat's where they differ from the engine's."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -132,6 +157,7 @@ class GenerateParams(BaseModel):
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1  # FastChat: -1 disables
+    min_p: float = 0.0
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -142,7 +168,6 @@ class GenerateParams(BaseModel):
     seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # what torch takes
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; N: the chosen token's and the N likeliest
-    # parley's extensions, in OpenAI's shapes:
     response_format: dict | None = None
     tools: list[dict] | None = None
     tool_choice: str | dict | None = None
@@ -150,7 +175,7 @@ class GenerateParams(BaseModel):
 
 
 class WorkerChunk(BaseModel):
-    """One `\\0`-terminated JSON object of a worker stream; `text` is cumulative, as in FastChat."""
+    """One `\\0`-terminated JSON object of a FastChat worker stream; `text` is cumulative, as in FastChat."""
 
     text: str
     error_code: int = 0

@@ -1,16 +1,16 @@
-"""The model worker: one engine behind FastChat's worker endpoints.
+"""The model worker: one engine behind parley's native stream and FastChat's worker endpoints.
 
 It registers with the controller, sends heartbeats carrying its queue length, and re-registers
-when the controller restarts or forgets it. Generation streams `\\0`-terminated JSON chunks with
-cumulative text, as FastChat's workers do; a request may carry `messages` instead of `prompt`
-(parley's extension) so the worker renders them with the model's own chat template.
+when the controller restarts or forgets it. `POST /parley/generate` takes the API's
+GenerationRequest as it is, hands it to the engine and streams the engine's deltas back, one JSON
+line each; FastChat's `/worker_generate_stream` (gen_params in, cumulative text out) is an adapter
+over the same path (parley.serving.fastchat_worker).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -19,30 +19,26 @@ from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from jinja2 import TemplateError
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from parley.conversation.formatter import ChatFormatter
 from parley.conversation.matching import DEFAULT_TEMPLATE, template_for_model_name
 from parley.conversation.templates import NAMED_TEMPLATES, written_named_template
-from parley.engines.base import Engine, GenerationRequest, SamplingParams
-from parley.errors import ContextLengthError, InvalidRequestError, ParleyError
+from parley.engines.base import Engine, GenerationChunk, GenerationRequest
+from parley.errors import InvalidRequestError, ParleyError
 from parley.serving.cluster_auth import ClusterAuthMiddleware, auth_headers
 from parley.serving.fastchat_conv import fastchat_conversation
+from parley.serving.fastchat_worker import install_fastchat_routes
 from parley.serving.metrics import ServerMetrics, install_metrics
-from parley.serving.output_constraints import (
-    ReplyReader,
-    ToolPlan,
-    guided_from_response_format,
-)
 from parley.serving.protocol import (
     HEART_BEAT_INTERVAL_S,
+    NATIVE_PROTOCOL,
+    NATIVE_STREAM_PATH,
     CountTokenRequest,
     EmbeddingsRequest,
     ErrorCode,
-    GenerateParams,
-    WorkerChunk,
+    StreamError,
+    StreamFrame,
     WorkerStatus,
 )
 from parley.serving.request_limits import (
@@ -50,6 +46,13 @@ from parley.serving.request_limits import (
     DEFAULT_SEND_TIMEOUT_S,
     BodySizeLimit,
     SendTimeout,
+)
+from parley.serving.worker_errors import (
+    WorkerError,
+    failure_for_client,
+    json_body,
+    request_id_of,
+    validation_message,
 )
 
 log = logging.getLogger("parley.worker")
@@ -71,31 +74,20 @@ class WorkerSettings(BaseModel):
     send_timeout_s: float = Field(DEFAULT_SEND_TIMEOUT_S, gt=0)  # a reader that takes nothing this long is dropped
 
 
-class WorkerError(Exception):
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _frame(chunk: WorkerChunk) -> bytes:
-    return json.dumps(chunk.model_dump(exclude_none=True) | {"error_code": chunk.error_code}).encode() + b"\0"
-
-
 class ModelWorker:
-    """The worker's state: engine, chat formatter, admission control, controller membership."""
+    """The worker's state: engine, admission control, controller membership."""
 
     def __init__(self, engine: Engine, settings: WorkerSettings, metrics: ServerMetrics):
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
         info = engine.model_info
-        self.formatter = ChatFormatter.for_model(info, settings.conv_template)
         # What FastChat's API server asks for: a named template, never the model's Jinja one.
         written = written_named_template(info.chat_template or "")  # a model fine-tuned with --conv-template NAME
         conv_name = (settings.conv_template or (written and written.name) or template_for_model_name(info.name)
                      or next(filter(None, map(template_for_model_name, settings.model_names)), None) or DEFAULT_TEMPLATE)
         self.conv = NAMED_TEMPLATES[conv_name]
+        engine.chat_template_name  # noqa: B018 - an unknown --conv-template fails here, at start-up
         self._slots = asyncio.Semaphore(settings.limit_worker_concurrency)
         self.in_flight = 0
         self.registered = False
@@ -148,98 +140,36 @@ class ModelWorker:
 
     # -- generation ----------------------------------------------------------------------
 
-    def build_request(self, params: GenerateParams) -> tuple[GenerationRequest, str, ToolPlan | None]:
-        """The engine request, the prompt text (for `echo`) and, when tools are offered, how to
-        read the reply back into tool calls."""
-        features = self.engine.features
-        if (params.presence_penalty or params.frequency_penalty) and "penalties" not in features:
-            raise WorkerError(ErrorCode.PARAM_OUT_OF_RANGE,
-                              f"presence_penalty and frequency_penalty are not supported by the {self.engine.name} engine")
-        if params.logprobs is not None and "logprobs" not in features:
-            raise WorkerError(ErrorCode.PARAM_OUT_OF_RANGE, f"logprobs are not supported by the {self.engine.name} engine")
-        if params.logprobs is not None and params.echo:
-            raise WorkerError(ErrorCode.PARAM_OUT_OF_RANGE, "logprobs together with echo are not supported")
-        stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
-        stop_ids = list(params.stop_token_ids or [])
-        try:
-            guided = guided_from_response_format(params.response_format)
-            plan = ToolPlan.of(params.tools, params.tool_choice) if params.tools else None
-            if plan is not None and plan.constraint is not None:
-                guided = plan.constraint
-            if guided is not None and "guided" not in features:
-                raise WorkerError(ErrorCode.PARAM_OUT_OF_RANGE,
-                                  f"structured output and forced tool calls are not supported by the {self.engine.name} engine")
-            if params.messages is not None:
-                offered = params.tools if plan is not None and plan.mode != "none" else None
-                try:
-                    rendered = self.formatter.render(params.messages, tools=offered)
-                except TemplateError as exc:  # a template that refuses these messages (`raise_exception`)
-                    raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR,
-                                      f"the chat template refused these messages: {exc}") from None
-                prompt, add_special = rendered.text, rendered.add_special_tokens
-                stop += [s for s in rendered.stop if s not in stop]
-                stop_ids += [i for i in rendered.stop_token_ids if i not in stop_ids]
-            elif params.prompt:
-                prompt, add_special = params.prompt, True
-                if plan is not None:
-                    raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR, "tools need messages, not a prompt")
-            else:
-                raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR, "give a non-empty prompt or messages")
-        except InvalidRequestError as exc:
-            raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR, str(exc)) from None
-        try:
-            sampling = SamplingParams(
-                temperature=0.0 if params.temperature <= 1e-5 else params.temperature,
-                top_p=params.top_p, top_k=max(params.top_k, 0), repetition_penalty=params.repetition_penalty,
-                max_new_tokens=params.max_new_tokens or self.engine.model_info.context_length,
-                stop=[s for s in stop if s], stop_token_ids=stop_ids,
-                seed=params.seed, ignore_eos=params.ignore_eos, presence_penalty=params.presence_penalty,
-                frequency_penalty=params.frequency_penalty, logprobs=params.logprobs, guided=guided,
-            )
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(x) for x in err["loc"]) or "parameters"
-            raise WorkerError(ErrorCode.PARAM_OUT_OF_RANGE, f"{field}: {err['msg']}") from None
-        return GenerationRequest(prompt=prompt, add_special_tokens=add_special, params=sampling), prompt, plan
-
-    async def generate_stream(self, raw: dict, endpoint: str, started: float | None = None) -> AsyncIterator[WorkerChunk]:
-        """FastChat-style chunks with cumulative text; failures become a chunk with an error code."""
+    async def generate(self, request: GenerationRequest, endpoint: str,
+                       started: float | None = None) -> AsyncIterator[GenerationChunk]:
+        """The engine's deltas for one request, as it came; admission control and metrics around them.
+        Raises what the engine raises, and WorkerError when the worker is full."""
         metrics = self.metrics
         started = started or time.perf_counter()
         admitted = False
         outcome: int | str = 200
-        request_id = _request_id(raw)
         try:
-            if "__invalid__" in raw:
-                raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR, raw["__invalid__"])
-            try:
-                params = GenerateParams.model_validate(raw)
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR,
-                                  f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
-            forwarding = "forwarding" in self.engine.features
-            if forwarding:  # an upstream server does it all: forward the request as it came
-                request, prompt, reader = None, params.prompt or "", None
-            else:  # rendering a long conversation takes a while: not on the event loop, which serves every stream
-                request, prompt, plan = await asyncio.to_thread(self.build_request, params)
-                reader = plan.reader() if plan is not None else None
             limit = self.settings.limit_worker_concurrency + self.settings.max_queue_length
             if self.in_flight >= limit:
                 raise WorkerError(ErrorCode.ENGINE_OVERLOADED,
                                   f"the worker is overloaded ({self.in_flight} requests in flight); retry later")
             self.in_flight += 1
             admitted = True
-            prefix = prompt if params.echo else ""
             async with self._slots:
-                chunks = self._forwarded(params, endpoint, started) if forwarding \
-                    else self._generated(request, prefix, reader, endpoint, started)
+                chunks = self._batched(self.engine.generate_stream(request))
+                first = True
                 async with contextlib.aclosing(chunks):  # a client that leaves cancels the generation
                     async for chunk in chunks:
+                        if first and (chunk.text or chunk.tool_calls):
+                            metrics.observe_ttft(endpoint, started)
+                            first = False
+                        if chunk.usage is not None:
+                            metrics.observe_tokens(self.settings.model_names[0], chunk.usage.prompt_tokens,
+                                                   chunk.usage.completion_tokens)
                         yield chunk
-        except Exception as exc:  # an engine bug must reach the client as an error, not a hung stream
-            outcome, message = failure_for_client(exc, request_id, "generation")
-            yield WorkerChunk(text=message, error_code=outcome)
+        except Exception as exc:
+            outcome, _ = failure_for_client(exc, request.request_id, "generation", log_it=False)
+            raise
         finally:
             if admitted:
                 self.in_flight -= 1
@@ -247,46 +177,39 @@ class ModelWorker:
                 metrics.observe_error(endpoint, outcome)
             metrics.observe_request(endpoint, outcome, started)
 
-    async def _generated(self, request: GenerationRequest, prefix: str, reader: ReplyReader | None, endpoint: str,
-                         started: float) -> AsyncIterator[WorkerChunk]:
-        """From the local engine: cumulative text (or tool calls), new log-probabilities, usage."""
-        text = ""
-        steps = 0
-        first = True
-        logprobs: list[dict] = []  # not yet sent
-        async for chunk in self.engine.generate_stream(request):
-            text += chunk.text
-            steps += 1
-            if chunk.logprobs:
-                logprobs += [lp.model_dump() for lp in chunk.logprobs]
-            if chunk.text and first:
-                self.metrics.observe_ttft(endpoint, started)
-                first = False
-            if chunk.finish_reason is not None:
-                usage = chunk.usage
-                self.metrics.observe_tokens(self.settings.model_names[0], usage.prompt_tokens, usage.completion_tokens)
-                content, calls, finish = (text, None, chunk.finish_reason) if reader is None \
-                    else reader.final(text, chunk.finish_reason)
-                yield WorkerChunk(text=prefix + content, finish_reason=finish, tool_calls=calls,
-                                  token_logprobs=logprobs or None, usage={
-                                      "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                                      "total_tokens": usage.total_tokens})
-            elif steps % self.settings.stream_interval == 0 and chunk.text:
-                content, calls = (text, None) if reader is None else reader.partial(text)
-                yield WorkerChunk(text=prefix + content, tool_calls=calls, token_logprobs=logprobs or None)
-                logprobs = []
+    def refused(self, endpoint: str, code: int, started: float) -> None:
+        """Count a request refused before it reached the engine (unreadable, out of range)."""
+        self.metrics.observe_error(endpoint, code)
+        self.metrics.observe_request(endpoint, code, started)
 
-    async def _forwarded(self, params: GenerateParams, endpoint: str, started: float) -> AsyncIterator[WorkerChunk]:
-        """From an upstream server (the `openai` engine): the request goes as it came."""
-        first = True
-        async for out in self.engine.forward(params.model_dump(exclude_none=True)):
-            if first and (out.get("text") or out.get("tool_calls")):
-                self.metrics.observe_ttft(endpoint, started)
-                first = False
-            if out.get("usage"):
-                u = out["usage"]
-                self.metrics.observe_tokens(self.settings.model_names[0], u["prompt_tokens"], u["completion_tokens"])
-            yield WorkerChunk(**out)
+    async def _batched(self, chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
+        """`stream_interval` engine steps per chunk sent (1: every step as it comes)."""
+        every = self.settings.stream_interval
+        if every == 1:
+            async for chunk in chunks:
+                yield chunk
+            return
+        held: list[GenerationChunk] = []
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                held.append(chunk)
+                if len(held) >= every or chunk.finish_reason is not None or chunk.tool_calls:
+                    yield merged_chunks(held)
+                    held = []
+        if held:
+            yield merged_chunks(held)
+
+
+def merged_chunks(chunks: list[GenerationChunk]) -> GenerationChunk:
+    """Several consecutive deltas as one."""
+    if len(chunks) == 1:
+        return chunks[0]
+    last = chunks[-1]
+    logprobs = [lp for c in chunks for lp in (c.logprobs or [])]
+    calls = [t for c in chunks for t in (c.tool_calls or [])]
+    return GenerationChunk(text="".join(c.text for c in chunks), token_ids=[t for c in chunks for t in c.token_ids],
+                           logprobs=logprobs or None, tool_calls=calls or None, finish_reason=last.finish_reason,
+                           usage=last.usage)
 
 
 def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
@@ -313,7 +236,7 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
     app.add_middleware(SendTimeout, timeout_s=settings.send_timeout_s)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     metrics = install_metrics(app, "worker", count_all_requests=True,
-                              self_counted=frozenset({"/worker_generate_stream", "/worker_generate"}))
+                              self_counted=frozenset({NATIVE_STREAM_PATH, "/worker_generate_stream", "/worker_generate"}))
     if settings.cluster_secret:
         app.add_middleware(ClusterAuthMiddleware, secret=settings.cluster_secret)
     worker = app.state.worker = ModelWorker(engine, settings, metrics)
@@ -324,28 +247,36 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
 
     metrics.on_collect(refresh_gauges)
 
-    @app.post("/worker_generate_stream")
-    async def worker_generate_stream(request: Request) -> StreamingResponse:
-        raw = await _json_body(request)
+    @app.post(NATIVE_STREAM_PATH)
+    async def parley_generate(request: Request) -> StreamingResponse:
+        """parley's native stream: a GenerationRequest in, one StreamFrame (a delta) per line out."""
+        raw = await json_body(request)
         started = time.perf_counter()
 
-        async def frames() -> AsyncIterator[bytes]:
-            async for chunk in worker.generate_stream(raw, "/worker_generate_stream", started):
-                yield _frame(chunk)
+        async def lines() -> AsyncIterator[bytes]:
+            request_id = request_id_of(raw)
+            try:
+                if "__invalid__" in raw:
+                    raise InvalidRequestError(raw["__invalid__"])
+                try:
+                    generation = GenerationRequest.model_validate(raw)
+                except ValidationError as exc:
+                    worker.refused(NATIVE_STREAM_PATH, ErrorCode.PARAM_OUT_OF_RANGE, started)
+                    raise InvalidRequestError(validation_message(exc)) from None
+                async for chunk in worker.generate(generation, NATIVE_STREAM_PATH, started):
+                    yield chunk.model_dump_json(exclude_defaults=True, exclude={"token_ids"}).encode() + b"\n"
+            except Exception as exc:  # an engine bug must reach the client as an error, not a hung stream
+                code, message = failure_for_client(exc, request_id, "generation")
+                yield StreamFrame(error=StreamError(code=code, message=message)).model_dump_json(
+                    exclude_defaults=True).encode() + b"\n"
 
-        return StreamingResponse(frames(), media_type="application/octet-stream")
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
 
-    @app.post("/worker_generate")
-    async def worker_generate(request: Request) -> JSONResponse:
-        raw = await _json_body(request)
-        last = None
-        async for chunk in worker.generate_stream(raw, "/worker_generate"):
-            last = chunk
-        return JSONResponse(last.model_dump(exclude_none=True) | {"error_code": last.error_code})
+    install_fastchat_routes(app, worker)
 
     @app.post("/worker_get_embeddings")
     async def worker_get_embeddings(request: Request) -> dict:
-        raw = await _json_body(request)
+        raw = await json_body(request)
         try:
             if "__invalid__" in raw:
                 raise InvalidRequestError(raw["__invalid__"])
@@ -361,7 +292,7 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
             if not all(math.isfinite(x) for vector in result.embeddings for x in vector):
                 raise ParleyError("the model produced NaN or infinite values in an embedding")  # not JSON
         except Exception as exc:  # every failure is this request's error, in the reply's format
-            code, message = failure_for_client(exc, _request_id(raw), "embedding")
+            code, message = failure_for_client(exc, request_id_of(raw), "embedding")
             return {"text": message, "error_code": code}
         metrics.observe_tokens(settings.model_names[0], result.prompt_tokens, 0)
         return {"embedding": result.embeddings, "token_num": result.prompt_tokens}
@@ -387,8 +318,8 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
         info = engine.model_info
         # `parley` marks a parley worker: it accepts `messages` and renders them itself.
         return {"context_length": info.context_length,
-                "parley": {"messages": True, "engine": engine.name, "chat_template": worker.formatter.name,
-                           "device": info.device, "dtype": info.dtype}}
+                "parley": {"messages": True, "protocol": NATIVE_PROTOCOL, "engine": engine.name,
+                           "chat_template": engine.chat_template_name, "device": info.device, "dtype": info.dtype}}
 
     @app.get("/health")
     async def health() -> dict:
@@ -397,37 +328,3 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
                 "queue_length": worker.in_flight, "running": stats.running}
 
     return app
-
-
-def _request_id(raw: dict) -> str:
-    given = raw.get("request_id")
-    return given if isinstance(given, str) and 0 < len(given) <= 100 and given.isprintable() else f"wrk-{uuid.uuid4().hex[:16]}"
-
-
-def failure_for_client(exc: Exception, request_id: str, what: str) -> tuple[int, str]:
-    """The error code and message a client sees for a failed request. A fault of the request says what is wrong;
-    anything else (an engine bug, CUDA, an upstream's failure) goes to this log in full, under the request id
-    the client is told, and the client learns no internals."""
-    if isinstance(exc, WorkerError):
-        return exc.code, exc.message
-    if isinstance(exc, ContextLengthError):
-        return ErrorCode.CONTEXT_OVERFLOW, str(exc)
-    if isinstance(exc, InvalidRequestError):
-        return ErrorCode.PARAM_OUT_OF_RANGE, str(exc)
-    status = getattr(exc, "status", None)  # an upstream's answer
-    if status == 429:  # an upstream's 429 stays a 429
-        log.warning("request %s: the upstream is rate-limiting: %s", request_id, exc)
-        return ErrorCode.ENGINE_OVERLOADED, f"the upstream server is rate-limiting requests; retry later (request {request_id})"
-    if isinstance(exc, ParleyError):
-        log.error("request %s: %s failed: %s", request_id, what, exc)
-    else:
-        log.error("request %s: %s failed", request_id, what, exc_info=exc)
-    return ErrorCode.INTERNAL_ERROR, f"the {what} failed in the worker (request {request_id}; its log has the details)"
-
-
-async def _json_body(request: Request) -> dict:
-    try:
-        body = await request.json()
-    except ValueError:
-        return {"__invalid__": "the request body is not JSON"}
-    return body if isinstance(body, dict) else {"__invalid__": "the request body must be a JSON object"}

@@ -1,4 +1,7 @@
-"""Replies for the web UI, streamed from the workers the controller lists (the same path as the API)."""
+"""Replies for the web UI, streamed from the workers the controller lists (the same path as the API).
+
+A reply is asked for as the API asks: an OpenAI chat request, turned into parley's request by the same
+method, so the same rules (bounds, defaults) hold for the web UI's chat as for the API's."""
 
 from __future__ import annotations
 
@@ -8,9 +11,10 @@ from collections.abc import AsyncIterator
 import httpx
 from pydantic import BaseModel, Field
 
-from parley.serving.api_errors import APIError
 from parley.serving.cluster_auth import auth_headers
-from parley.serving.gateway import WorkerGateway
+from parley.serving.cluster_client import ClusterClient
+from parley.serving.cluster_errors import ClusterError
+from parley.serving.openai_schemas import ChatCompletionRequest, new_id
 
 
 class ReplyParams(BaseModel):
@@ -33,34 +37,32 @@ class ReplyProgress(BaseModel):
 class ModelClient:
     def __init__(self, controller_address: str, cluster_secret: str | None = None):
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0), headers=auth_headers(cluster_secret))
-        self.gateway = WorkerGateway(self.http, controller_address, clamp_max_tokens=True)
+        self.cluster = ClusterClient(self.http, controller_address, clamp_max_tokens=True)
 
     async def list_models(self) -> list[str]:
         try:
-            return sorted(await self.gateway.list_models())
-        except (APIError, httpx.HTTPError):
+            return sorted(await self.cluster.list_models())
+        except (ClusterError, httpx.HTTPError):
             return []
 
     async def stream(self, model: str, messages: list[dict], params: ReplyParams) -> AsyncIterator[ReplyProgress]:
         """Progress of one reply: the text so far, then a last item with `done` (and `error`, if it failed)."""
         started = time.perf_counter()
         progress = ReplyProgress()
-        payload = {"model": model, "messages": messages, "temperature": params.temperature, "top_p": params.top_p,
-                   "max_new_tokens": params.max_tokens}
+        request = ChatCompletionRequest.model_validate({
+            "model": model, "messages": messages, "temperature": params.temperature, "top_p": params.top_p,
+            "max_tokens": params.max_tokens}).to_generation_request(new_id("web"))
         try:
-            async for chunk in self.gateway.generate_stream(model, payload):
-                if chunk.get("error_code"):
-                    progress.error = chunk.get("text") or "the worker reported an error"
-                    break
-                if chunk.get("text") and progress.first_token_s is None:
+            async for chunk in self.cluster.generate_stream(model, request):
+                if chunk.text and progress.first_token_s is None:
                     progress.first_token_s = time.perf_counter() - started
-                progress.text = chunk.get("text", progress.text)
-                if chunk.get("usage"):
-                    progress.prompt_tokens = chunk["usage"].get("prompt_tokens")
-                    progress.completion_tokens = chunk["usage"].get("completion_tokens")
-                progress.finish_reason = chunk.get("finish_reason") or progress.finish_reason
+                progress.text += chunk.text
+                if chunk.usage is not None:
+                    progress.prompt_tokens = chunk.usage.prompt_tokens
+                    progress.completion_tokens = chunk.usage.completion_tokens
+                progress.finish_reason = chunk.finish_reason or progress.finish_reason
                 yield progress
-        except APIError as exc:
+        except ClusterError as exc:
             progress.error = exc.message
         except httpx.HTTPError as exc:
             progress.error = f"the model server could not be reached ({type(exc).__name__})"

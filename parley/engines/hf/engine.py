@@ -45,7 +45,6 @@ def eos_ids_of(model, tokenizer) -> frozenset[int]:
 
 class TransformersEngine(LocalEngine):
     name = "transformers"
-    features = frozenset({"logprobs", "penalties", "guided"})
 
     def __init__(self, model, tokenizer, model_name: str, plan: LoadPlan, max_batch_size: int = 32):
         self._model = model
@@ -77,7 +76,9 @@ class TransformersEngine(LocalEngine):
     @classmethod
     def create(cls, source: ModelSource, options: EngineOptions) -> TransformersEngine:
         model, tokenizer, plan = load_model_and_tokenizer(source, options)
-        return cls(model, tokenizer, options.model_name or source.name, plan, options.max_batch_size)
+        engine = cls(model, tokenizer, options.model_name or source.name, plan, options.max_batch_size)
+        engine._conv_template = options.conv_template
+        return engine
 
     @property
     def model_info(self) -> ModelInfo:

@@ -1,14 +1,16 @@
-"""How the API reaches models: ask the controller for a worker, talk to it, survive its death.
+"""The cluster client: how the API, the web UI and `test-message` reach models.
 
-A worker that cannot be reached before a reply starts is reported to the controller (which
-drops it after checking) and the request goes to another worker of the model. A worker that
-dies mid-reply ends that reply with an error within seconds, never a hang. FastChat workers,
-which take only a rendered `prompt`, get one rendered here from their conversation template.
+Ask the controller for a worker, send it the GenerationRequest, stream its deltas back, survive
+its death. A worker that cannot be reached before a reply starts is reported to the controller
+(which drops it after checking) and the request goes to another worker of the model. A worker
+that dies mid-reply ends that reply with an error within seconds, never a hang. parley workers
+take the request as it is on the native stream; FastChat workers go through an adapter
+(parley.serving.fastchat_client). Failures are this module's own errors (`ClusterError`): each
+says what went wrong and carries the HTTP status and code an API would answer with.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,10 +19,24 @@ from dataclasses import dataclass
 import httpx
 
 from parley.conversation.formatter import ChatFormatter
-from parley.errors import InvalidRequestError
-from parley.serving.api_errors import APIError
+from parley.engines.base import GenerationChunk, GenerationRequest
+from parley.serving import fastchat_client
+from parley.serving.cluster_errors import (
+    ClusterError,
+    ControllerUnavailable,
+    ModelNotFound,
+    ModelUnavailable,
+    RequestRejected,
+    WorkerFailed,
+    WorkerTimeout,
+)
 from parley.serving.fastchat_conv import named_template_from_fastchat
-from parley.serving.protocol import KnownModelsResponse
+from parley.serving.protocol import (
+    NATIVE_PROTOCOL,
+    NATIVE_STREAM_PATH,
+    KnownModelsResponse,
+    StreamFrame,
+)
 
 log = logging.getLogger("parley.api")
 
@@ -35,12 +51,12 @@ _MIDSTREAM_FAILURES = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTim
 class WorkerInfo:
     address: str
     context_length: int
-    native: bool  # a parley worker: takes `messages` and renders them itself
+    native: bool  # a parley worker: takes the GenerationRequest on the native stream
     formatter: ChatFormatter | None  # for FastChat workers: their conversation template
     fetched_at: float
 
 
-class WorkerGateway:
+class ClusterClient:
     """`clamp_max_tokens`: a `max_new_tokens` beyond the model's context window is cut to it (the web UI's
     slider) rather than refused with a 400 (the API, as OpenAI does)."""
 
@@ -60,15 +76,13 @@ class WorkerGateway:
             response = await self.http.post(self.controller + path, json=payload or {}, timeout=10.0)
         except httpx.HTTPError as exc:
             log.error("controller %s unreachable: %s", self.controller, exc)
-            raise APIError(503, f"the controller at {self.controller} is unreachable", type="server_error",
-                           code="service_unavailable") from None
+            raise ControllerUnavailable(f"the controller at {self.controller} is unreachable") from None
         if response.status_code == 404:
             raise LookupError(path)
         if response.status_code == 401:
             log.error("the controller %s refused this server: its cluster secret differs (or it needs one)",
                       self.controller)
-            raise APIError(503, "the controller refused this server (cluster secret); see the server's log",
-                           type="server_error", code="service_unavailable")
+            raise ControllerUnavailable("the controller refused this server (cluster secret); see the server's log")
         response.raise_for_status()
         return response.json()
 
@@ -85,14 +99,13 @@ class WorkerGateway:
         except LookupError:  # a FastChat controller: it cannot tell
             was_served = False
         if was_served:
-            raise APIError(503, f"no worker is serving the model '{model}' right now; try again later",
-                           type="server_error", code="model_unavailable")
-        raise APIError(404, f"The model '{model}' does not exist", code="model_not_found", param="model")
+            raise ModelUnavailable(f"no worker is serving the model '{model}' right now; try again later")
+        raise ModelNotFound(f"The model '{model}' does not exist", param="model")
 
     async def report_failure(self, address: str, reason: str) -> None:
         try:
             await self._controller("/report_worker_failure", {"worker_name": address, "reason": reason})
-        except (LookupError, APIError, httpx.HTTPError):
+        except (LookupError, ClusterError, httpx.HTTPError):
             pass
 
     # -- workers -------------------------------------------------------------------------
@@ -102,15 +115,14 @@ class WorkerGateway:
         if info and time.monotonic() - info.fetched_at < self.info_ttl_s:
             return info
         details = await self._worker_json(address, "/model_details")
-        native = bool((details.get("parley") or {}).get("messages"))
+        native = (details.get("parley") or {}).get("protocol") == NATIVE_PROTOCOL
         formatter = None
         if not native:
             conv = (await self._worker_json(address, "/worker_get_conv_template")).get("conv")
             try:
                 formatter = ChatFormatter(named=named_template_from_fastchat(conv))
             except (ValueError, TypeError, KeyError) as exc:
-                raise APIError(500, f"the worker at {address} uses a chat template parley cannot render: {exc}",
-                               type="server_error") from None
+                raise WorkerFailed(f"the worker at {address} uses a chat template parley cannot render: {exc}") from None
         info = WorkerInfo(address, int(details.get("context_length") or 2048), native, formatter, time.monotonic())
         self._info[address] = info
         return info
@@ -125,7 +137,7 @@ class WorkerGateway:
             raise _refused(address, response)
         return answer
 
-    async def _connect(self, model: str, payload: dict, path: str, fixed: str | None) -> tuple[str, httpx.Response]:
+    async def _connect(self, model: str, request: GenerationRequest, fixed: str | None) -> tuple[WorkerInfo, httpx.Response]:
         """Open a worker stream, moving to another worker when one is unreachable (unless the
         caller named the worker)."""
         last_error = ""
@@ -133,71 +145,54 @@ class WorkerGateway:
             address = fixed.rstrip("/") if fixed else await self.worker_for(model)
             try:
                 info = await self.worker_info(address)
-                body = self._worker_payload(info, payload)
-                request = self.http.build_request("POST", address + path, json=body)
-                response = await self.http.send(request, stream=True)
+                if info.native:
+                    body, path = self._within_window(info, request).model_dump(mode="json", exclude_none=True), \
+                        NATIVE_STREAM_PATH
+                else:
+                    body, path = fastchat_client.gen_params(info, self._within_window(info, request)), \
+                        "/worker_generate_stream"
+                response = await self.http.send(self.http.build_request("POST", address + path, json=body), stream=True)
                 if response.status_code != 200:
                     await response.aread()
                     await response.aclose()
                     raise _refused(address, response)
-                return address, response
+                return info, response
             except _CONNECT_FAILURES as exc:
                 last_error = f"{type(exc).__name__}"
                 log.warning("worker %s for %s unreachable (%s); reporting it and trying another", address, model, last_error)
                 self._info.pop(address, None)
                 if fixed:
-                    raise APIError(503, f"cannot reach the worker at {address} ({last_error})", type="server_error",
-                                   code="service_unavailable") from None
+                    raise WorkerFailed(f"cannot reach the worker at {address} ({last_error})") from None
                 await self.report_failure(address, last_error)
-        raise APIError(503, f"no reachable worker serves the model '{model}' ({last_error})", type="server_error",
-                       code="model_unavailable")
+        raise ModelUnavailable(f"no reachable worker serves the model '{model}' ({last_error})")
 
-    def _worker_payload(self, info: WorkerInfo, payload: dict) -> dict:
-        body = dict(payload)
-        if body.get("max_new_tokens") is None and not info.native:
-            body["max_new_tokens"] = info.context_length  # a FastChat worker caps it to the room left
-        if (body.get("max_new_tokens") or 0) > info.context_length:
-            if not self.clamp_max_tokens:
-                raise APIError(400, f"max_tokens is {body['max_new_tokens']}, more than the model's context window of "
-                                    f"{info.context_length} tokens", param="max_tokens", code="invalid_value")
-            body["max_new_tokens"] = info.context_length
-        if not info.native:
-            for field in ("tools", "response_format", "logprobs"):
-                if body.get(field) is not None:
-                    raise APIError(400, f"'{field}' is not supported by the FastChat worker serving this model",
-                                   param=field)
-        if "messages" in body and not info.native:
-            try:
-                rendered = info.formatter.render(body.pop("messages"))
-            except InvalidRequestError as exc:
-                raise APIError(400, str(exc), param="messages") from None
-            body["prompt"] = rendered.text
-            stop = body.get("stop") or []
-            body["stop"] = ([stop] if isinstance(stop, str) else list(stop)) + list(rendered.stop)
-            body["stop_token_ids"] = list(body.get("stop_token_ids") or []) + list(rendered.stop_token_ids)
-        return body
+    def _within_window(self, info: WorkerInfo, request: GenerationRequest) -> GenerationRequest:
+        asked = request.params.max_new_tokens
+        if asked is None or asked <= info.context_length:
+            return request
+        if not self.clamp_max_tokens:
+            raise RequestRejected(f"max_tokens is {asked}, more than the model's context window of "
+                                  f"{info.context_length} tokens", param="max_tokens", code="invalid_value")
+        return request.model_copy(update={"params": request.params.model_copy(
+            update={"max_new_tokens": info.context_length})})
 
-    async def generate_stream(self, model: str, payload: dict, worker: str | None = None) -> AsyncIterator[dict]:
-        """Worker chunks (cumulative `text`, `error_code`, `usage`, `finish_reason`) for one reply,
-        from the worker the controller picks (or from `worker`, when given).
-
-        Errors reported by the worker come as chunks with a nonzero `error_code`; a worker lost
-        mid-reply raises APIError(502)."""
-        address, response = await self._connect(model, payload, "/worker_generate_stream", worker)
-        buffer = b""
+    async def generate_stream(self, model: str, request: GenerationRequest,
+                              worker: str | None = None) -> AsyncIterator[GenerationChunk]:
+        """The reply's deltas, from the worker the controller picks (or from `worker`, when given). An error the
+        worker reports is raised as RequestRejected (or WorkerFailed); a worker lost mid-reply as WorkerFailed."""
+        info, response = await self._connect(model, request, worker)
+        address = info.address
+        frames = _native_frames(response) if info.native else fastchat_client.deltas(response)
         try:
-            async for raw in response.aiter_raw():
-                buffer += raw
-                while (end := buffer.find(b"\0")) >= 0:
-                    frame, buffer = buffer[:end], buffer[end + 1:]
-                    if frame:
-                        yield json.loads(frame)
+            async for frame in frames:
+                if frame.error is not None:
+                    raise RequestRejected.from_worker(frame.error.code, frame.error.message)
+                yield frame
         except _MIDSTREAM_FAILURES as exc:
             log.error("worker %s failed mid-reply for %s: %s", address, model, type(exc).__name__)
             self._info.pop(address, None)
             await self.report_failure(address, f"failed mid-stream: {type(exc).__name__}")
-            raise APIError(502, f"the worker serving '{model}' stopped while answering; please retry",
-                           type="server_error", code="worker_failed") from None
+            raise WorkerFailed(f"the worker serving '{model}' stopped while answering; please retry") from None
         finally:
             await response.aclose()
 
@@ -214,26 +209,28 @@ class WorkerGateway:
                 await self.report_failure(address, last_error)
                 continue
             except httpx.TimeoutException:
-                raise APIError(504, f"the worker serving '{model}' did not answer in time", type="server_error",
-                               code="timeout") from None
+                raise WorkerTimeout(f"the worker serving '{model}' did not answer in time") from None
             except httpx.HTTPError as exc:
                 log.error("embedding request to %s failed: %r", address, exc)
-                raise APIError(502, f"the worker serving '{model}' failed to answer", type="server_error",
-                               code="worker_failed") from None
+                raise WorkerFailed(f"the worker serving '{model}' failed to answer") from None
             return _embedding_answer(model, address, response, len(texts))
-        raise APIError(503, f"no reachable worker serves the model '{model}' ({last_error})", type="server_error",
-                       code="model_unavailable")
+        raise ModelUnavailable(f"no reachable worker serves the model '{model}' ({last_error})")
 
 
-def _refused(address: str, response: httpx.Response) -> APIError:
+async def _native_frames(response: httpx.Response) -> AsyncIterator[StreamFrame]:
+    async for line in response.aiter_lines():
+        if line:
+            yield StreamFrame.model_validate_json(line)
+
+
+def _refused(address: str, response: httpx.Response) -> WorkerFailed:
     """A worker that answered, but not as a worker does (a 401 for a missing cluster secret, a proxy's error page)."""
     if response.status_code == 401:
         log.error("the worker %s refused this server: its cluster secret differs (or it needs one)", address)
     else:
         log.error("the worker %s answered %s with status %d: %s", address, response.request.url.path,
                   response.status_code, response.text[:500])
-    return APIError(502, f"the worker at {address} refused the request (status {response.status_code})",
-                    type="server_error", code="worker_failed")
+    return WorkerFailed(f"the worker at {address} refused the request (status {response.status_code})")
 
 
 def _embedding_answer(model: str, address: str, response: httpx.Response, count: int) -> dict:
@@ -242,13 +239,12 @@ def _embedding_answer(model: str, address: str, response: httpx.Response, count:
     except ValueError:
         answer = None
     if isinstance(answer, dict) and answer.get("error_code"):
-        raise APIError.from_worker(int(answer["error_code"]), str(answer.get("text") or "the worker reported an error"))
+        raise RequestRejected.from_worker(int(answer["error_code"]), str(answer.get("text") or "the worker reported an error"))
     vectors = answer.get("embedding") if isinstance(answer, dict) else None
     if response.status_code == 401:
         raise _refused(address, response)
     if not isinstance(vectors, list) or len(vectors) != count:
         log.error("worker %s answered an embedding request with status %d: %s", address, response.status_code,
                   response.text[:500])
-        raise APIError(502, f"the worker serving '{model}' gave an unreadable answer (status {response.status_code})",
-                       type="server_error", code="worker_failed")
+        raise WorkerFailed(f"the worker serving '{model}' gave an unreadable answer (status {response.status_code})")
     return answer

@@ -1,0 +1,299 @@
+"""Serving OpenAI's chat, completions and embeddings over the cluster: what the API's routes call.
+
+Each OpenAI request becomes parley's GenerationRequest by the request type's own method (one
+defaults table, parley.engines.base.SamplingParams), goes to the cluster client unchanged, and
+the deltas that come back are rendered as OpenAI's typed responses or stream chunks. The cluster
+client's errors become the API's one error type here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from parley.engines.base import GenerationRequest, TokenLogprob
+from parley.serving.api_errors import APIError, bad_request
+from parley.serving.cluster_client import ClusterClient
+from parley.serving.cluster_errors import ClusterError
+from parley.serving.metrics import ServerMetrics
+from parley.serving.openai_schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatLogprobs,
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    Embedding,
+    EmbeddingList,
+    EmbeddingRequest,
+    EmbeddingUsage,
+    FunctionCall,
+    ToolCall,
+    UnsupportedField,
+    UsageInfo,
+    new_id,
+    seeds,
+    with_seed,
+)
+from parley.serving.replies import Delta, Reply, merged_deltas, start_replies
+
+log = logging.getLogger("parley.api")
+
+EMBEDDING_BATCH = 32  # texts per worker request
+
+
+def api_error(exc: ClusterError) -> APIError:
+    return APIError(exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param)
+
+
+def sse(data: BaseModel | dict | str, exclude: set[str] | None = None) -> bytes:
+    if isinstance(data, BaseModel):
+        data = data.model_dump_json(exclude=exclude)
+    elif isinstance(data, dict):
+        data = json.dumps(data)
+    return f"data: {data}\n\n".encode()
+
+
+def encode_embedding(vector: list[float], fmt: str, dimensions: int | None) -> list[float] | str:
+    if dimensions is not None and dimensions < len(vector):
+        vector = vector[:dimensions]
+        norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+        vector = [x / norm for x in vector]
+    if fmt == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
+class Choice:
+    """One choice's reply, added up from its deltas (non-streaming)."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.calls: dict[int, ToolCall] = {}
+        self.last: Delta | None = None
+
+    def add(self, d: Delta) -> None:
+        c = d.chunk
+        self.text.append(c.text)
+        self.logprobs += c.logprobs or []
+        for t in c.tool_calls or []:
+            call = self.calls.setdefault(t.index, ToolCall(id=t.id, function=FunctionCall(name=t.function.get("name"))))
+            call.function.arguments += t.function.get("arguments", "")
+        if c.finish_reason is not None:
+            self.last = d
+
+
+class OpenAIServing:
+    """The API's work, apart from its routes: requests in, OpenAI's responses out."""
+
+    def __init__(self, cluster: ClusterClient, metrics: ServerMetrics):
+        self.cluster = cluster
+        self.metrics = metrics
+
+    async def model_names(self) -> list[str]:
+        try:
+            return await self.cluster.list_models()
+        except ClusterError as exc:
+            raise api_error(exc) from None
+
+    # -- the shared path -----------------------------------------------------------------
+
+    def _record(self, endpoint: str, started: float, status: int | str, model: str, usage: UsageInfo | None) -> None:
+        self.metrics.observe_request(endpoint, status, started)
+        if status != 200:
+            self.metrics.observe_error(endpoint, status)
+        if usage is not None:
+            self.metrics.observe_tokens(model, usage.prompt_tokens, usage.completion_tokens)
+
+    async def _open(self, endpoint: str, model: str, requests: list[GenerationRequest], started: float) -> list[Reply]:
+        replies = [Reply(i, self.cluster.generate_stream(model, r)) for i, r in enumerate(requests)]
+        try:
+            await start_replies(replies)
+        except ClusterError as exc:
+            self._record(endpoint, started, exc.status, model, None)
+            raise api_error(exc) from None
+        return replies
+
+    @staticmethod
+    def _usage(finals: dict[int, Delta], prompt_groups: list[int]) -> UsageInfo:
+        """Prompt tokens are counted once per prompt: `prompt_groups[i]` is the prompt choice i answers."""
+        usage = UsageInfo()
+        counted: set[int] = set()
+        for i, d in finals.items():
+            u = d.chunk.usage
+            group = prompt_groups[i]
+            usage.add(0 if group in counted or u is None else u.prompt_tokens, u.completion_tokens if u else 0)
+            counted.add(group)
+        return usage
+
+    async def _run(self, endpoint: str, model: str, requests: list[GenerationRequest], prompt_groups: list[int],
+                   started: float) -> tuple[list[Choice], UsageInfo]:
+        """Non-streaming: every choice to its end."""
+        replies = await self._open(endpoint, model, requests, started)
+        choices = [Choice() for _ in replies]
+        first = True
+        try:
+            async for d in merged_deltas(replies):
+                if d.chunk.text and first:
+                    self.metrics.observe_ttft(endpoint, started)
+                    first = False
+                choices[d.index].add(d)
+        except ClusterError as exc:
+            self._record(endpoint, started, exc.status, model, None)
+            raise api_error(exc) from None
+        usage = self._usage({i: c.last for i, c in enumerate(choices)}, prompt_groups)
+        self._record(endpoint, started, 200, model, usage)
+        return choices, usage
+
+    async def _stream(self, endpoint: str, model: str, requests: list[GenerationRequest], prompt_groups: list[int],
+                      started: float, prelude: list[BaseModel], render: Callable[[Delta], list[BaseModel]],
+                      usage_event: Callable[[UsageInfo], BaseModel] | None, exclude: set[str] | None) -> StreamingResponse:
+        replies = await self._open(endpoint, model, requests, started)
+
+        async def events() -> AsyncIterator[bytes]:
+            finals: dict[int, Delta] = {}
+            status: int | str = 200
+            first = True
+            try:
+                for event in prelude:
+                    yield sse(event, exclude)
+                async for d in merged_deltas(replies):
+                    if d.chunk.text and first:
+                        self.metrics.observe_ttft(endpoint, started)
+                        first = False
+                    if d.chunk.finish_reason is not None:
+                        finals[d.index] = d
+                    for event in render(d):
+                        yield sse(event, exclude)
+                if usage_event is not None:
+                    yield sse(usage_event(self._usage(finals, prompt_groups)))
+            except ClusterError as exc:
+                status = exc.status
+                yield sse(api_error(exc).body())
+            except Exception as exc:  # never a silently truncated stream
+                log.exception("reply stream failed")
+                status = 500
+                yield sse(APIError(500, f"internal server error: {type(exc).__name__}", type="server_error").body())
+            finally:
+                self._record(endpoint, started, status, model, self._usage(finals, prompt_groups) if finals else None)
+            yield sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # -- chat ----------------------------------------------------------------------------
+
+    async def chat(self, body: ChatCompletionRequest) -> ChatCompletion | StreamingResponse:
+        started = time.perf_counter()
+        endpoint = "/v1/chat/completions"
+        cid, created = new_id("chatcmpl"), int(time.time())
+        try:
+            request = body.to_generation_request(cid)
+        except UnsupportedField as exc:
+            raise bad_request(str(exc), exc.field) from None
+        n = body.n or 1
+        requests = [with_seed(request, s) for s in seeds(body.seed, n)]
+        head = {"id": cid, "created": created, "model": body.model}
+        if body.stream:
+            def chunk(choice: ChatChunkChoice) -> ChatCompletionChunk:
+                return ChatCompletionChunk(**head, choices=[choice])
+
+            def render(d: Delta) -> list[BaseModel]:
+                c, events = d.chunk, []
+                if c.text or c.logprobs:
+                    events.append(chunk(ChatChunkChoice(index=d.index, delta=ChatDelta(content=c.text), logprobs=ChatLogprobs(
+                        content=c.logprobs) if c.logprobs else None)))
+                if c.tool_calls:
+                    calls = [ToolCall(index=t.index, id=t.id, type=t.type, function=FunctionCall(**t.function))
+                             for t in c.tool_calls]
+                    events.append(chunk(ChatChunkChoice(index=d.index, delta=ChatDelta(tool_calls=calls))))
+                if c.finish_reason is not None:
+                    events.append(chunk(ChatChunkChoice(index=d.index, delta=ChatDelta(),
+                                                        finish_reason=c.finish_reason)))
+                return events
+
+            prelude = [chunk(ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))) for i in range(n)]
+            return await self._stream(endpoint, body.model, requests, [0] * n, started, prelude, render,
+                                      (lambda usage: ChatCompletionChunk(**head, choices=[], usage=usage))
+                                      if body.include_usage else None, None if body.include_usage else {"usage"})
+        choices, usage = await self._run(endpoint, body.model, requests, [0] * n, started)
+        out = []
+        for i, c in enumerate(choices):
+            text = "".join(c.text)
+            calls = [c.calls[k] for k in sorted(c.calls)] or None
+            message = AssistantMessage(content=(text or None) if calls else text, tool_calls=calls)
+            out.append(ChatChoice(index=i, message=message, finish_reason=c.last.chunk.finish_reason,
+                                  logprobs=ChatLogprobs(content=c.logprobs) if request.params.logprobs is not None
+                                  else None))
+        return ChatCompletion(**head, choices=out, usage=usage)
+
+    # -- completions ---------------------------------------------------------------------
+
+    async def completions(self, body: CompletionRequest) -> Completion | StreamingResponse:
+        started = time.perf_counter()
+        endpoint = "/v1/completions"
+        cid, created = new_id("cmpl"), int(time.time())
+        try:
+            per_prompt = body.to_generation_requests(cid)
+        except UnsupportedField as exc:
+            raise bad_request(str(exc), exc.field) from None
+        n = body.n or 1
+        requests, groups = [], []
+        for p_index, request in enumerate(per_prompt):
+            requests += [with_seed(request, s) for s in seeds(body.seed, n)]
+            groups += [p_index] * n
+        head = {"id": cid, "created": created, "model": body.model}
+        if body.stream:
+            def render(d: Delta) -> list[BaseModel]:
+                c = d.chunk
+                if not c.text and c.finish_reason is None and not c.logprobs:
+                    return []
+                return [Completion(**head, choices=[CompletionChoice(
+                    index=d.index, text=c.text, finish_reason=c.finish_reason,
+                    logprobs=CompletionLogprobs.of(c.logprobs) if c.logprobs else None)])]
+
+            return await self._stream(endpoint, body.model, requests, groups, started, [], render,
+                                      (lambda usage: Completion(**head, choices=[], usage=usage))
+                                      if body.include_usage else None, None if body.include_usage else {"usage"})
+        choices, usage = await self._run(endpoint, body.model, requests, groups, started)
+        return Completion(**head, usage=usage, choices=[CompletionChoice(
+            index=i, text="".join(c.text), finish_reason=c.last.chunk.finish_reason,
+            logprobs=CompletionLogprobs.of(c.logprobs) if body.logprobs is not None else None)
+            for i, c in enumerate(choices)])
+
+    # -- embeddings ----------------------------------------------------------------------
+
+    async def embeddings(self, body: EmbeddingRequest) -> EmbeddingList:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise bad_request("input must be a string or a list of strings (token-id input is not supported)", "input")
+        if any(not t for t in texts):
+            raise bad_request("input must not contain empty strings", "input")
+        data, tokens = [], 0
+        request_id = new_id("embd")
+        for start in range(0, len(texts), EMBEDDING_BATCH):
+            try:
+                result = await self.cluster.embed(body.model, texts[start:start + EMBEDDING_BATCH], request_id)
+            except ClusterError as exc:
+                raise api_error(exc) from None
+            tokens += int(result.get("token_num", 0))
+            for offset, vector in enumerate(result["embedding"]):
+                data.append(Embedding(index=start + offset,
+                                      embedding=encode_embedding(vector, body.encoding_format, body.dimensions)))
+        self.metrics.observe_tokens(body.model, tokens, 0)
+        return EmbeddingList(data=data, model=body.model, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
