@@ -24,7 +24,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from parley.conversation.formatter import ChatFormatter
-from parley.engines.base import EngineOptions, GenerationRequest, SamplingParams
+from parley.engines.base import GenerationRequest, SamplingParams
+from parley.engines.engine_options import TransformersOptions
 from parley.engines.hf.engine import TransformersEngine
 from parley.models.source import resolve_model_source
 
@@ -56,7 +57,7 @@ async def main() -> None:
     ap.add_argument("--output", default="benchmarks/results/engine_throughput.json")
     args = ap.parse_args()
 
-    engine = TransformersEngine.create(resolve_model_source(args.model_path), EngineOptions(max_batch_size=args.concurrency))
+    engine = TransformersEngine.create(resolve_model_source(args.model_path), TransformersOptions(max_batch_size=args.concurrency))
     formatter = ChatFormatter.for_model(engine.model_info)
     reqs = requests_for(formatter, args.concurrency, args.max_tokens)
     await engine.generate(requests_for(formatter, 1, 8)[0])  # warm-up

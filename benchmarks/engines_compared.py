@@ -26,7 +26,12 @@ from rich.table import Table
 
 from parley.bench.modes import STORY_SCHEMA
 from parley.conversation.formatter import ChatFormatter
-from parley.engines.base import EngineOptions, GenerationRequest, GuidedDecoding, SamplingParams
+from parley.engines.base import (
+    GenerationRequest,
+    GuidedDecoding,
+    SamplingParams,
+)
+from parley.engines.engine_options import LlamaCppOptions, TransformersOptions
 from parley.engines.hf.engine import TransformersEngine
 from parley.engines.llamacpp import LlamaCppEngine
 from parley.models.source import resolve_model_source
@@ -61,9 +66,9 @@ async def main() -> None:
 
     source = resolve_model_source(None)
     engines = {
-        "transformers": TransformersEngine.create(source, EngineOptions(max_batch_size=args.concurrency)),
-        "llamacpp": LlamaCppEngine.create(source, EngineOptions(max_batch_size=args.concurrency)),
-        "llamacpp, one at a time": LlamaCppEngine.create(source, EngineOptions(max_batch_size=1)),
+        "transformers": TransformersEngine.create(source, TransformersOptions(max_batch_size=args.concurrency)),
+        "llamacpp": LlamaCppEngine.create(source, LlamaCppOptions(max_batch_size=args.concurrency)),
+        "llamacpp, one at a time": LlamaCppEngine.create(source, LlamaCppOptions(max_batch_size=1)),
     }
     cases = [(c, constrained) for constrained in (False, True) for c in (1, args.concurrency)]
     results: dict[str, dict[str, list[float]]] = {name: {} for name in engines}

@@ -26,7 +26,8 @@ from rich.console import Console
 from rich.table import Table
 
 from parley.bench.modes import STORY_SCHEMA
-from parley.engines.base import EngineOptions, GenerationRequest, GuidedDecoding, SamplingParams
+from parley.engines.base import GenerationRequest, GuidedDecoding, SamplingParams
+from parley.engines.engine_options import TransformersOptions
 from parley.engines.hf.engine import TransformersEngine
 from parley.models.source import resolve_model_source
 
@@ -76,7 +77,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(args.tokenizer_dir, args.hidden, args.layers, Path(tmp) / "model")
         engine = TransformersEngine.create(resolve_model_source(str(model_dir)),
-                                           EngineOptions(device="cuda", dtype="bfloat16", max_batch_size=64))
+                                           TransformersOptions(device="cuda", dtype="bfloat16", max_batch_size=64))
     info = engine.model_info
     print(f"{info.num_parameters / 1e6:.0f}M parameters on {info.device} ({info.dtype}), {torch.cuda.get_device_name()}")
 

@@ -41,12 +41,13 @@ def measure(model_path: str | None, load_8bit: bool) -> dict:
     import torch
 
     from parley.conversation.formatter import ChatFormatter
-    from parley.engines.base import EngineOptions, GenerationRequest, SamplingParams
+    from parley.engines.engine_options import TransformersOptions
+from parley.engines.base import  GenerationRequest, SamplingParams
     from parley.engines.hf.engine import TransformersEngine
     from parley.models.source import resolve_model_source
 
     baseline_mib = settled_rss_mib()  # python, torch and transformers imported, no model
-    engine = TransformersEngine.create(resolve_model_source(model_path), EngineOptions(load_8bit=load_8bit))
+    engine = TransformersEngine.create(resolve_model_source(model_path), TransformersOptions(load_8bit=load_8bit))
     prompt = ChatFormatter.for_model(engine.model_info).render([{"role": "user", "content": "Tell me a story."}])
     request = GenerationRequest(prompt=prompt.text, add_special_tokens=prompt.add_special_tokens,
                                 params=SamplingParams(temperature=0, max_new_tokens=64, ignore_eos=True))

@@ -29,7 +29,12 @@ from rich.console import Console
 from rich.table import Table
 
 from parley.eval.chat_client import ChatClient
-from parley.eval.mt_bench_files import load_answers, load_judge_prompts, load_questions, read_jsonl
+from parley.eval.mt_bench_files import (
+    load_answers,
+    load_judge_prompts,
+    load_questions,
+    read_jsonl,
+)
 from parley.eval.mt_bench_judge import Judge, make_matches, run_judgments
 
 REPO = Path(__file__).resolve().parents[1]

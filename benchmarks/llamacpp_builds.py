@@ -31,12 +31,13 @@ MEASURE = r'''
 import asyncio, json, sys, time
 import llama_cpp
 from parley.conversation.formatter import ChatFormatter
-from parley.engines.base import EngineOptions, GenerationRequest, SamplingParams
+from parley.engines.engine_options import LlamaCppOptions
+from parley.engines.base import  GenerationRequest, SamplingParams
 from parley.engines.llamacpp import LlamaCppEngine
 from parley.models.source import resolve_model_source
 
 concurrency, max_tokens = int(sys.argv[1]), int(sys.argv[2])
-engine = LlamaCppEngine.create(resolve_model_source(None), EngineOptions(max_batch_size=concurrency))
+engine = LlamaCppEngine.create(resolve_model_source(None), LlamaCppOptions(max_batch_size=concurrency))
 fmt = ChatFormatter.for_model(engine.model_info)
 
 def request(text, n):

@@ -31,7 +31,8 @@ from rich.table import Table
 
 from parley.bench.load import DEFAULT_PROMPT, run_load
 from parley.conversation.formatter import ChatFormatter
-from parley.engines.base import EngineOptions, GenerationRequest, SamplingParams
+from parley.engines.base import GenerationRequest, SamplingParams
+from parley.engines.engine_options import TransformersOptions
 from parley.engines.hf.engine import TransformersEngine
 from parley.models.source import resolve_model_source
 
@@ -92,7 +93,7 @@ async def main() -> None:
     proc, base_url, model = start_stack(console)
     try:
         with console.status("loading the engine in this process…"):
-            engine = TransformersEngine.create(resolve_model_source(None), EngineOptions())
+            engine = TransformersEngine.create(resolve_model_source(None), TransformersOptions())
             formatter = ChatFormatter.for_model(engine.model_info)
         await engine_direct(engine, formatter, 8, 1)  # warm-up, both sides
         await run_load(base_url, model, 1, 1, 8, ignore_eos=True)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from parley.conversation.formatter import ChatFormatter
-from parley.engines.base import EngineOptions, GenerationRequest, SamplingParams
+from parley.engines.base import GenerationRequest, SamplingParams
+from parley.engines.engine_options import TransformersOptions
 from parley.models.source import resolve_model_source
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ async def engine():
     """The transformers engine on the real bundled model (SmolLM2-135M-Instruct), loaded once."""
     from parley.engines.hf.engine import TransformersEngine
 
-    eng = TransformersEngine.create(resolve_model_source(None), EngineOptions())
+    eng = TransformersEngine.create(resolve_model_source(None), TransformersOptions())
     yield eng
     await eng.aclose()
 

@@ -15,7 +15,7 @@ from fastchat.serve import base_model_worker
 from fastchat.serve.base_model_worker import BaseModelWorker
 from fastchat.serve.inference import generate_stream
 
-from parley.engines.base import EngineOptions
+from parley.engines.engine_options import TransformersOptions
 from parley.engines.hf.loading import load_model_and_tokenizer
 from parley.models.source import resolve_model_source
 
@@ -23,7 +23,7 @@ from parley.models.source import resolve_model_source
 class FastChatWorker(BaseModelWorker):
     def __init__(self, controller: str, address: str, name: str, conv_template: str):
         super().__init__(controller, address, "test", name, [name], 4, conv_template=conv_template)
-        model, tokenizer, _ = load_model_and_tokenizer(resolve_model_source(None), EngineOptions(device="cpu"))
+        model, tokenizer, _ = load_model_and_tokenizer(resolve_model_source(None), TransformersOptions(device="cpu"))
         self.model, self.tokenizer = model, tokenizer
         self.context_len = 8192
         self.init_heart_beat()

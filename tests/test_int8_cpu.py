@@ -7,7 +7,8 @@ import io
 import torch
 
 from parley.conversation.formatter import ChatFormatter
-from parley.engines.base import EngineOptions, GenerationRequest, SamplingParams
+from parley.engines.base import GenerationRequest, SamplingParams
+from parley.engines.engine_options import TransformersOptions
 from parley.engines.hf.engine import TransformersEngine
 from parley.models.source import resolve_model_source
 
@@ -23,7 +24,7 @@ def quantized_linears(model) -> dict:
 
 
 async def test_int8_model_answers_and_is_smaller(engine):
-    int8 = TransformersEngine.create(resolve_model_source(None), EngineOptions(load_8bit=True))
+    int8 = TransformersEngine.create(resolve_model_source(None), TransformersOptions(load_8bit=True))
     try:
         assert int8.model_info.dtype == "float32+int8"
         quantized = quantized_linears(int8.model)

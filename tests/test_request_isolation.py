@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 import torch
 
-from parley.engines.base import EngineOptions
+from parley.engines.engine_options import LlamaCppOptions
 from parley.errors import ParleyError
 from parley.serving.protocol import ErrorCode
 from tests.test_worker import client_for, frames
@@ -219,7 +219,7 @@ async def llama_engine():
     from parley.engines.llamacpp import LlamaCppEngine
     from parley.models.bundled import bundled_gguf_path
 
-    eng = LlamaCppEngine(str(bundled_gguf_path()), "smollm2", EngineOptions(n_ctx=4096))
+    eng = LlamaCppEngine(str(bundled_gguf_path()), "smollm2", LlamaCppOptions(n_ctx=4096))
     yield eng
     await eng.aclose()
 

@@ -1,9 +1,15 @@
-"""Command-line flags shared by every command that loads a model (chat, worker, serve)."""
+"""Command-line flags of every command that loads a model (chat, worker, serve): the general ones, and each
+engine's own, made from its options model (parley.engines.engine_options)."""
 
 from __future__ import annotations
 
 import argparse
+import types
+import typing
+from typing import Literal
 
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 from rich.console import Console
 
 from parley.engines.base import Engine, EngineOptions
@@ -11,83 +17,88 @@ from parley.engines.registry import EngineRegistry
 from parley.errors import ParleyError
 from parley.models.source import resolve_model_source
 
+COMMON = frozenset(EngineOptions.model_fields)  # set by the command itself (--model-name, --conv-template)
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+
+def _flag_kwargs(field: FieldInfo, default) -> dict:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    kwargs: dict = {"default": default, "help": argparse.SUPPRESS if extra.get("hidden") else field.description}
+    if "metavar" in extra:
+        kwargs["metavar"] = extra["metavar"]
+    annotation = field.annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation is bool:
+        return kwargs | {"action": "store_true"}
+    if typing.get_origin(annotation) is Literal:
+        return kwargs | {"choices": list(typing.get_args(annotation))}
+    return kwargs | {"type": annotation}
+
+
+def _in_order(registry: EngineRegistry) -> list[str]:
+    return sorted(registry.names(), key=lambda n: (n != "transformers", n))  # the default engine's flags first
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, registry: EngineRegistry | None = None,
+                         only_given: bool = False, model_flags: bool = True) -> None:
+    """`only_given`: flags that are not given stay out of the namespace (what `parley serve` passes on);
+    `model_flags`: also --model-path and --model-name."""
+    registry = registry or EngineRegistry.from_entry_points()
     g = parser.add_argument_group("model and engine")
-    g.add_argument("--model-path", default=None,
-                   help="local HF model directory, .gguf file or hub id (default: the bundled SmolLM2-135M-Instruct)")
-    g.add_argument("--model-name", default=None, help="name to serve the model under (default: from the path)")
-    g.add_argument("--engine", default="transformers", help="inference engine (default: transformers)")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps", "xpu"])
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    g.add_argument("--load-8bit", action="store_true", help="int8 weights (bitsandbytes on CUDA, PyTorch int8 on CPU)")
-    g.add_argument("--num-gpus", type=int, default=1, help="spread the weights over this many GPUs")
-    g.add_argument("--max-gpu-memory", default=None, help="per-GPU memory budget, e.g. 13GiB")
-    g.add_argument("--cpu-offloading", action="store_true", help="spill layers that do not fit on the GPU(s) to the CPU")
-    g.add_argument("--max-batch-size", type=int, default=32, help="most sequences decoded together")
-    g.add_argument("--trust-remote-code", action="store_true")
-    g = parser.add_argument_group("llamacpp engine")
-    g.add_argument("--n-ctx", type=int, default=None,
-                   help="KV-cache cells shared by all sequences (default: the model's context, at most 8192)")
-    g.add_argument("--n-threads", type=int, default=None, help="CPU threads (default: all cores)")
-    g.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded to the GPU (-1: all)")
-    g = parser.add_argument_group("openai engine (forward to an OpenAI-compatible server)")
-    g.add_argument("--upstream-base-url", default=None, help="e.g. http://gpu-box:8000/v1 (vLLM, Ollama, llama-server...)")
-    g.add_argument("--upstream-model", default=None, help="the model's name upstream (default: the served name)")
-    g.add_argument("--upstream-api-key-file", default=None, metavar="PATH",
-                   help="file holding the upstream's API key (default: $PARLEY_UPSTREAM_API_KEY, else $OPENAI_API_KEY "
-                        "for api.openai.com and the hosts in $PARLEY_OPENAI_KEY_HOSTS)")
-    g.add_argument("--upstream-api-key", default=None, help=argparse.SUPPRESS)  # visible in `ps`: kept for old scripts
-    g.add_argument("--api-endpoint-file", default=None,
-                   help='JSON: {"served-name": {"api_base": URL, "api_key": KEY, "model_name": NAME}, ...}')
+    if model_flags:
+        g.add_argument("--model-path", default=None,
+                       help="local HF model directory, .gguf file or hub id (default: the bundled SmolLM2-135M-Instruct)")
+        g.add_argument("--model-name", default=None, help="name to serve the model under (default: from the path)")
+    g.add_argument("--engine", default="transformers",
+                   help=f"inference engine: {', '.join(registry.names())} (default: transformers)")
+    seen: set[str] = set()
+    for name in _in_order(registry):
+        fields = {f: info for f, info in registry.options_model(name).model_fields.items()
+                  if f not in COMMON and f not in seen}
+        if not fields:
+            continue
+        group = parser.add_argument_group(f"{name} engine")
+        for field, info in fields.items():
+            seen.add(field)
+            default = argparse.SUPPRESS if only_given else info.get_default(call_default_factory=True)
+            group.add_argument("--" + field.replace("_", "-"), dest=field, **_flag_kwargs(info, default))
 
 
-def engine_options(args: argparse.Namespace) -> EngineOptions:
-    return EngineOptions(
-        model_name=args.model_name, device=args.device, dtype=args.dtype, load_8bit=args.load_8bit,
-        num_gpus=args.num_gpus, max_gpu_memory=args.max_gpu_memory, cpu_offloading=args.cpu_offloading,
-        max_batch_size=args.max_batch_size, trust_remote_code=args.trust_remote_code,
-        n_ctx=args.n_ctx, n_threads=args.n_threads, n_gpu_layers=args.n_gpu_layers,
-        conv_template=getattr(args, "conv_template", None),
-    )
+def engine_flags_given(args: argparse.Namespace, registry: EngineRegistry | None = None) -> list[str]:
+    """The engine flags given on this command line (parsed with `only_given`), as a worker's argv."""
+    registry = registry or EngineRegistry.from_entry_points()
+    out, seen = [], set()
+    for name in _in_order(registry):
+        for field, info in registry.options_model(name).model_fields.items():
+            if field in COMMON or field in seen or not hasattr(args, field):
+                continue
+            seen.add(field)
+            value = getattr(args, field)
+            flag = "--" + field.replace("_", "-")
+            if info.annotation is bool:
+                out += [flag] if value else []
+            elif value is not None:
+                out += [flag, str(value)]
+    return out
+
+
+def engine_options(args: argparse.Namespace, options_model: type[EngineOptions] = EngineOptions) -> EngineOptions:
+    given = {f: getattr(args, f) for f in options_model.model_fields if f not in COMMON and hasattr(args, f)}
+    try:
+        return options_model(model_name=args.model_name, conv_template=getattr(args, "conv_template", None), **given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "the engine options"
+        raise ParleyError(f"{flag}: {err['msg']}") from None
 
 
 def load_engine(args: argparse.Namespace, registry: EngineRegistry | None = None) -> Engine:
     """Resolve the model path (fails fast with a one-line error) and load the engine, with a spinner."""
     registry = registry or EngineRegistry.from_entry_points()
     engine_cls = registry.get(args.engine)
-    if args.engine == "openai":
-        return proxy_engine(args)
+    options = engine_options(args, registry.options_model(args.engine))
+    if not engine_cls.takes_model_path:
+        return engine_cls.create(None, options)
     source = resolve_model_source(args.model_path)
-    options = engine_options(args)
     with Console(stderr=True).status(f"loading {source.name} ({args.engine})…"):
         return engine_cls.create(source, options)
-
-
-def upstream_api_key(args: argparse.Namespace, base_url: str) -> str | None:
-    from parley.cli.secret_args import read_secret
-    from parley.openai_env import environment_key_for
-
-    if args.upstream_api_key:
-        return args.upstream_api_key
-    return (read_secret(args.upstream_api_key_file, "PARLEY_UPSTREAM_API_KEY", "upstream API key")
-            or environment_key_for(base_url))
-
-
-def proxy_engine(args: argparse.Namespace) -> Engine:
-    from parley.engines.openai_proxy import (
-        OpenAIProxyEngine,
-        Upstream,
-        load_endpoint_file,
-    )
-
-    if args.api_endpoint_file:
-        return OpenAIProxyEngine(load_endpoint_file(args.api_endpoint_file))
-    if not args.upstream_base_url:
-        raise ParleyError("--engine openai needs --upstream-base-url or --api-endpoint-file")
-    name = args.model_name or args.upstream_model
-    if not name:
-        raise ParleyError("--engine openai needs --upstream-model or --model-names")
-    upstream = Upstream(api_base=args.upstream_base_url, model_name=args.upstream_model or name,
-                        api_key=upstream_api_key(args, args.upstream_base_url))
-    return OpenAIProxyEngine({name: upstream})

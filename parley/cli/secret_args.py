@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-from collections.abc import Mapping
-from pathlib import Path
 
 from parley.errors import ParleyError
+from parley.secret_files import read_secret
 from parley.serving.cluster_auth import ENV_VAR as CLUSTER_SECRET_ENV
 from parley.serving.cluster_auth import ClusterSecretError, check_secret
 
@@ -17,21 +15,6 @@ log = logging.getLogger("parley.cli")
 
 API_KEYS_ENV = "PARLEY_API_KEYS"
 DB_URL_ENV = "PARLEY_DB_URL"
-
-
-def read_secret(path: str | Path | None, env_var: str | None, what: str,
-                environ: Mapping[str, str] = os.environ) -> str | None:
-    """The secret in the file at `path` (surrounding whitespace stripped), else in $env_var, else None."""
-    if path:
-        try:
-            value = Path(path).read_text().strip()
-        except OSError as exc:
-            raise ParleyError(f"cannot read the {what} from {path}: {exc.strerror or exc}") from None
-        if not value:
-            raise ParleyError(f"the {what} file {path} is empty")
-        return value
-    value = environ.get(env_var, "").strip() if env_var else ""
-    return value or None
 
 
 def add_cluster_secret_argument(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import httpx
 from rich.console import Console
 
+from parley.cli.engine_args import add_engine_arguments, engine_flags_given
 from parley.cli.secret_args import (
     API_KEYS_ENV,
     CLUSTER_SECRET_ENV,
@@ -50,13 +51,8 @@ def add_parser(sub) -> None:
                    help="replies the web UI streams at once (default 32; see `parley web --help`)")
     add_api_key_arguments(p)
     add_cluster_secret_argument(p)
-    g = p.add_argument_group("workers")
-    g.add_argument("--engine", default="transformers")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps", "xpu"])
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    g.add_argument("--load-8bit", action="store_true")
-    g.add_argument("--max-batch-size", type=int, default=32)
-    g.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for the stack to come up")
+    add_engine_arguments(p, only_given=True, model_flags=False)  # every engine's flags, passed on to the workers
+    p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for the stack to come up")
     p.add_argument("--max-restarts", type=int, default=5,
                    help="give up restarting a process after this many crashes in a row, each within a minute of its start")
     p.set_defaults(run=run, default_log_level="INFO")
@@ -119,12 +115,11 @@ def run(args: argparse.Namespace) -> int:
     def serves(name: str) -> Callable[[], bool]:
         return lambda: name in models_served(1)
 
+    engine_flags = engine_flags_given(args)
     workers = [
         Child(f"worker {name}", base + [
             "worker", "--model-path", source.location, "--model-names", name, "--engine", args.engine,
-            "--device", args.device, "--dtype", args.dtype, "--max-batch-size", str(args.max_batch_size),
-            "--host", local, "--port", str(worker_port + i), "--controller-address", controller_url,
-            *(["--load-8bit"] if args.load_8bit else []),
+            *engine_flags, "--host", local, "--port", str(worker_port + i), "--controller-address", controller_url,
         ], env=cluster_env, address=f"http://{local}:{worker_port + i}", on_death=drop_from_controller,
             ready=serves(name))
         for i, (name, source) in enumerate(zip(names, sources))

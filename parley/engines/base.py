@@ -243,24 +243,13 @@ class RequestFailedError(ParleyError):
 
 
 class EngineOptions(BaseModel):
-    """Options common to local engines; each engine uses those that apply to it."""
+    """What every engine is told by the command that starts it. Each engine's own options extend this class
+    (parley.engines.engine_options) and become its command-line flags."""
 
     model_config = ConfigDict(extra="forbid")
 
     model_name: str | None = None
     conv_template: str | None = None  # a named chat template instead of the model's own
-    device: Literal["auto", "cpu", "cuda", "mps", "xpu"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    load_8bit: bool = False
-    num_gpus: int = Field(1, ge=1)
-    max_gpu_memory: str | None = None  # per GPU, e.g. "13GiB"
-    cpu_offloading: bool = False
-    max_batch_size: int = Field(32, ge=1)
-    trust_remote_code: bool = False
-    # llama.cpp
-    n_ctx: int | None = Field(None, ge=16)
-    n_threads: int | None = Field(None, ge=1)
-    n_gpu_layers: int = Field(0, ge=-1)
 
 
 class Engine(ABC):
@@ -271,9 +260,10 @@ class Engine(ABC):
     with a chat template (parley.engines.prompted), a forwarding engine sends it on as it is."""
 
     name: str = "engine"
+    takes_model_path: bool = True  # False: the engine is configured by its options alone (the openai proxy)
 
     @classmethod
-    def create(cls, source: ModelSource, options: EngineOptions) -> Engine:
+    def create(cls, source: ModelSource | None, options: EngineOptions) -> Engine:
         """Build the engine for a resolved model source (what `--engine NAME` calls)."""
         raise NotImplementedError(f"engine {cls.name!r} cannot be created from a model path")
 

@@ -24,10 +24,10 @@ import torch
 
 from parley.engines.base import (
     EmbeddingResult,
-    EngineOptions,
     ModelInfo,
     RequestFailedError,
 )
+from parley.engines.engine_options import LlamaCppOptions
 from parley.engines.model_loop import LocalEngine, ModelLoop
 from parley.engines.sampling import (
     SamplerFactory,
@@ -253,7 +253,7 @@ def has_amx_path(system_info: str) -> bool:
 class LlamaCppEngine(LocalEngine):
     name = "llamacpp"
 
-    def __init__(self, gguf_path: str, model_name: str, options: EngineOptions):
+    def __init__(self, gguf_path: str, model_name: str, options: LlamaCppOptions):
         lib = _llama_cpp()
         from llama_cpp import _internals
 
@@ -302,7 +302,7 @@ class LlamaCppEngine(LocalEngine):
         return None if token < 0 else self._model.token_get_text(token)
 
     @classmethod
-    def create(cls, source: ModelSource, options: EngineOptions) -> LlamaCppEngine:
+    def create(cls, source: ModelSource, options: LlamaCppOptions) -> LlamaCppEngine:
         if source.kind != SourceKind.GGUF:
             raise ParleyError(f"the llamacpp engine serves GGUF files; {source.location!r} is not one "
                               "(use --engine transformers for Hugging Face models)")

@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from parley.engines.base import (
     EmbeddingResult,
     Engine,
-    EngineOptions,
     GenerationChunk,
     GenerationRequest,
     ModelInfo,
@@ -30,8 +29,11 @@ from parley.engines.base import (
     ToolCallDelta,
     Usage,
 )
+from parley.engines.engine_options import OpenAIProxyOptions
 from parley.errors import InvalidRequestError, ParleyError
 from parley.models.source import ModelSource
+from parley.openai_env import environment_key_for
+from parley.secret_files import read_secret
 
 UNKNOWN_CONTEXT = 1_000_000  # the upstream enforces its own window
 
@@ -95,6 +97,7 @@ class OpenAIProxyEngine(Engine):
     """Forwards each request to the upstream that serves its model name."""
 
     name = "openai"
+    takes_model_path = False
 
     def __init__(self, upstreams: dict[str, Upstream]):
         if not upstreams:
@@ -107,9 +110,19 @@ class OpenAIProxyEngine(Engine):
                                device="remote", dtype="remote")
 
     @classmethod
-    def create(cls, source: ModelSource, options: EngineOptions) -> OpenAIProxyEngine:
-        raise ParleyError("the openai engine is configured with --upstream-base-url (and --upstream-model, "
-                          "--upstream-api-key) or --api-endpoint-file, not --model-path")
+    def create(cls, source: ModelSource | None, options: OpenAIProxyOptions) -> OpenAIProxyEngine:
+        """From `--api-endpoint-file`, or `--upstream-base-url` with `--upstream-model` (or the served name)."""
+        if options.api_endpoint_file:
+            return cls(load_endpoint_file(options.api_endpoint_file))
+        if not options.upstream_base_url:
+            raise ParleyError("--engine openai needs --upstream-base-url or --api-endpoint-file")
+        name = options.model_name or options.upstream_model
+        if not name:
+            raise ParleyError("--engine openai needs --upstream-model or --model-names")
+        key = options.upstream_api_key or read_secret(options.upstream_api_key_file, "PARLEY_UPSTREAM_API_KEY",
+                                                      "upstream API key") or environment_key_for(options.upstream_base_url)
+        return cls({name: Upstream(api_base=options.upstream_base_url, model_name=options.upstream_model or name,
+                                   api_key=key)})
 
     @property
     def model_info(self) -> ModelInfo:

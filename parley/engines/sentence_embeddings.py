@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 from parley.engines.base import (
     EmbeddingResult,
     Engine,
-    EngineOptions,
     GenerationChunk,
     GenerationRequest,
     ModelInfo,
 )
+from parley.engines.engine_options import SentenceTransformersOptions
 from parley.errors import ContextLengthError, InvalidRequestError, ParleyError
 from parley.models.source import ModelSource, SourceKind
 
@@ -34,7 +34,7 @@ class SentenceEmbeddingEngine(Engine):
                                num_parameters=sum(p.numel() for p in model.parameters()))
 
     @classmethod
-    def create(cls, source: ModelSource, options: EngineOptions) -> SentenceEmbeddingEngine:
+    def create(cls, source: ModelSource, options: SentenceTransformersOptions) -> SentenceEmbeddingEngine:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:

@@ -8,10 +8,10 @@ import torch
 
 from parley.engines.base import (
     EmbeddingResult,
-    EngineOptions,
     ModelInfo,
     RequestFailedError,
 )
+from parley.engines.engine_options import TransformersOptions
 from parley.engines.hf.batching import ContinuousBatcher
 from parley.engines.hf.loading import LoadPlan, load_model_and_tokenizer
 from parley.engines.model_loop import LocalEngine
@@ -74,7 +74,7 @@ class TransformersEngine(LocalEngine):
         return GrammarFactory.from_hf(self._tokenizer, vocab_size, self._eos_ids)
 
     @classmethod
-    def create(cls, source: ModelSource, options: EngineOptions) -> TransformersEngine:
+    def create(cls, source: ModelSource, options: TransformersOptions) -> TransformersEngine:
         model, tokenizer, plan = load_model_and_tokenizer(source, options)
         engine = cls(model, tokenizer, options.model_name or source.name, plan, options.max_batch_size)
         engine._conv_template = options.conv_template

@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from parley.engines.base import EngineOptions
+from parley.engines.engine_options import TransformersOptions
 from parley.engines.hf.cpu_fastpath import pack_output_projection
 from parley.errors import ModelLoadError
 from parley.models.gguf_cache import ensure_converted
@@ -48,7 +48,7 @@ class LoadPlan:
     onednn_head: bool = False  # CPU fast path for the output projection (see cpu_fastpath.py)
 
 
-def plan_load(options: EngineOptions, acc: Accelerators) -> LoadPlan:
+def plan_load(options: TransformersOptions, acc: Accelerators) -> LoadPlan:
     """Map the command-line flags onto `from_pretrained` arguments, or fail with a clear message."""
     device = options.device
     if device == "auto":
@@ -143,7 +143,7 @@ def adapter_base(source: ModelSource) -> ModelSource:
     return resolve_model_source(base)
 
 
-def load_model_and_tokenizer(source: ModelSource, options: EngineOptions):
+def load_model_and_tokenizer(source: ModelSource, options: TransformersOptions):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
