@@ -14,27 +14,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 from rich.console import Console
 from rich.table import Table
+from serve_stack import cpu_model, start_serve
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "temperature": 0}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def slow_schema(branches: int = 12) -> dict:
@@ -98,26 +90,8 @@ async def measure(api: str, model: str, rounds: int, console: Console, skip: lis
     return rows
 
 
-def start_stack(console: Console) -> tuple[subprocess.Popen, str, str]:
-    port = free_port()
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "parley", "--log-level", "WARNING", "serve", "--no-web", "--port",
-                             str(port), "--controller-port", str(free_port()), "--worker-port", str(free_port())],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
-    with console.status("starting parley serve…"):
-        while "Press Ctrl-C to stop" not in Path(log.name).read_text():
-            if proc.poll() is not None:
-                raise SystemExit(f"parley serve exited:\n{Path(log.name).read_text()}")
-            time.sleep(0.5)
-    model = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"][0]["id"]
-    return proc, f"http://127.0.0.1:{port}", model
 
 
-def cpu_model() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:
@@ -129,7 +103,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "hostile_requests.json")
     args = parser.parse_args()
     console = Console()
-    proc, api, model = start_stack(console)
+    proc, api, model = start_serve(console, "--no-web")
     try:
         rows = asyncio.run(measure(api, model, args.rounds, console, args.skip))
     finally:

@@ -41,8 +41,8 @@ def measure(model_path: str | None, load_8bit: bool) -> dict:
     import torch
 
     from parley.conversation.formatter import ChatFormatter
+    from parley.engines.base import GenerationRequest, SamplingParams
     from parley.engines.engine_options import TransformersOptions
-from parley.engines.base import  GenerationRequest, SamplingParams
     from parley.engines.hf.engine import TransformersEngine
     from parley.models.source import resolve_model_source
 

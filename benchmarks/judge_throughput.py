@@ -18,15 +18,13 @@ import json
 import platform
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 from rich.console import Console
 from rich.table import Table
+from serve_stack import start_serve
 
 from parley.eval.chat_client import ChatClient
 from parley.eval.mt_bench_files import (
@@ -40,28 +38,8 @@ from parley.eval.mt_bench_judge import Judge, make_matches, run_judgments
 REPO = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def start_serve(console: Console, engine: str) -> tuple[subprocess.Popen, str, str]:
-    api_port = free_port()
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "parley", "--log-level", "WARNING", "serve", "--engine", engine,
-                             "--port", str(api_port), "--controller-port", str(free_port()),
-                             "--worker-port", str(free_port())],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
-    with console.status(f"starting parley serve --engine {engine}…"):
-        while "Press Ctrl-C to stop" not in Path(log.name).read_text():
-            if proc.poll() is not None:
-                raise SystemExit(f"parley serve exited:\n{Path(log.name).read_text()}")
-            time.sleep(0.5)
-    model = httpx.get(f"http://127.0.0.1:{api_port}/v1/models").json()["data"][0]["id"]
-    return proc, f"http://127.0.0.1:{api_port}/v1", model
 
 
 async def judge_once(base_url: str, model: str, matches, output: Path, parallel: int, max_tokens: int) -> dict:
@@ -96,7 +74,8 @@ async def main() -> None:
     prompts = load_judge_prompts(args.data_dir / "judge_prompts.jsonl")
     matches, _ = make_matches("single", questions, answers, prompts, references)
 
-    proc, base_url, model = start_serve(console, args.engine)
+    proc, root, model = start_serve(console, "--engine", args.engine)
+    base_url = root + "/v1"
     work = Path(tempfile.mkdtemp(prefix="judge-bench-"))
     try:
         await judge_once(base_url, model, matches[:2], work / "warmup.jsonl", 2, 8)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,12 +26,14 @@ from rich.progress import Progress
 from rich.table import Table
 
 # Run in the child process, with the build under test first on sys.path.
+from serve_stack import cpu_model
+
 MEASURE = r'''
 import asyncio, json, sys, time
 import llama_cpp
 from parley.conversation.formatter import ChatFormatter
 from parley.engines.engine_options import LlamaCppOptions
-from parley.engines.base import  GenerationRequest, SamplingParams
+from parley.engines.base import GenerationRequest, SamplingParams
 from parley.engines.llamacpp import LlamaCppEngine
 from parley.models.source import resolve_model_source
 
@@ -67,12 +68,6 @@ asyncio.run(main())
 '''
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,24 +30,15 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 from rich.table import Table
+from serve_stack import cpu_model, free_port
 
 from parley.bench.load import DEFAULT_PROMPT, run_load
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 class ByteCountingRelay:

@@ -17,17 +17,13 @@ import asyncio
 import json
 import platform
 import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-import httpx
 from rich.console import Console
 from rich.table import Table
+from serve_stack import start_serve
 
 from parley.bench.load import DEFAULT_PROMPT, run_load
 from parley.conversation.formatter import ChatFormatter
@@ -39,10 +35,6 @@ from parley.models.source import resolve_model_source
 REPO = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def engine_direct(engine, formatter, max_tokens: int, n: int) -> dict:
@@ -65,19 +57,6 @@ async def engine_direct(engine, formatter, max_tokens: int, n: int) -> dict:
     return {"tokens_per_s": tokens / wall, "ttft_ms": statistics.median(ttfts) * 1000}
 
 
-def start_stack(console: Console) -> tuple[subprocess.Popen, str, str]:
-    api_port = free_port()
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "parley", "--log-level", "WARNING", "serve", "--port", str(api_port),
-                             "--controller-port", str(free_port()), "--worker-port", str(free_port())],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
-    with console.status("starting parley serve…"):
-        while "Press Ctrl-C to stop" not in Path(log.name).read_text():
-            if proc.poll() is not None:
-                raise SystemExit(f"parley serve exited:\n{Path(log.name).read_text()}")
-            time.sleep(0.5)
-    models = httpx.get(f"http://127.0.0.1:{api_port}/v1/models").json()
-    return proc, f"http://127.0.0.1:{api_port}/v1", models["data"][0]["id"]
 
 
 async def main() -> None:
@@ -90,7 +69,8 @@ async def main() -> None:
     args = ap.parse_args()
     console = Console(width=max(Console().width, 110))
 
-    proc, base_url, model = start_stack(console)
+    proc, root, model = start_serve(console)
+    base_url = root + "/v1"
     try:
         with console.status("loading the engine in this process…"):
             engine = TransformersEngine.create(resolve_model_source(None), TransformersOptions())

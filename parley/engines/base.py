@@ -159,6 +159,23 @@ class ToolCallDelta(BaseModel):
     function: dict
 
 
+class ToolCallsSoFar:
+    """Whole tool calls, added up from their deltas, in OpenAI's shape (id, type, function name and arguments)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict] = {}
+
+    def add(self, deltas: list[ToolCallDelta] | None) -> None:
+        for d in deltas or []:
+            call = self._calls.setdefault(d.index, {"id": d.id, "type": "function",
+                                                    "function": {"name": d.function.get("name"), "arguments": ""}})
+            call["function"]["arguments"] += d.function.get("arguments", "")
+
+    def calls(self) -> list[dict]:
+        """The calls so far, in order (copies: adding more deltas does not change them)."""
+        return [dict(c, function=dict(c["function"])) for _, c in sorted(self._calls.items())]
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int

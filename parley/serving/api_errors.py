@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from parley.serving.openai_schemas import UnsupportedField
+
 log = logging.getLogger("parley.api")
 
 
@@ -45,6 +47,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(UnsupportedField)
+    async def unsupported_field(request: Request, exc: UnsupportedField) -> JSONResponse:
+        return JSONResponse(bad_request(str(exc), exc.field).body(), status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

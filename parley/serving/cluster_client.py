@@ -145,12 +145,11 @@ class ClusterClient:
             address = fixed.rstrip("/") if fixed else await self.worker_for(model)
             try:
                 info = await self.worker_info(address)
+                sent = self._within_window(info, request)
                 if info.native:
-                    body, path = self._within_window(info, request).model_dump(mode="json", exclude_none=True), \
-                        NATIVE_STREAM_PATH
+                    body, path = sent.model_dump(mode="json", exclude_none=True), NATIVE_STREAM_PATH
                 else:
-                    body, path = fastchat_client.gen_params(info, self._within_window(info, request)), \
-                        "/worker_generate_stream"
+                    body, path = fastchat_client.gen_params(info, sent), "/worker_generate_stream"
                 response = await self.http.send(self.http.build_request("POST", address + path, json=body), stream=True)
                 if response.status_code != 200:
                     await response.aread()

@@ -30,23 +30,19 @@ def gen_params(info: WorkerInfo, request: GenerationRequest) -> dict:
                          ("logprobs", p.logprobs), ("min_p", p.min_p or None)):
         if given is not None:
             raise RequestRejected(f"'{field}' is not supported by the FastChat worker serving this model", param=field)
-    stop, stop_ids = list(p.stop), list(p.stop_token_ids)
+    prompt = request.prompt
     if request.messages is not None:
         try:
             rendered = info.formatter.render([m.model_dump(exclude_none=True) for m in request.messages])
         except InvalidRequestError as exc:
             raise RequestRejected(str(exc), param="messages") from None
-        prompt = rendered.text
-        stop += [s for s in rendered.stop if s not in stop]
-        stop_ids += [i for i in rendered.stop_token_ids if i not in stop_ids]
-    else:
-        prompt = request.prompt
+        prompt, p = rendered.text, p.with_stops(rendered.stop, rendered.stop_token_ids)
     return {"model": request.model, "prompt": prompt, "temperature": p.temperature, "top_p": p.top_p,
             "top_k": p.top_k or -1, "repetition_penalty": p.repetition_penalty,
             "presence_penalty": p.presence_penalty, "frequency_penalty": p.frequency_penalty,
             # A FastChat worker caps this to the room left in its window.
             "max_new_tokens": p.max_new_tokens or info.context_length,
-            "stop": stop or None, "stop_token_ids": stop_ids or None, "echo": request.echo, "seed": p.seed,
+            "stop": p.stop or None, "stop_token_ids": p.stop_token_ids or None, "echo": request.echo, "seed": p.seed,
             "request_id": request.request_id}
 
 

@@ -24,12 +24,14 @@ from parley.engines.base import (
     GenerationRequest,
     Message,
     SamplingParams,
+    ToolCallsSoFar,
 )
 from parley.serving.protocol import ErrorCode, GenerateParams, WorkerChunk
 from parley.serving.worker_errors import (
     WorkerError,
     failure_for_client,
     json_body,
+    parsed,
     request_id_of,
     validation_message,
 )
@@ -40,12 +42,7 @@ if TYPE_CHECKING:
 
 def request_of_gen_params(raw: dict) -> GenerationRequest:
     """FastChat's gen_params as parley's request; a value out of range is a WorkerError with FastChat's code."""
-    if "__invalid__" in raw:
-        raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR, raw["__invalid__"])
-    try:
-        p = GenerateParams.model_validate(raw)
-    except ValidationError as exc:
-        raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR, validation_message(exc)) from None
+    p = parsed(raw, GenerateParams, ErrorCode.VALIDATION_TYPE_ERROR)
     try:
         params = SamplingParams(
             temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, min_p=p.min_p,
@@ -57,12 +54,10 @@ def request_of_gen_params(raw: dict) -> GenerationRequest:
             model=p.model, messages=messages, prompt=None if messages is not None else (p.prompt or None),
             echo=p.echo, params=params, response_format=p.response_format, tools=p.tools, tool_choice=p.tool_choice,
             request_id=request_id_of(raw))
-    except ValidationError as exc:
-        if any(e["type"] == "value_error" and not e["loc"] for e in exc.errors()):  # the request as a whole
-            message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
-            raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR,
-                              "give a non-empty prompt or messages" if "prompt" in message else message) from None
-        raise WorkerError(ErrorCode.PARAM_OUT_OF_RANGE, validation_message(exc)) from None
+    except ValidationError as exc:  # a value out of range, or the request as a whole (no prompt, two of them)
+        whole = any(e["type"] == "value_error" and not e["loc"] for e in exc.errors())
+        raise WorkerError(ErrorCode.VALIDATION_TYPE_ERROR if whole else ErrorCode.PARAM_OUT_OF_RANGE,
+                          validation_message(exc).removeprefix("Value error, ")) from None
 
 
 class CumulativeReply:
@@ -70,19 +65,14 @@ class CumulativeReply:
 
     def __init__(self):
         self.text = ""
-        self._calls: dict[int, dict] = {}
+        self._calls = ToolCallsSoFar()
 
     def chunk(self, delta: GenerationChunk) -> WorkerChunk:
         self.text += delta.text
-        for d in delta.tool_calls or []:
-            call = self._calls.setdefault(d.index, {"id": d.id, "type": "function",
-                                                    "function": {"name": d.function.get("name"), "arguments": ""}})
-            call["function"]["arguments"] += d.function.get("arguments", "")
+        self._calls.add(delta.tool_calls)
         usage = delta.usage
         return WorkerChunk(
-            text=self.text, finish_reason=delta.finish_reason,
-            tool_calls=[dict(self._calls[i], function=dict(self._calls[i]["function"])) for i in sorted(self._calls)]
-            or None,
+            text=self.text, finish_reason=delta.finish_reason, tool_calls=self._calls.calls() or None,
             token_logprobs=[lp.model_dump() for lp in delta.logprobs] if delta.logprobs else None,
             usage=None if usage is None else {"prompt_tokens": usage.prompt_tokens,
                                               "completion_tokens": usage.completion_tokens,

@@ -343,12 +343,18 @@ class ChatChoice(BaseModel):
     finish_reason: FinishReason | None
 
 
-class ChatCompletion(BaseModel):
+class _Generated(BaseModel):
+    """What every completion and streamed event starts with; each kind names its `object`."""
+
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
+    object: str
     created: int
     model: str
     system_fingerprint: None = None
+
+
+class ChatCompletion(_Generated):
+    object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
     usage: UsageInfo
 
@@ -368,15 +374,11 @@ class ChatChunkChoice(BaseModel):
     finish_reason: FinishReason | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(_Generated):
     """One event of a streamed chat completion; with stream_options.include_usage every chunk has `usage`
     (null until the last, which has no choices)."""
 
-    id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: None = None
     choices: list[ChatChunkChoice]
     usage: UsageInfo | None = None
 
@@ -406,14 +408,10 @@ class CompletionChoice(BaseModel):
     finish_reason: FinishReason | None = None
 
 
-class Completion(BaseModel):
+class Completion(_Generated):
     """A completion, or (as `text_completion` events) one event of a streamed one."""
 
-    id: str
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: None = None
     choices: list[CompletionChoice]
     usage: UsageInfo | None = None
 

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from parley.engines.base import GenerationRequest, TokenLogprob
+from parley.engines.base import GenerationRequest, TokenLogprob, ToolCallsSoFar
 from parley.serving.api_errors import APIError, bad_request
 from parley.serving.cluster_client import ClusterClient
 from parley.serving.cluster_errors import ClusterError
@@ -43,7 +43,6 @@ from parley.serving.openai_schemas import (
     EmbeddingUsage,
     FunctionCall,
     ToolCall,
-    UnsupportedField,
     UsageInfo,
     new_id,
     seeds,
@@ -84,16 +83,14 @@ class Choice:
     def __init__(self) -> None:
         self.text: list[str] = []
         self.logprobs: list[TokenLogprob] = []
-        self.calls: dict[int, ToolCall] = {}
+        self.calls = ToolCallsSoFar()
         self.last: Delta | None = None
 
     def add(self, d: Delta) -> None:
         c = d.chunk
         self.text.append(c.text)
         self.logprobs += c.logprobs or []
-        for t in c.tool_calls or []:
-            call = self.calls.setdefault(t.index, ToolCall(id=t.id, function=FunctionCall(name=t.function.get("name"))))
-            call.function.arguments += t.function.get("arguments", "")
+        self.calls.add(c.tool_calls)
         if c.finish_reason is not None:
             self.last = d
 
@@ -162,8 +159,11 @@ class OpenAIServing:
 
     async def _stream(self, endpoint: str, model: str, requests: list[GenerationRequest], prompt_groups: list[int],
                       started: float, prelude: list[BaseModel], render: Callable[[Delta], list[BaseModel]],
-                      usage_event: Callable[[UsageInfo], BaseModel] | None, exclude: set[str] | None) -> StreamingResponse:
+                      usage_event: Callable[[UsageInfo], BaseModel], include_usage: bool) -> StreamingResponse:
+        """With `include_usage` every event has a `usage` key (null until the last event, `usage_event`), as OpenAI
+        sends them; without, no event has one."""
         replies = await self._open(endpoint, model, requests, started)
+        exclude = None if include_usage else {"usage"}
 
         async def events() -> AsyncIterator[bytes]:
             finals: dict[int, Delta] = {}
@@ -180,7 +180,7 @@ class OpenAIServing:
                         finals[d.index] = d
                     for event in render(d):
                         yield sse(event, exclude)
-                if usage_event is not None:
+                if include_usage:
                     yield sse(usage_event(self._usage(finals, prompt_groups)))
             except ClusterError as exc:
                 status = exc.status
@@ -202,10 +202,7 @@ class OpenAIServing:
         started = time.perf_counter()
         endpoint = "/v1/chat/completions"
         cid, created = new_id("chatcmpl"), int(time.time())
-        try:
-            request = body.to_generation_request(cid)
-        except UnsupportedField as exc:
-            raise bad_request(str(exc), exc.field) from None
+        request = body.to_generation_request(cid)  # an UnsupportedField is the API's 400 (api_errors)
         n = body.n or 1
         requests = [with_seed(request, s) for s in seeds(body.seed, n)]
         head = {"id": cid, "created": created, "model": body.model}
@@ -229,13 +226,13 @@ class OpenAIServing:
 
             prelude = [chunk(ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))) for i in range(n)]
             return await self._stream(endpoint, body.model, requests, [0] * n, started, prelude, render,
-                                      (lambda usage: ChatCompletionChunk(**head, choices=[], usage=usage))
-                                      if body.include_usage else None, None if body.include_usage else {"usage"})
+                                      lambda usage: ChatCompletionChunk(**head, choices=[], usage=usage),
+                                      body.include_usage)
         choices, usage = await self._run(endpoint, body.model, requests, [0] * n, started)
         out = []
         for i, c in enumerate(choices):
             text = "".join(c.text)
-            calls = [c.calls[k] for k in sorted(c.calls)] or None
+            calls = [ToolCall.model_validate(call) for call in c.calls.calls()] or None
             message = AssistantMessage(content=(text or None) if calls else text, tool_calls=calls)
             out.append(ChatChoice(index=i, message=message, finish_reason=c.last.chunk.finish_reason,
                                   logprobs=ChatLogprobs(content=c.logprobs) if request.params.logprobs is not None
@@ -248,10 +245,7 @@ class OpenAIServing:
         started = time.perf_counter()
         endpoint = "/v1/completions"
         cid, created = new_id("cmpl"), int(time.time())
-        try:
-            per_prompt = body.to_generation_requests(cid)
-        except UnsupportedField as exc:
-            raise bad_request(str(exc), exc.field) from None
+        per_prompt = body.to_generation_requests(cid)
         n = body.n or 1
         requests, groups = [], []
         for p_index, request in enumerate(per_prompt):
@@ -268,8 +262,7 @@ class OpenAIServing:
                     logprobs=CompletionLogprobs.of(c.logprobs) if c.logprobs else None)])]
 
             return await self._stream(endpoint, body.model, requests, groups, started, [], render,
-                                      (lambda usage: Completion(**head, choices=[], usage=usage))
-                                      if body.include_usage else None, None if body.include_usage else {"usage"})
+                                      lambda usage: Completion(**head, choices=[], usage=usage), body.include_usage)
         choices, usage = await self._run(endpoint, body.model, requests, groups, started)
         return Completion(**head, usage=usage, choices=[CompletionChoice(
             index=i, text="".join(c.text), finish_reason=c.last.chunk.finish_reason,

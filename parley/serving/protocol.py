@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from parley.engines.base import MAX_MESSAGES, MAX_STOPS, GenerationChunk
+from parley.engines.base import MAX_MESSAGES, MAX_STOPS, GenerationChunk, StopText
 
 # FastChat's defaults: a worker sends a heartbeat every 45 s; the controller forgets a worker
 # it has not heard from for 90 s.
@@ -141,9 +141,6 @@ class StreamFrame(GenerationChunk):
 
 # -- FastChat's worker protocol (parley.serving.fastchat_worker adapts it) -------------------------
 
-StopString = Annotated[str, Field(max_length=1024)]
-
-
 class GenerateParams(BaseModel):
     """What FastChat's `/worker_generate_stream` accepts (its gen_params), plus parley's extensions: `messages`
     (the worker renders them with its own chat template), `seed`, `min_p`, logprobs, tools and response_format.
@@ -162,7 +159,7 @@ class GenerateParams(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     max_new_tokens: int | None = None  # None: up to the end of the context window
-    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
+    stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOPS)] | None = None
     stop_token_ids: list[int] | None = Field(None, max_length=MAX_STOPS)
     echo: bool = False
     seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # what torch takes

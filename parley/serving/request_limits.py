@@ -11,6 +11,8 @@ import asyncio
 import json
 import logging
 
+from parley.serving.api_errors import APIError
+
 log = logging.getLogger("parley.serving")
 
 MiB = 1024 * 1024
@@ -22,8 +24,7 @@ DRAIN_LIMIT_BYTES = 64 * MiB
 
 
 def _error(status: int, message: str, code: str) -> tuple[dict, bytes]:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                 "code": code}}).encode()
+    body = json.dumps(APIError(status, message, code=code).body()).encode()
     start = {"type": "http.response.start", "status": status,
              "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                          (b"connection", b"close")]}

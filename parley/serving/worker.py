@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from parley.conversation.matching import DEFAULT_TEMPLATE, template_for_model_name
 from parley.conversation.templates import NAMED_TEMPLATES, written_named_template
@@ -49,10 +49,11 @@ from parley.serving.request_limits import (
 )
 from parley.serving.worker_errors import (
     WorkerError,
+    error_code_of,
     failure_for_client,
     json_body,
+    parsed,
     request_id_of,
-    validation_message,
 )
 
 log = logging.getLogger("parley.worker")
@@ -168,7 +169,7 @@ class ModelWorker:
                                                    chunk.usage.completion_tokens)
                         yield chunk
         except Exception as exc:
-            outcome, _ = failure_for_client(exc, request.request_id, "generation", log_it=False)
+            outcome = error_code_of(exc)
             raise
         finally:
             if admitted:
@@ -256,13 +257,11 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
         async def lines() -> AsyncIterator[bytes]:
             request_id = request_id_of(raw)
             try:
-                if "__invalid__" in raw:
-                    raise InvalidRequestError(raw["__invalid__"])
                 try:
-                    generation = GenerationRequest.model_validate(raw)
-                except ValidationError as exc:
-                    worker.refused(NATIVE_STREAM_PATH, ErrorCode.PARAM_OUT_OF_RANGE, started)
-                    raise InvalidRequestError(validation_message(exc)) from None
+                    generation = parsed(raw, GenerationRequest, ErrorCode.PARAM_OUT_OF_RANGE)
+                except WorkerError as exc:
+                    worker.refused(NATIVE_STREAM_PATH, exc.code, started)
+                    raise
                 async for chunk in worker.generate(generation, NATIVE_STREAM_PATH, started):
                     yield chunk.model_dump_json(exclude_defaults=True, exclude={"token_ids"}).encode() + b"\n"
             except Exception as exc:  # an engine bug must reach the client as an error, not a hung stream
@@ -278,13 +277,7 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
     async def worker_get_embeddings(request: Request) -> dict:
         raw = await json_body(request)
         try:
-            if "__invalid__" in raw:
-                raise InvalidRequestError(raw["__invalid__"])
-            try:
-                body = EmbeddingsRequest.model_validate(raw)
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                raise InvalidRequestError(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+            body = parsed(raw, EmbeddingsRequest, ErrorCode.PARAM_OUT_OF_RANGE)
             texts = [body.input] if isinstance(body.input, str) else body.input
             if not texts or any(not t for t in texts):
                 raise InvalidRequestError("embedding input must be non-empty text")
