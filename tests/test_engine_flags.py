@@ -9,9 +9,13 @@ import argparse
 from pydantic import Field
 
 from parley.cli import serve_cmd
-from parley.cli.engine_args import add_engine_arguments, engine_flags_given, engine_options
-from parley.engines.echo import EchoEngine
+from parley.cli.engine_args import (
+    add_engine_arguments,
+    engine_flags_given,
+    engine_options,
+)
 from parley.engines.base import EngineOptions
+from parley.engines.echo import EchoEngine
 from parley.engines.engine_options import LlamaCppOptions
 from parley.engines.registry import EngineRegistry
 from tests.conftest import run_parley

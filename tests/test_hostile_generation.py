@@ -162,7 +162,7 @@ async def test_a_schema_slow_to_compile_is_refused_while_the_event_loop_keeps_se
     ticker = Ticker()
     started = time.perf_counter()
     with pytest.raises(InvalidRequestError, match=r"took longer than 0\.05 s to compile"):
-        await tools.sampler(params, "cpu")
+        await tools.sampler(params)
     refused_after = time.perf_counter() - started
     await asyncio.sleep(0.3)  # the abandoned compilation goes on in its thread, and the loop with it
     longest_gap = await ticker.stop()
@@ -170,7 +170,7 @@ async def test_a_schema_slow_to_compile_is_refused_while_the_event_loop_keeps_se
     assert longest_gap < 0.25 and len(ticker.gaps) >= 15, f"the loop stalled for {longest_gap:.3f} s"
     monkeypatch.delenv(GRAMMAR_TIMEOUT_ENV)
     ticker = Ticker()
-    sampler = await tools.sampler(params, "cpu")  # the same schema within the default limit: slow, not invalid
+    sampler = await tools.sampler(params)  # the same schema within the default limit: slow, not invalid
     assert sampler.needs_row and await ticker.stop() < 0.25
 
 

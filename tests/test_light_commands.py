@@ -41,3 +41,20 @@ def test_a_controller_and_an_api_serve_without_them(no_torch):
         for server in (api, controller):
             if server is not None:
                 server.stop()
+
+
+def test_a_local_engine_without_torch_is_a_one_line_error_naming_the_extra_and_llamacpp_still_answers(tmp_path):
+    """On a host without torch, the transformers engine says what to install; the llama.cpp engine, whose
+    sampler is numpy, answers."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    refused = run_parley("worker", "--engine", "transformers", "--port", "0", env=env, timeout=60)
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1].endswith(
+        "the transformers engine needs torch, which is not installed here; install parley[local] (or the package torch)")
+    pytest.importorskip("llama_cpp")
+    answered = run_parley("chat", "--engine", "llamacpp", "--style", "programmatic", "--temperature", "0",
+                          stdin="What is 2 plus 2?\n", env=env, timeout=120)
+    assert answered.returncode == 0, answered.stderr
+    assert "4" in answered.stdout

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import llguidance
 import llguidance.numpy
-import torch
+import numpy as np
 
 from parley.engines.base import GuidedDecoding
 from parley.errors import InvalidRequestError
@@ -124,7 +124,6 @@ class GrammarMatcher:
         llguidance.numpy.fill_next_token_bitmask(self._matcher, self._bitmask)
         self._check()
         self._mask_ready = True  # the bitmask holds the mask for the current position
-        self._shifts = None
 
     def _check(self) -> None:
         if self._matcher.is_error():
@@ -135,19 +134,18 @@ class GrammarMatcher:
     def finished(self) -> bool:
         return self._matcher.is_stopped()
 
-    def mask(self, scores: torch.Tensor) -> torch.Tensor:
-        """Set the logits of disallowed tokens to -inf (in place; `scores` is [1, vocab])."""
+    def mask(self, scores: np.ndarray) -> np.ndarray:
+        """Set the logits of disallowed tokens to -inf (in place; `scores` is [vocab])."""
         if not self._mask_ready:
             llguidance.numpy.fill_next_token_bitmask(self._matcher, self._bitmask)
         self._mask_ready = False
-        words = torch.from_numpy(self._bitmask[0]).to(scores.device)
-        if self._shifts is None or self._shifts.device != scores.device:
-            self._shifts = torch.arange(32, dtype=torch.int32, device=scores.device)
-        allowed = ((words.unsqueeze(-1) >> self._shifts) & 1).flatten().bool()
+        # bit j of 32-bit word i allows token 32·i + j; in little-endian byte order, unpacking the bytes
+        # least significant bit first gives the bits in token order
+        allowed = np.unpackbits(self._bitmask[0].astype("<i4", copy=False).view(np.uint8), bitorder="little")
         vocab = scores.shape[-1]
-        if allowed.numel() < vocab:
-            allowed = torch.cat([allowed, allowed.new_zeros(vocab - allowed.numel())])
-        scores[0, ~allowed[:vocab]] = float("-inf")
+        if allowed.size < vocab:
+            scores[allowed.size:] = -np.inf
+        scores[: min(vocab, allowed.size)][allowed[:vocab] == 0] = -np.inf
         return scores
 
     def accept(self, token: int) -> None:

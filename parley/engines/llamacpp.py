@@ -20,7 +20,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from parley.engines.base import (
     EmbeddingResult,
@@ -84,7 +83,7 @@ class LlamaCppBatcher(ModelLoop):
     thread_name = "parley-llamacpp"
 
     def __init__(self, model, ctx, n_vocab: int, n_batch: int, n_seq: int):
-        super().__init__("cpu")
+        super().__init__()
         self._lib = _llama_cpp()
         self._model, self._ctx = model, ctx
         self._n_vocab = n_vocab
@@ -167,7 +166,7 @@ class LlamaCppBatcher(ModelLoop):
         if not sampled:
             return
         slots = [slot for slot, _ in sampled]
-        rows = torch.from_numpy(np.stack([row for _, row in sampled]))
+        rows = np.stack([row for _, row in sampled])
         keep = set(advance_rows([s.seq for s in slots], rows, self._finished_one))
         for i, slot in enumerate(slots):
             if i not in keep:

@@ -15,6 +15,7 @@ requests, later requests and `call`s are served as usual. Only shutting down end
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -23,8 +24,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from typing import Any
-
-import torch
 
 from parley.engines.assembler import OutputAssembler
 from parley.engines.base import (
@@ -43,8 +42,7 @@ log = logging.getLogger(__name__)
 class ModelLoop(ABC):
     thread_name = "parley-model"
 
-    def __init__(self, device: str = "cpu"):
-        self._device = device
+    def __init__(self) -> None:
         self._inbox: queue.Queue[Any] = queue.Queue()
         self._waiting: deque[SequenceState] = deque()
         self._closed = threading.Event()
@@ -73,12 +71,19 @@ class ModelLoop(ABC):
     def _on_close(self) -> None:
         """Free what the loop holds, after its thread has ended."""
 
+    def _running_context(self) -> contextlib.AbstractContextManager:
+        """What the model thread runs inside (the transformers engine: `torch.inference_mode()`)."""
+        return contextlib.nullcontext()
+
+    def _after_failure(self) -> None:
+        """Give back what a failed step held (the transformers engine: CUDA's cached memory)."""
+
     # ---- called from other threads ---------------------------------------------------------
     def submit(self, seq: SequenceState) -> None:
         if self._closed.is_set():
             raise EngineClosedError("the engine is shut down")
         if seq.sampler is None:
-            seq.sampler = RequestSampler(seq.params, self._device)
+            seq.sampler = RequestSampler(seq.params)
         self._inbox.put(seq)
 
     def call(self, fn: Callable[[], Any]) -> Future:
@@ -106,7 +111,7 @@ class ModelLoop(ABC):
 
     # ---- the model thread -------------------------------------------------------------------
     def _run(self) -> None:
-        with torch.inference_mode():
+        with self._running_context():
             while True:
                 self._collect(block=self.running_count() == 0 and not self._waiting)
                 if self._closed.is_set():
@@ -152,8 +157,7 @@ class ModelLoop(ABC):
                 seq.emit(exc)
             except RuntimeError:  # the consumer's event loop is gone
                 pass
-        if self._device.startswith("cuda"):
-            torch.cuda.empty_cache()  # give back what the failed step held (out of memory, most often)
+        self._after_failure()
 
     def _fail_all(self, exc: BaseException) -> None:
         """At shutdown: end everything running, waiting or queued."""
@@ -199,7 +203,6 @@ class LocalEngine(PromptEngine):
     _context_length: int
     _vocab_size: int
     _eos_ids: frozenset[int]
-    _sampler_device: str = "cpu"
 
     @abstractmethod
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]: ...
@@ -225,7 +228,7 @@ class LocalEngine(PromptEngine):
             raise InvalidRequestError(f"prompt_token_ids must be ids of this model's vocabulary (0 to {self._vocab_size - 1})")
         if len(prompt_ids) >= self._context_length:
             raise ContextLengthError(len(prompt_ids), self._context_length)
-        sampler = await self._vocab.sampler(params, self._sampler_device)
+        sampler = await self._vocab.sampler(params)
 
         def new_sequence(emit: Emit) -> SequenceState:
             return SequenceState(

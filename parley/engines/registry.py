@@ -16,6 +16,8 @@ from parley.models.source import ModelSource
 
 ENTRY_POINT_GROUP = "parley.engines"
 OPTIONS_GROUP = "parley.engine_options"
+# The extra that installs each built-in engine's dependencies (parley[local] for the others).
+EXTRA_OF_ENGINE = {"llamacpp": "llamacpp", "sentence-transformers": "embeddings"}
 
 
 class EngineRegistry:
@@ -52,8 +54,9 @@ class EngineRegistry:
             try:
                 self._engines[name] = self._entry_points[name].load()
             except ModuleNotFoundError as exc:  # e.g. a gateway host installed without parley[local]
+                extra = EXTRA_OF_ENGINE.get(name, "local")
                 raise ParleyError(f"the {name} engine needs {exc.name}, which is not installed here; install "
-                                  f"parley[local] (or the package {exc.name})") from None
+                                  f"parley[{extra}] (or the package {exc.name})") from None
         try:
             return self._engines[name]
         except KeyError:

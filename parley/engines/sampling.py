@@ -3,7 +3,10 @@
 Each request keeps its own parameters, random generator, penalties, grammar matcher and
 log-probability bookkeeping; an engine hands it one row of logits per step. Both the
 transformers and the llama.cpp engines choose tokens here, so a request behaves the same
-whichever engine computes the logits. Plain torch: nothing here needs transformers.
+whichever engine computes the logits. Plain numpy: nothing here needs torch or transformers,
+so the llama.cpp engine runs without either. The transformers engine hands its logits over as
+torch tensors; only the rows a request samples from are copied out (the batch's argmax serves
+every greedy request without penalties).
 
 The order is that of transformers' and vLLM's samplers: repetition penalty, presence and
 frequency penalties, grammar mask, then temperature, top-k, top-p and min-p, then a draw.
@@ -17,11 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
+import numpy as np
 
 from parley.engines.base import FinishReason, SamplingParams, TokenLogprob, TopLogprob
 
 TokenBytes = Callable[[int], bytes]  # the raw bytes a token id stands for
+_NEG_INF = np.float32(-np.inf)
 
 
 @dataclass
@@ -35,11 +39,55 @@ class TokenEvent:
 Emit = Callable[[Any], None]  # receives TokenEvent or an exception; must be thread-safe
 
 
+TOP_P_CANDIDATES = 1024  # top-p sorts only the likeliest this many when they hold the mass it keeps
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Probabilities from logits (-inf gives 0), in float32 as torch's samplers compute them."""
+    out = np.exp(scores - scores.max())
+    out /= out.sum()
+    return out
+
+
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def top_p_dropped(scores: np.ndarray, top_p: float) -> np.ndarray:
+    """The ids top-p (nucleus) sampling leaves out, as transformers' TopPLogitsWarper decides: in ascending
+    order of probability, each token whose cumulative probability (its own and all less likely ones) is at
+    most 1 − top_p; the likeliest token always stays. When the likeliest TOP_P_CANDIDATES hold at least
+    top_p of the mass, everything beyond them is left out and only they are sorted (a full sort of a
+    50,000-token vocabulary costs milliseconds a token)."""
+    probs = softmax(scores)
+    n = probs.shape[-1]
+    if n > 2 * TOP_P_CANDIDATES:
+        candidates = np.argpartition(probs, n - TOP_P_CANDIDATES)[n - TOP_P_CANDIDATES:]
+        if float(probs[candidates].sum()) >= top_p:
+            order = candidates[np.argsort(probs[candidates], kind="stable")]  # ascending
+            tail = 1.0 - float(probs[candidates].sum())  # the mass of the others, below every candidate
+            drop = tail + np.cumsum(probs[order]) <= 1 - top_p
+            drop[-1] = False
+            outside = np.ones(n, dtype=bool)
+            outside[candidates] = False
+            return np.concatenate([np.flatnonzero(outside), order[drop]])
+    order = np.argsort(probs, kind="stable")
+    drop = np.cumsum(probs[order]) <= 1 - top_p
+    drop[-1] = False  # the likeliest token always stays
+    return order[drop]
+
+
+def random_generator(seed: int | None) -> np.random.Generator:
+    """A request's own generator: from `seed` (any value SamplingParams takes, −2⁶³…2⁶⁴−1; a negative seed
+    counts from 2⁶⁴, as torch's does) or, without one, from fresh entropy."""
+    return np.random.default_rng(None if seed is None else seed % 2**64)
+
+
 class RequestSampler:
     """Chooses the next token for one request from its row of the batch's logits."""
 
-    def __init__(self, params: SamplingParams, device: torch.device | str, matcher: Any = None,
-                 token_bytes: TokenBytes | None = None):
+    def __init__(self, params: SamplingParams, matcher: Any = None, token_bytes: TokenBytes | None = None):
         self.greedy = params.greedy
         self._penalty = params.repetition_penalty if params.repetition_penalty != 1.0 else None
         self._presence = params.presence_penalty
@@ -50,13 +98,7 @@ class RequestSampler:
         self._token_bytes = token_bytes
         self._temperature, self._top_k, self._top_p, self._min_p = (
             params.temperature, params.top_k, params.top_p, params.min_p)
-        self._generator: torch.Generator | None = None
-        if not self.greedy:
-            self._generator = torch.Generator(device=device)
-            if params.seed is None:
-                self._generator.seed()
-            else:
-                self._generator.manual_seed(params.seed)
+        self._rng = None if self.greedy else random_generator(params.seed)
 
     @property
     def needs_row(self) -> bool:
@@ -68,56 +110,58 @@ class RequestSampler:
     def grammar_finished(self) -> bool:
         return self._matcher is not None and self._matcher.finished
 
-    def choose(self, row: torch.Tensor, history: Sequence[int]) -> tuple[int, TokenLogprob | None]:
-        """`row`: this request's logits, shape [1, vocab]; `history`: prompt + generated ids.
+    def choose(self, row: np.ndarray, history: Sequence[int]) -> tuple[int, TokenLogprob | None]:
+        """`row`: this request's logits, shape [vocab] (float32); `history`: prompt + generated ids.
         Returns the token and, when asked for, its log-probability and the top alternatives
         (from the model's own distribution, before penalties, grammar and temperature)."""
-        raw = row.float()
-        scores = raw
+        raw = row
+        scores = raw.astype(np.float32)  # a copy: `raw` stays as the model gave it
         if self._penalty is not None:
             scores = repetition_penalized(scores, history, self._penalty)
         if self._counts and (self._presence or self._frequency):
-            ids = torch.tensor(list(self._counts), device=scores.device)
-            counts = torch.tensor(list(self._counts.values()), device=scores.device, dtype=scores.dtype)
-            scores = scores.clone() if scores is raw else scores
-            scores[0, ids] -= self._presence + self._frequency * counts
+            ids = np.fromiter(self._counts, dtype=np.int64, count=len(self._counts))
+            counts = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
+            scores[ids] -= np.float32(self._presence) + np.float32(self._frequency) * counts
         if self._matcher is not None:
-            scores = self._matcher.mask(scores.clone() if scores is raw else scores)
+            scores = self._matcher.mask(scores)
         if self.greedy:
-            token = int(scores.argmax(-1))
+            token = int(scores.argmax())
         else:
-            probs = torch.softmax(self._warped(scores), dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=self._generator))
+            token = self._draw(softmax(self._warped(scores)))
         self._counts[token] += 1
         if self._matcher is not None:
             self._matcher.accept(token)
         return token, (self._logprob_of(raw, token) if self._logprobs is not None else None)
 
-    def _warped(self, scores: torch.Tensor) -> torch.Tensor:
-        """Temperature, then top-k, top-p and min-p: what falls outside them gets -inf."""
+    def _draw(self, probs: np.ndarray) -> int:
+        """One token by inverse transform: the first whose cumulative probability passes a uniform draw
+        (a token of probability 0 is never the first to pass)."""
+        cumulative = np.cumsum(probs)
+        assert self._rng is not None
+        token = int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right"))
+        return min(token, len(probs) - 1)
+
+    def _warped(self, scores: np.ndarray) -> np.ndarray:
+        """Temperature, then top-k, top-p and min-p: what falls outside them gets -inf (in place)."""
         if self._temperature != 1.0:
-            scores = scores / self._temperature
+            scores /= np.float32(self._temperature)
         if 0 < self._top_k < scores.shape[-1]:
-            kth = torch.topk(scores, self._top_k, dim=-1).values[..., -1:]
-            scores = scores.masked_fill(scores < kth, -float("inf"))
+            kth = np.partition(scores, -self._top_k)[-self._top_k]
+            scores[scores < kth] = _NEG_INF
         if self._top_p < 1.0:
-            ordered, order = torch.sort(scores, descending=False, dim=-1)
-            cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
-            drop = cumulative <= 1 - self._top_p
-            drop[..., -1] = False  # the likeliest token always stays
-            scores = scores.masked_fill(drop.scatter(-1, order, drop), -float("inf"))
+            scores[top_p_dropped(scores, self._top_p)] = _NEG_INF
         if self._min_p > 0.0:
-            probs = scores.softmax(dim=-1)
-            floor = self._min_p * probs.max(dim=-1, keepdim=True).values
-            scores = scores.masked_fill(probs < floor, -float("inf"))
+            probs = softmax(scores)
+            scores[probs < self._min_p * probs.max()] = _NEG_INF
         return scores
 
-    def _logprob_of(self, raw: torch.Tensor, token: int) -> TokenLogprob:
-        logp = torch.log_softmax(raw[0], dim=-1)
+    def _logprob_of(self, raw: np.ndarray, token: int) -> TokenLogprob:
+        logp = log_softmax(raw)
         top: list[TopLogprob] = []
         if self._logprobs:
-            values, ids = torch.topk(logp, self._logprobs)
-            top = [self._entry(int(i), float(v)) for v, i in zip(values.tolist(), ids.tolist())]
+            ids = np.argpartition(-logp, self._logprobs - 1)[: self._logprobs]
+            ids = ids[np.argsort(-logp[ids], kind="stable")]
+            top = [self._entry(int(i), float(logp[i])) for i in ids]
         chosen = self._entry(token, float(logp[token]))
         return TokenLogprob(token=chosen.token, logprob=chosen.logprob, bytes=chosen.bytes, top_logprobs=top)
 
@@ -126,15 +170,23 @@ class RequestSampler:
         return TopLogprob(token=raw.decode("utf-8", errors="replace"), logprob=max(logprob, -9999.0), bytes=list(raw))
 
 
-def repetition_penalized(scores: torch.Tensor, history: Sequence[int], penalty: float) -> torch.Tensor:
+def repetition_penalized(scores: np.ndarray, history: Sequence[int], penalty: float) -> np.ndarray:
     """CTRL's repetition penalty (Keskar et al., 2019), as transformers applies it: the logit of every token
-    seen so far is divided by `penalty` when positive and multiplied by it when negative."""
+    seen so far is divided by `penalty` when positive and multiplied by it when negative (in place)."""
     if not history:
         return scores
-    ids = torch.tensor([list(history)], device=scores.device)
-    seen = torch.gather(scores, 1, ids)
-    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
-    return scores.scatter(1, ids, seen)
+    ids = np.unique(np.asarray(history, dtype=np.int64))
+    seen = scores[ids]
+    scores[ids] = np.where(seen < 0, seen * np.float32(penalty), seen / np.float32(penalty))
+    return scores
+
+
+def logits_row(logits: Any, row: int) -> np.ndarray:
+    """Row `row` of a batch's logits as a float32 numpy vector: a numpy array's (llama.cpp) as it is, a torch
+    tensor's (transformers, on any device) copied to the host."""
+    if isinstance(logits, np.ndarray):
+        return logits[row]
+    return logits[row].float().cpu().numpy()
 
 
 @dataclass(eq=False)
@@ -151,9 +203,10 @@ class SequenceState:
     sampler: RequestSampler | None = None
 
 
-def advance_rows(seqs: Sequence[SequenceState], logits: torch.Tensor, on_finish: Callable[[], None]) -> list[int]:
+def advance_rows(seqs: Sequence[SequenceState], logits: Any, on_finish: Callable[[], None]) -> list[int]:
     """Choose each row's next token, emit it, and return the rows that go on decoding.
-    `logits`: [len(seqs), vocab]; `on_finish` is called once per request that ends."""
+    `logits`: [len(seqs), vocab], a numpy array or a torch tensor (see `logits_row`); `on_finish` is called
+    once per request that ends."""
     greedy = logits.argmax(-1).tolist()
     keep: list[int] = []
     for row, seq in enumerate(seqs):
@@ -179,14 +232,14 @@ def advance_rows(seqs: Sequence[SequenceState], logits: torch.Tensor, on_finish:
     return keep
 
 
-def _next_token(seq: SequenceState, logits: torch.Tensor, row: int,
+def _next_token(seq: SequenceState, logits: Any, row: int,
                 argmax: int) -> tuple[int, TokenLogprob | None, FinishReason | None]:
     """One request's next token (recorded in `seq.generated`), its log-probability, and whether it ends."""
     sampler = seq.sampler
     assert sampler is not None
     logprob = None
     if sampler.needs_row:
-        token, logprob = sampler.choose(logits[row: row + 1], seq.prompt_ids + seq.generated)
+        token, logprob = sampler.choose(logits_row(logits, row), seq.prompt_ids + seq.generated)
     else:
         token = argmax
     finish: FinishReason | None = None
@@ -215,14 +268,14 @@ class SamplerFactory:
                 self._factory = await asyncio.to_thread(self._build)
         return self._factory
 
-    async def sampler(self, params: SamplingParams, device: torch.device | str) -> RequestSampler:
+    async def sampler(self, params: SamplingParams) -> RequestSampler:
         if params.guided is None and params.logprobs is None:
-            return RequestSampler(params, device)
+            return RequestSampler(params)
         factory = await self.factory()
         matcher = None
         if params.guided is not None:  # compiled off the event loop, within a time limit
             from parley.engines.guided import build_matcher
 
             matcher = await build_matcher(factory, params.guided)
-        return RequestSampler(params, device, matcher=matcher,
+        return RequestSampler(params, matcher=matcher,
                               token_bytes=lambda t: factory.tokenizer.decode_bytes([t]))

@@ -79,12 +79,20 @@ class ContinuousBatcher(ModelLoop):
     thread_name = "parley-batcher"
 
     def __init__(self, model, device: str, max_batch_size: int = 32, max_prefill_tokens: int = 8192):
-        super().__init__(device)
+        super().__init__()
+        self._device = device
         self._model = model
         self._max_batch = max_batch_size
         self._max_prefill_tokens = max_prefill_tokens
         self._batch: _Batch | None = None
         self.start()
+
+    def _running_context(self):
+        return torch.inference_mode()
+
+    def _after_failure(self) -> None:
+        if self._device.startswith("cuda"):
+            torch.cuda.empty_cache()  # give back what the failed step held (out of memory, most often)
 
     def running_count(self) -> int:
         batch = self._batch
@@ -133,8 +141,7 @@ class ContinuousBatcher(ModelLoop):
 
     def _prefill_one_by_one(self, seqs: list[SequenceState]) -> list[tuple[_Batch, torch.Tensor]]:
         """After a failed prefill: each prompt alone, so that only the ones the model fails on end."""
-        if self._device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        self._after_failure()
         prefilled = []
         for seq in seqs:
             try:

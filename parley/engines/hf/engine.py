@@ -49,7 +49,7 @@ class TransformersEngine(LocalEngine):
     def __init__(self, model, tokenizer, model_name: str, plan: LoadPlan, max_batch_size: int = 32):
         self._model = model
         self._tokenizer = tokenizer
-        self._device = self._sampler_device = plan.device
+        self._device = plan.device
         self._eos_ids = eos_ids_of(model, tokenizer)
         self._context_length = context_length_of(model, tokenizer)
         self._info = ModelInfo(
