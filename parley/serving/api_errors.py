@@ -33,6 +33,22 @@ class APIError(Exception):
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
+def _document_without_422(app: FastAPI) -> None:
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            document = build()  # FastAPI keeps it in app.openapi_schema
+            for path in document.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                document.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _is_field(part) -> bool:
     """Whether a part of a validation error's location is a field or an index (not the name of one of a
     union's forms, such as `list[constrained-str]`)."""
@@ -44,6 +60,10 @@ def bad_request(message: str, param: str | None = None) -> APIError:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Every error as OpenAI renders it; request validation errors are 400s, so the OpenAPI document does
+    not list FastAPI's 422 either."""
+    _document_without_422(app)
+
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
