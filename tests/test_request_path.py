@@ -171,6 +171,15 @@ async def test_the_worker_streams_deltas_not_the_text_so_far(cluster):
     assert len(lines) > 100 and lines[-1]["finish_reason"] and lines[-1]["usage"]["completion_tokens"] > 100
     # 300 lines of the text so far would be about 100 KB; 300 deltas are about 4.5 KB.
     assert len(response.content) < 10 * len(text), "each line carries its own text, not the reply so far"
+    assert not any("token_ids" in line for line in lines)  # only when asked for
+
+
+async def test_the_native_stream_carries_token_ids_when_asked(cluster):
+    client, _ = cluster
+    body = {"prompt": "one two three four", "return_token_ids": True, "params": {"max_new_tokens": 3}}
+    lines = [json.loads(x) for x in (await client.post(WORKER + "/parley/generate", json=body)).text.splitlines()]
+    ids = [t for line in lines for t in line.get("token_ids", [])]
+    assert len(ids) == lines[-1]["usage"]["completion_tokens"] == 3
 
 
 async def test_the_native_stream_refuses_a_bad_request_with_an_error_line(cluster):

@@ -130,6 +130,7 @@ class GenerationRequest(BaseModel):
     # Chat templates render special tokens (BOS...) into the text already: then False.
     add_special_tokens: bool = True
     echo: bool = False  # the reply starts with the prompt
+    return_token_ids: bool = False  # the native stream carries each delta's token ids too
     params: SamplingParams = Field(default_factory=SamplingParams)
     # Output constraints, in OpenAI's shapes (the engine's chat layer turns them into a grammar):
     response_format: dict | None = None

@@ -262,8 +262,9 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
                 except WorkerError as exc:
                     worker.refused(NATIVE_STREAM_PATH, exc.code, started)
                     raise
+                left_out = set() if generation.return_token_ids else {"token_ids"}
                 async for chunk in worker.generate(generation, NATIVE_STREAM_PATH, started):
-                    yield chunk.model_dump_json(exclude_defaults=True, exclude={"token_ids"}).encode() + b"\n"
+                    yield chunk.model_dump_json(exclude_defaults=True, exclude=left_out).encode() + b"\n"
             except Exception as exc:  # an engine bug must reach the client as an error, not a hung stream
                 code, message = failure_for_client(exc, request_id, "generation")
                 yield StreamFrame(error=StreamError(code=code, message=message)).model_dump_json(
