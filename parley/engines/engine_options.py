@@ -37,6 +37,10 @@ class LlamaCppOptions(EngineOptions):
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
     n_gpu_layers: int = Field(0, ge=-1, description="layers offloaded to the GPU (-1: all)")
     max_batch_size: int = Field(32, ge=1, description="most sequences decoded together")
+    weights: Literal["auto", "file", "f16"] = Field(
+        "auto", description="file: the GGUF's own weight types; f16: its weights dequantized once to F16 "
+                            "(cached), computed without quantized activations; auto: f16 for a quantized model "
+                            "under 1B parameters (small models lose most to quantization), else file")
 
 
 class OpenAIProxyOptions(EngineOptions):

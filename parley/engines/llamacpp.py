@@ -18,6 +18,7 @@ import ctypes
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -244,6 +245,30 @@ class LlamaCppBatcher(ModelLoop):
         self._finished_one()
 
 
+FULL_PRECISION_FILE_TYPES = {"0", "1", "32"}  # general.file_type: F32, F16, BF16
+SMALL_MODEL_PARAMS = 1_000_000_000  # below this, `--weights auto` serves a quantized file as F16
+
+
+def _load_model(lib, gguf_path: str, params, weights: str):
+    """The model of `gguf_path`, or of its F16 copy when `weights` asks for one. A small model loses much of its
+    quality to quantized matrix products: the bundled SmolLM2-135M (Q4_1, or requantized to Q8_0) answers
+    "L'Étoile, la Marseillaise…" to "What is the capital of France?", and as F16 exactly what the float model
+    answers (benchmarks/weight_quality.py); in F16 it is 270 MB."""
+    from llama_cpp import _internals
+
+    model = _internals.LlamaModel(path_model=gguf_path, params=params, verbose=False)
+    if weights == "file" or model.metadata().get("general.file_type") in FULL_PRECISION_FILE_TYPES:
+        return model
+    if weights == "auto" and model.n_params() >= SMALL_MODEL_PARAMS:
+        return model
+    from parley.models.gguf_cache import f16_copy
+
+    f16 = f16_copy(Path(gguf_path), lib)
+    model.close()
+    log.info("serving %s as F16 (%s)", Path(gguf_path).name, f16)
+    return _internals.LlamaModel(path_model=str(f16), params=params, verbose=False)
+
+
 def has_amx_path(system_info: str) -> bool:
     """Whether llama.cpp was built with its AMX kernels (`llama_print_system_info` says AMX_INT8 = 1)."""
     return "AMX_INT8 = 1" in system_info
@@ -265,7 +290,7 @@ class LlamaCppEngine(LocalEngine):
             log.warning("this llama.cpp build has the AMX path, which crashes on CPUs with AMX: weights are not "
                         "repacked (`make install` builds llama.cpp without it, for full speed)")
             model_params.use_extra_bufts = False
-        self._model = _internals.LlamaModel(path_model=gguf_path, params=model_params, verbose=False)
+        self._model = _load_model(lib, gguf_path, model_params, options.weights)
         model = self._model
         self._n_vocab = self._vocab_size = model.n_vocab()
         self._context_length = min(model.n_ctx_train(), options.n_ctx or DEFAULT_MAX_CTX)

@@ -1,8 +1,12 @@
-"""Convert a GGUF file once into a cached Hugging Face directory (safetensors), for fast loads.
+"""Convert a GGUF file once into a cached form: a Hugging Face directory (safetensors) for the
+transformers engine, or an F16 GGUF for the llama.cpp engine.
 
 transformers dequantizes GGUF on every load (about 30 s for the bundled model here); the
 cached directory loads in well under a second. `save_pretrained` refuses a GGUF-loaded
 model, so its state dict is copied into a model built from the same config first.
+
+The F16 copy is llama.cpp's own dequantization (`llama_model_quantize` to F16, under a second
+for the bundled model): the weights the file holds, computed without quantizing activations.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from parley.errors import ModelLoadError
 from parley.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,27 @@ def ensure_converted(gguf: Path) -> Path:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".converting-") as tmp:
             _convert(gguf, Path(tmp) / "model")
             shutil.move(str(Path(tmp) / "model"), target)
+    return target
+
+
+def f16_copy(gguf: Path, llama_cpp) -> Path:
+    """An F16 GGUF with `gguf`'s weights (dequantized once, cached); `llama_cpp` is the imported binding."""
+    target = cache_dir() / "gguf" / f"{gguf.stem}-f16-{_cache_key(gguf)}.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.is_file():
+            return target
+        log.info("dequantizing %s to an F16 GGUF for llama.cpp (once): %s", gguf.name, target)
+        partial = target.with_name(target.name + ".partial")
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_F16
+        params.allow_requantize = True
+        if llama_cpp.llama_model_quantize(str(gguf).encode(), str(partial).encode(), params) != 0:
+            partial.unlink(missing_ok=True)
+            raise ModelLoadError(f"llama.cpp could not write an F16 copy of {gguf}")
+        partial.replace(target)
     return target
 
 
