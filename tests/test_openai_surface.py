@@ -213,13 +213,16 @@ def test_chat_logprobs_are_real_and_sorted(client):
 def test_streamed_logprobs_match_the_non_streamed_ones(client):
     kwargs = dict(model=MODEL, messages=[{"role": "user", "content": "Count to five."}], max_tokens=10,
                   temperature=0, logprobs=True, top_logprobs=1)
-    whole = [(e.token, round(e.logprob, 3)) for e in client.chat.completions.create(**kwargs).choices[0].logprobs.content]
+    whole = [(e.token, e.logprob) for e in client.chat.completions.create(**kwargs).choices[0].logprobs.content]
     streamed = []
     for chunk in client.chat.completions.create(stream=True, **kwargs):
         for choice in chunk.choices:
             if choice.logprobs and choice.logprobs.content:
-                streamed += [(e.token, round(e.logprob, 3)) for e in choice.logprobs.content]
-    assert streamed == whole
+                streamed += [(e.token, e.logprob) for e in choice.logprobs.content]
+    assert [t for t, _ in streamed] == [t for t, _ in whole]
+    # the second request reuses the first one's prompt KV (llama.cpp's prefix cache): its last prompt token is
+    # then computed alone rather than in the prompt's batch, which moves a log-probability in the third decimal
+    assert all(abs(a - b) < 0.01 for (_, a), (_, b) in zip(streamed, whole)), (streamed, whole)
 
 
 def test_completion_logprobs(client):

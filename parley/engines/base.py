@@ -243,6 +243,8 @@ class EngineStats(BaseModel):
     max_batch_size_seen: int = 0
     prefill_batches: int = 0
     joined_running_batch: int = 0  # requests admitted while others were mid-decode
+    cached_prompt_tokens: int = 0  # prompt tokens not prefilled: their KV was reused from an earlier request
+    threads: int = 0  # CPU threads decoding now, where the engine chooses them (llama.cpp); 0: not reported
 
     @property
     def mean_batch_size(self) -> float:

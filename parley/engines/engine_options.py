@@ -34,9 +34,15 @@ class TransformersOptions(EngineOptions):
 class LlamaCppOptions(EngineOptions):
     n_ctx: int | None = Field(None, ge=16, description="KV-cache cells shared by all sequences (default: the "
                                                          "model's context, at most 8192)")
-    n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads (default: up to all cores, fewer while "
+                                                          "fewer measure faster, as when another process "
+                                                          "takes a core)")
     n_gpu_layers: int = Field(0, ge=-1, description="layers offloaded to the GPU (-1: all)")
     max_batch_size: int = Field(32, ge=1, description="most sequences decoded together")
+    prefix_cache_entries: int = Field(
+        16, ge=0, le=200, description="finished sequences whose KV stays cached, so that a prompt starting with "
+                                      "one (a conversation's earlier turns, a shared system prompt) skips its "
+                                      "prefill; at most half the cells (0: none)")
     weights: Literal["auto", "file", "f16"] = Field(
         "auto", description="file: the GGUF's own weight types; f16: its weights dequantized once to F16 "
                             "(cached), computed without quantized activations; auto: f16 for a quantized model "

@@ -17,6 +17,7 @@ import asyncio
 import ctypes
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +30,14 @@ from parley.engines.base import (
 )
 from parley.engines.engine_options import LlamaCppOptions
 from parley.engines.model_loop import LocalEngine, ModelLoop
+from parley.engines.prefix_cache import PrefixCache
 from parley.engines.sampling import (
     SamplerFactory,
     SequenceState,
     TokenEvent,
     advance_rows,
 )
+from parley.engines.thread_tuning import ThreadTuner
 from parley.errors import ContextLengthError, ParleyError
 from parley.models.source import ModelSource, SourceKind
 
@@ -83,14 +86,18 @@ class _Piece:
 class LlamaCppBatcher(ModelLoop):
     thread_name = "parley-llamacpp"
 
-    def __init__(self, model, ctx, n_vocab: int, n_batch: int, n_seq: int):
+    def __init__(self, model, ctx, n_vocab: int, n_batch: int, n_seq: int, threads: ThreadTuner,
+                 prefixes: PrefixCache):
         super().__init__()
         self._lib = _llama_cpp()
+        self._threads = threads
         self._model, self._ctx = model, ctx
         self._n_vocab = n_vocab
         self._n_batch = n_batch
         self._n_ctx = ctx.n_ctx()
-        self._free_ids = list(range(n_seq))
+        self._n_seq = n_seq  # the most sequences decoding at once
+        self._prefixes = prefixes  # finished sequences' cells, under the spare sequence ids
+        self._free_ids = list(range(n_seq + prefixes.max_entries))
         self._batch = self._lib.llama_batch_init(max(n_batch, n_seq), 0, 1)
         self._running: list[_Slot] = []
         self.start()
@@ -101,34 +108,59 @@ class LlamaCppBatcher(ModelLoop):
     def _take_running(self) -> list[SequenceState]:
         seqs = [s.seq for s in self._running]
         for slot in self._running:
-            self._release(slot)
+            self._release(slot, keep=False)  # a failed step or shutdown: its cells may be half written
         self._running = []
+        for seq_id in self._prefixes.clear():
+            self._forget(seq_id)
         return seqs
 
     def _on_close(self) -> None:
         self._lib.llama_batch_free(self._batch)
 
     def _cells_in_use(self) -> int:
-        return sum(len(s.seq.prompt_ids) + len(s.seq.generated) for s in self._running)
+        """An upper bound of the KV cells held: the running sequences' and the cached prefixes'."""
+        return sum(len(s.seq.prompt_ids) + len(s.seq.generated) for s in self._running) + self._prefixes.cells
+
+    def _room(self, cells: int) -> bool:
+        """Whether `cells` more fit, dropping cached prefixes (least recently used first) to make room."""
+        while self._cells_in_use() + cells > self._n_ctx and len(self._prefixes):
+            self._forget(self._prefixes.pop_oldest())
+        return self._cells_in_use() + cells <= self._n_ctx
 
     def _admit(self) -> None:
-        used = self._cells_in_use()
-        while self._waiting and self._free_ids:
+        while self._waiting and len(self._running) < self._n_seq:
             seq = self._waiting[0]
             if seq.cancelled:
                 self._waiting.popleft()
                 continue
-            if self._running and used + len(seq.prompt_ids) + len(self._running) + 1 > self._n_ctx:
+            if self._running and not self._room(len(seq.prompt_ids) + len(self._running) + 1):
                 break  # the KV cache is full: wait for running sequences to finish
             self._waiting.popleft()
             if self._running:
                 self.stats.joined_running_batch += 1
-            self._running.append(_Slot(seq, self._free_ids.pop()))
-            used += len(seq.prompt_ids)
+            reuse = self._prefixes.best(seq.prompt_ids)
+            # n_seq + max_entries ids, fewer than n_seq running and at most max_entries cached: one is free
+            slot = _Slot(seq, self._free_ids.pop())
+            if reuse is not None:
+                entry, length = reuse
+                # the new sequence shares the entry's first `length` cells; its prefill starts after them
+                self._lib.llama_memory_seq_cp(self._ctx.memory, entry.seq_id, slot.seq_id, 0, length)
+                slot.n_past = length
+                self.stats.cached_prompt_tokens += length
+            self._running.append(slot)
 
-    def _release(self, slot: _Slot) -> None:
-        self._lib.llama_memory_seq_rm(self._ctx.memory, slot.seq_id, -1, -1)
-        self._free_ids.append(slot.seq_id)
+    def _forget(self, seq_id: int) -> None:
+        self._lib.llama_memory_seq_rm(self._ctx.memory, seq_id, -1, -1)
+        self._free_ids.append(seq_id)
+
+    def _release(self, slot: _Slot, keep: bool = True) -> None:
+        """A sequence is done: its cells stay as a cached prefix (`keep`), or are freed."""
+        if not keep:
+            self._forget(slot.seq_id)
+            return
+        held = (slot.seq.prompt_ids + slot.seq.generated)[: slot.n_past]  # the last token was never decoded
+        for seq_id in self._prefixes.add(slot.seq_id, held):
+            self._forget(seq_id)
 
     def _step(self) -> None:
         live = []
@@ -140,8 +172,9 @@ class LlamaCppBatcher(ModelLoop):
         self._running = live
         if not live:
             return
-        # One shared cache: when it is about to overflow, the longest sequence ends at its length limit.
-        while len(self._running) > 1 and self._cells_in_use() + len(self._running) > self._n_ctx:
+        # One shared cache: when it is about to overflow (cached prefixes dropped first), the longest sequence
+        # ends at its length limit.
+        while len(self._running) > 1 and not self._room(len(self._running)):
             longest = max(self._running, key=lambda s: len(s.seq.prompt_ids) + len(s.seq.generated))
             self._finish_for_length(longest)
         pieces = [_Piece(s, [s.seq.generated[-1]], prompt=False, samples=True) for s in self._running if not s.prefilling]
@@ -155,7 +188,11 @@ class LlamaCppBatcher(ModelLoop):
             chunk = prompt[slot.n_past: slot.n_past + budget]
             pieces.append(_Piece(slot, chunk, prompt=True, samples=slot.n_past + len(chunk) == len(prompt)))
             budget -= len(chunk)
+        only_decoding = all(not piece.prompt for piece in pieces)
+        started = time.perf_counter()
         done = self._decode_apart_on_failure(pieces)
+        if only_decoding and done:
+            self._tuned(len(done), time.perf_counter() - started)
         decoded = [piece for piece, _ in done if not piece.prompt]
         if len(decoded) < len(done):
             self.stats.prefill_batches += 1
@@ -173,6 +210,16 @@ class LlamaCppBatcher(ModelLoop):
             if i not in keep:
                 self._running.remove(slot)
                 self._release(slot)
+
+    def _tuned(self, tokens: int, seconds: float) -> None:
+        before, kept = self._threads.threads(), self._threads.current
+        changed = self._threads.record(tokens, seconds)
+        if changed is not None:
+            log.info("%s: decoding with %d thread(s) from now on: it measured faster than %d", self.thread_name,
+                     changed, kept)
+        if self._threads.threads() != before:
+            self._lib.llama_set_n_threads(self._ctx.ctx, self._threads.threads(), self._threads.threads())
+        self.stats.threads = self._threads.current
 
     def _decode_apart_on_failure(self, pieces: list[_Piece]) -> list[tuple[_Piece, np.ndarray | None]]:
         """Decode the pieces together; when that fails, the running sequences' tokens together and
@@ -232,7 +279,7 @@ class LlamaCppBatcher(ModelLoop):
         log.error("%s: %s (%d sequences): %s: %s", self.thread_name, stage, len(pieces), type(exc).__name__, exc)
         for piece in pieces:
             self._running.remove(piece.slot)
-            self._release(piece.slot)
+            self._release(piece.slot, keep=False)
         self._fail([piece.slot.seq for piece in pieces], RequestFailedError(stage, exc))
 
     def _finish_for_length(self, slot: _Slot) -> None:
@@ -295,11 +342,12 @@ class LlamaCppEngine(LocalEngine):
         self._n_vocab = self._vocab_size = model.n_vocab()
         self._context_length = min(model.n_ctx_train(), options.n_ctx or DEFAULT_MAX_CTX)
         n_seq = min(options.max_batch_size, lib.llama_max_parallel_sequences())
+        spare_ids = max(0, min(options.prefix_cache_entries, lib.llama_max_parallel_sequences() - n_seq))
         self._threads = options.n_threads or os.cpu_count() or 1
         ctx_params = lib.llama_context_default_params()
         ctx_params.n_ctx = options.n_ctx or self._context_length
         ctx_params.n_batch = ctx_params.n_ubatch = max(512, n_seq)
-        ctx_params.n_seq_max = n_seq
+        ctx_params.n_seq_max = n_seq + spare_ids
         ctx_params.kv_unified = True
         ctx_params.n_threads = ctx_params.n_threads_batch = self._threads
         self._ctx = _internals.LlamaContext(model=model, params=ctx_params, verbose=False)
@@ -314,7 +362,9 @@ class LlamaCppEngine(LocalEngine):
             device="cuda" if options.n_gpu_layers else "cpu", dtype=meta.get("general.file_type", "gguf"),
             num_parameters=model.n_params(),
         )
-        self._loop = LlamaCppBatcher(model, self._ctx, self._n_vocab, ctx_params.n_batch, n_seq)
+        tuner = ThreadTuner(self._threads, probe_every=96 if options.n_threads is None else 0)  # 0: as given
+        prefixes = PrefixCache(spare_ids, max_cells=ctx_params.n_ctx // 2)
+        self._loop = LlamaCppBatcher(model, self._ctx, self._n_vocab, ctx_params.n_batch, n_seq, tuner, prefixes)
         self._vocab = SamplerFactory(self._grammar_factory)
 
     def _grammar_factory(self):

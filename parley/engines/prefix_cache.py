@@ -1,0 +1,81 @@
+"""Recently computed prompts kept in llama.cpp's KV cache, so that a prompt starting with them skips their
+prefill: the earlier turns of a conversation, a shared system prompt, MT-bench's judge prompt.
+
+When a sequence ends, its cells stay in the (unified) KV cache under its sequence id, which becomes an
+entry here with the tokens those cells hold. A new prompt takes the entry sharing its longest prefix:
+`llama_memory_seq_cp` adds the new sequence's id to those cells (no copy: cells of a unified cache can
+belong to several sequences), and its prefill starts after them. Entries are bounded in number (the
+spare sequence ids) and in cells, and the least recently used goes first; an entry is also dropped
+whenever the running sequences need its cells.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+MIN_REUSE_TOKENS = 16  # a shorter common prefix is prefilled again: not worth an entry's bookkeeping
+
+
+@dataclass
+class Entry:
+    seq_id: int
+    tokens: list[int]  # what its cells hold, positions 0..len-1
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class PrefixCache:
+    def __init__(self, max_entries: int, max_cells: int):
+        self.max_entries, self.max_cells = max_entries, max_cells
+        self._entries: OrderedDict[int, Entry] = OrderedDict()  # by seq id, least recently used first
+        self.hits = self.reused_tokens = 0
+
+    @property
+    def cells(self) -> int:
+        """An upper bound of the cells the entries hold (shared cells are counted once per entry)."""
+        return sum(len(e.tokens) for e in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def best(self, prompt: list[int]) -> tuple[Entry, int] | None:
+        """The entry sharing the longest prefix with `prompt`, and that length (at most len(prompt) - 1, so
+        that the prompt's last token is decoded for its logits), or None below MIN_REUSE_TOKENS."""
+        found, length = None, 0
+        for entry in self._entries.values():
+            n = min(common_prefix(entry.tokens, prompt), len(prompt) - 1)
+            if n > length:
+                found, length = entry, n
+        if found is None or length < MIN_REUSE_TOKENS:
+            return None
+        self._entries.move_to_end(found.seq_id)
+        self.hits += 1
+        self.reused_tokens += length
+        return found, length
+
+    def add(self, seq_id: int, tokens: list[int]) -> list[int]:
+        """Keep `seq_id`'s cells as an entry; returns the seq ids evicted to stay within bounds (including
+        `seq_id` itself when its tokens alone exceed them)."""
+        if len(tokens) < MIN_REUSE_TOKENS or len(tokens) > self.max_cells or self.max_entries == 0:
+            return [seq_id]
+        self._entries[seq_id] = Entry(seq_id, tokens)
+        evicted = []
+        while len(self._entries) > self.max_entries or self.cells > self.max_cells:
+            evicted.append(self.pop_oldest())
+        return evicted
+
+    def pop_oldest(self) -> int:
+        seq_id, _ = self._entries.popitem(last=False)
+        return seq_id
+
+    def clear(self) -> list[int]:
+        ids = list(self._entries)
+        self._entries.clear()
+        return ids

@@ -1,0 +1,68 @@
+"""llama.cpp reuses the KV of recent prompts: each turn of a conversation prefills only what is new, and its
+greedy reply is token for token what a cold engine (no prefix cache) gives. Real bundled model."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+
+import pytest
+
+from parley.engines.base import GenerationRequest, Message, SamplingParams
+from parley.engines.engine_options import LlamaCppOptions
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                reason="llama-cpp-python is not installed (make installs it)")
+
+SYSTEM = ("You are an environmental impact assessment expert. Answer briefly and precisely, citing the "
+          "relevant stage of the assessment process where it helps.")
+QUESTIONS = ["What is a scoping study?", "Who takes part in it?", "What comes after it?",
+             "How long does that take?", "Summarize the whole process in one sentence."]
+
+
+def engine(entries: int):
+    from parley.engines.llamacpp import LlamaCppEngine
+    from parley.models.bundled import bundled_gguf_path
+
+    return LlamaCppEngine(str(bundled_gguf_path()), "smollm2", LlamaCppOptions(prefix_cache_entries=entries))
+
+
+async def conversation(eng) -> list[list[int]]:
+    messages = [Message(role="system", content=SYSTEM)]
+    replies = []
+    for question in QUESTIONS:
+        messages.append(Message(role="user", content=question))
+        reply = await eng.generate(GenerationRequest(messages=messages,
+                                                     params=SamplingParams(temperature=0, max_new_tokens=40)))
+        replies.append(reply.token_ids)
+        messages.append(Message(role="assistant", content=reply.text))
+    return replies
+
+
+async def test_a_conversation_reuses_its_earlier_turns_and_answers_as_a_cold_engine_does():
+    cold, warm = engine(0), engine(16)
+    try:
+        expected = await conversation(cold)
+        got = await conversation(warm)
+        assert cold.stats().cached_prompt_tokens == 0
+        stats = warm.stats()
+    finally:
+        await asyncio.gather(cold.aclose(), warm.aclose())
+    assert got == expected
+    # turns 2 to 5 each start with the turn before (system prompt, questions, replies): most of it is reused
+    assert stats.cached_prompt_tokens > 4 * 40
+
+
+async def test_concurrent_requests_sharing_a_system_prompt_answer_as_alone():
+    """Several requests at once, each starting with a prompt an earlier one left in the cache."""
+    cold, warm = engine(0), engine(4)
+    ask = [[Message(role="system", content=SYSTEM), Message(role="user", content=q)] for q in QUESTIONS]
+    request = lambda m: GenerationRequest(messages=m, params=SamplingParams(temperature=0, max_new_tokens=24))  # noqa: E731
+    try:
+        expected = [(await cold.generate(request(m))).token_ids for m in ask]
+        await warm.generate(request(ask[0]))  # leaves the system prompt in the cache
+        got = [r.token_ids for r in await asyncio.gather(*(warm.generate(request(m)) for m in ask))]
+        assert warm.stats().cached_prompt_tokens >= 4 * 20
+    finally:
+        await asyncio.gather(cold.aclose(), warm.aclose())
+    assert got == expected

@@ -1,0 +1,38 @@
+"""llama.cpp's thread count follows measured speed: it drops when fewer threads decode faster (another process
+took a core) and comes back when more are faster again; a count given on the command line stays."""
+
+from __future__ import annotations
+
+from parley.engines.thread_tuning import ThreadTuner
+
+
+def serve(tuner: ThreadTuner, speed: dict[int, float], steps: int) -> list[int]:
+    """Decode `steps` steps of 8 tokens, each at `speed[threads]` tokens/s; the counts used, step by step."""
+    used = []
+    for _ in range(steps):
+        threads = tuner.threads()
+        used.append(threads)
+        tuner.record(8, 8 / speed[threads])
+    return used
+
+
+def test_it_drops_to_fewer_threads_when_they_are_faster_and_comes_back():
+    tuner = ThreadTuner(2, probe_every=20, probe_steps=4)
+    assert serve(tuner, {1: 48.0, 2: 68.0}, 200).count(2) >= 160  # idle: 2 threads; the probes of 1 (4 in 24) fail
+    assert tuner.current == 2
+    busy = serve(tuner, {1: 47.0, 2: 3.0}, 100)  # a core taken: 2 threads stall
+    assert tuner.current == 1 and busy[-50:].count(1) >= 40
+    serve(tuner, {1: 48.0, 2: 68.0}, 100)  # the core is free again
+    assert tuner.current == 2
+
+
+def test_on_many_cores_it_walks_to_the_fastest_count():
+    tuner = ThreadTuner(8, probe_every=10, probe_steps=3)
+    speed = {n: 160 - 30 * abs(n - 5) for n in range(1, 9)}  # fastest at 5 (three cores busy elsewhere)
+    serve(tuner, speed, 400)
+    assert tuner.current == 5
+
+
+def test_a_given_count_is_never_probed():
+    tuner = ThreadTuner(2, probe_every=0)
+    assert set(serve(tuner, {1: 90.0, 2: 3.0}, 300)) == {2}
