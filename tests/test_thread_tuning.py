@@ -36,3 +36,41 @@ def test_on_many_cores_it_walks_to_the_fastest_count():
 def test_a_given_count_is_never_probed():
     tuner = ThreadTuner(2, probe_every=0)
     assert set(serve(tuner, {1: 90.0, 2: 3.0}, 300)) == {2}
+
+
+def test_a_count_that_stalls_costs_one_step_a_probe_and_is_probed_ever_more_rarely():
+    tuner = ThreadTuner(2, probe_every=16, probe_steps=8)
+    serve(tuner, {1: 47.0, 2: 0.3}, 40)  # 2 threads stall (3 s a step of 8... here 27 s): down to 1 at once
+    assert tuner.current == 1
+    used = serve(tuner, {1: 47.0, 2: 0.3}, 2000)
+    stalled = [i for i, n in enumerate(used) if n == 2]
+    assert all(b - a > 1 for a, b in zip(stalled, stalled[1:]))  # each probe of 2 ended after its first step
+    assert len(stalled) <= 8  # waits of 16, 32, 64 ... steps between probes
+
+
+def test_more_threads_are_not_probed_while_other_processes_keep_the_cores_busy():
+    load = {"others": 1.0}
+    tuner = ThreadTuner(2, probe_every=16, probe_steps=8, others_busy=lambda: load["others"])
+    serve(tuner, {1: 47.0, 2: 0.3}, 40)
+    assert tuner.current == 1
+    assert serve(tuner, {1: 47.0, 2: 0.3}, 1000).count(2) == 0  # one core busy elsewhere: 2 is never tried
+    load["others"] = 0.1
+    serve(tuner, {1: 48.0, 2: 68.0}, 600)
+    assert tuner.current == 2
+
+
+def test_the_load_of_other_processes_is_measured():
+    import subprocess
+    import sys
+    import time
+
+    from parley.engines.thread_tuning import OtherProcessesLoad
+
+    load = OtherProcessesLoad()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)
+        assert load() > 0.6  # about one core
+    finally:
+        busy.kill()
+        busy.wait()

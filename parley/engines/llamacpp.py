@@ -37,7 +37,7 @@ from parley.engines.sampling import (
     TokenEvent,
     advance_rows,
 )
-from parley.engines.thread_tuning import ThreadTuner
+from parley.engines.thread_tuning import OtherProcessesLoad, ThreadTuner
 from parley.errors import ContextLengthError, ParleyError
 from parley.models.source import ModelSource, SourceKind
 
@@ -362,7 +362,8 @@ class LlamaCppEngine(LocalEngine):
             device="cuda" if options.n_gpu_layers else "cpu", dtype=meta.get("general.file_type", "gguf"),
             num_parameters=model.n_params(),
         )
-        tuner = ThreadTuner(self._threads, probe_every=96 if options.n_threads is None else 0)  # 0: as given
+        tuner = ThreadTuner(self._threads, probe_every=64 if options.n_threads is None else 0,  # 0: as given
+                            others_busy=OtherProcessesLoad())
         prefixes = PrefixCache(spare_ids, max_cells=ctx_params.n_ctx // 2)
         self._loop = LlamaCppBatcher(model, self._ctx, self._n_vocab, ctx_params.n_batch, n_seq, tuner, prefixes)
         self._vocab = SamplerFactory(self._grammar_factory)

@@ -3,27 +3,44 @@
 llama.cpp's CPU threads meet at a barrier after every operation of a decoding step (hundreds a
 token). When another process takes a core, a thread waiting there for a descheduled peer waits out
 the scheduler's time slice, again and again: on a 2-core machine, with `parley serve`'s other
-processes and one busy process beside it, two threads fell to under 2 tokens/s where one thread
-kept 47. No fixed count is right: all cores are fastest on an idle machine (68 against 49 tokens/s
-for one stream on 2 cores), fewer when something else runs. So the count is tried: every
-`probe_every` decoding steps, `probe_steps` steps run with a neighbouring count, and the faster of
-the two (by tokens a second, beyond `margin`) is kept. Probing costs a few percent at most.
+processes and one busy process beside it, a two-thread decoding step took up to 3 s, where one
+thread kept about 47 tokens/s. No fixed count is right: all cores are fastest on an idle machine
+(68 against 49 tokens/s for one stream on 2 cores), fewer when something else runs.
+
+So the count is tried: after `probe_every` decoding steps, up to `probe_steps` steps run with a
+neighbouring count, and the faster of the two (tokens over seconds, beyond `margin`) is kept. A
+probe that is already slower than the current count by more than `abort_factor` ends at once, and
+each failed probe doubles the wait before the next (up to `max_probe_every`), so a count that
+stalls costs one step now and then, not a minute. A step `abort_factor` times slower than the last
+ones (a core was just taken) starts a probe at once.
 """
 
 from __future__ import annotations
 
-import statistics
+import time
 from collections import deque
+from collections.abc import Callable
+
+import psutil
 
 
 class ThreadTuner:
-    def __init__(self, most: int, probe_every: int = 96, probe_steps: int = 6, margin: float = 0.15):
-        """`most`: the most threads to use (the cores); `probe_every` 0: always `most`, never probed."""
+    def __init__(self, most: int, probe_every: int = 64, probe_steps: int = 8, margin: float = 0.15,
+                 abort_factor: float = 3.0, max_probe_every: int = 512,
+                 others_busy: Callable[[], float] | None = None):
+        """`most`: the most threads to use (the cores); `probe_every` 0: always `most`, never probed;
+        `others_busy`: the cores other processes have kept busy lately (a count that would need more than the
+        cores left is not probed)."""
         self.most = max(1, most)
+        self._others_busy = others_busy
         self.current = self.most
-        self._probe_every, self._probe_steps, self._margin = probe_every, probe_steps, margin
-        self._recent: deque[float] = deque(maxlen=probe_steps)  # tokens/s of the last steps at `current`
-        self._probe: list[float] = []
+        self._base_every = self._every = probe_every
+        self._max_every = max(probe_every, max_probe_every)
+        self._probe_steps, self._margin, self._abort = probe_steps, margin, abort_factor
+        # (tokens, seconds) of the last steps at `current`, and of the probe's: compared by tokens over seconds,
+        # so that a few steps stalled for a whole time slice weigh what they cost
+        self._recent: deque[tuple[int, float]] = deque(maxlen=probe_steps)
+        self._probe: list[tuple[int, float]] = []
         self._candidate: int | None = None
         self._steps = 0
         self._direction = -1  # the next probe goes down, then up, ... within 1..most
@@ -36,24 +53,32 @@ class ThreadTuner:
         """A decoding step of `tokens` tokens took `seconds`. Returns the new count when it changes."""
         if seconds <= 0 or tokens <= 0:
             return None
-        rate = tokens / seconds
         if self._candidate is not None:
-            self._probe.append(rate)
-            if len(self._probe) < self._probe_steps:
-                return None
-            candidate, self._candidate = self._candidate, None
-            better = statistics.median(self._probe) > statistics.median(self._recent) * (1 + self._margin)
-            self._probe = []
-            if better:
-                self.current = candidate
+            return self._probed(tokens, seconds)
+        if len(self._recent) == self._recent.maxlen and seconds > self._abort * _step_time(self._recent):
+            self._steps = self._every = self._base_every  # a step this slow: something changed, probe at once
+        self._recent.append((tokens, seconds))
+        self._steps += 1
+        if self._every and self.most > 1 and self._steps >= self._every and len(self._recent) == self._recent.maxlen:
+            self._steps = 0
+            candidate = self._next_candidate()
+            if candidate > self.current and self._others_busy and candidate > self.most - round(self._others_busy()):
+                self._every = min(self._every * 2, self._max_every)  # no free core for it: as a failed probe
+            else:
+                self._candidate = candidate
+        return None
+
+    def _probed(self, tokens: int, seconds: float) -> int | None:
+        self._probe.append((tokens, seconds))
+        current_rate = _rate(self._recent)
+        rate = _rate(self._probe)
+        if rate * self._abort < current_rate or len(self._probe) >= self._probe_steps:
+            candidate, self._candidate, self._probe = self._candidate, None, []
+            if rate > current_rate * (1 + self._margin):
+                self.current, self._every = candidate, self._base_every
                 self._recent.clear()
                 return candidate
-            return None
-        self._recent.append(rate)
-        self._steps += 1
-        if self._probe_every and self.most > 1 and self._steps >= self._probe_every and len(self._recent) == self._recent.maxlen:
-            self._steps = 0
-            self._candidate = self._next_candidate()
+            self._every = min(self._every * 2, self._max_every)  # failed: wait longer before the next probe
         return None
 
     def _next_candidate(self) -> int:
@@ -63,3 +88,32 @@ class ThreadTuner:
             if 1 <= candidate <= self.most:
                 return candidate
         return self.current
+
+
+def _rate(steps) -> float:
+    return sum(t for t, _ in steps) / sum(s for _, s in steps)
+
+
+def _step_time(steps) -> float:
+    return sum(s for _, s in steps) / len(steps)
+
+
+class OtherProcessesLoad:
+    """The cores that processes other than this one kept busy since the last call (from /proc/stat and this
+    process's own CPU times, through psutil)."""
+
+    def __init__(self) -> None:
+        self._me = psutil.Process()
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        total = psutil.cpu_times()
+        busy = sum(total) - total.idle - getattr(total, "iowait", 0.0)
+        mine = self._me.cpu_times()
+        return time.monotonic(), busy, mine.user + mine.system
+
+    def __call__(self) -> float:
+        now = self._sample()
+        (t0, busy0, mine0), (t1, busy1, mine1) = self._last, now
+        self._last = now
+        return max(0.0, ((busy1 - busy0) - (mine1 - mine0)) / (t1 - t0)) if t1 > t0 else 0.0
