@@ -45,7 +45,8 @@ def test_a_count_that_stalls_costs_one_step_a_probe_and_is_probed_ever_more_rare
     used = serve(tuner, {1: 47.0, 2: 0.3}, 2000)
     stalled = [i for i, n in enumerate(used) if n == 2]
     assert all(b - a > 1 for a, b in zip(stalled, stalled[1:]))  # each probe of 2 ended after its first step
-    assert len(stalled) <= 8  # waits of 16, 32, 64 ... steps between probes
+    assert len(stalled) <= 20  # waits of 16, 32, 64, then 128 steps between probes: 1 stalled step in 129
+    assert all(b - a >= 128 for a, b in zip(stalled[4:], stalled[5:]))
 
 
 def test_more_threads_are_not_probed_while_other_processes_keep_the_cores_busy():

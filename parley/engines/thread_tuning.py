@@ -11,8 +11,8 @@ So the count is tried: after `probe_every` decoding steps, up to `probe_steps` s
 neighbouring count, and the faster of the two (tokens over seconds, beyond `margin`) is kept. A
 probe that is already slower than the current count by more than `abort_factor` ends at once, and
 each failed probe doubles the wait before the next (up to `max_probe_every`), so a count that
-stalls costs one step now and then, not a minute. A step `abort_factor` times slower than the last
-ones (a core was just taken) starts a probe at once.
+stalls costs one step now and then, not a minute. A step `stall_factor` times slower than the last
+ones (a core was just taken; more sequences in the batch slow a step far less) starts a probe at once.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import psutil
 
 class ThreadTuner:
     def __init__(self, most: int, probe_every: int = 64, probe_steps: int = 8, margin: float = 0.15,
-                 abort_factor: float = 3.0, max_probe_every: int = 512,
+                 abort_factor: float = 3.0, stall_factor: float = 10.0, max_probe_every: int = 128,
                  others_busy: Callable[[], float] | None = None):
         """`most`: the most threads to use (the cores); `probe_every` 0: always `most`, never probed;
         `others_busy`: the cores other processes have kept busy lately (a count that would need more than the
@@ -36,7 +36,7 @@ class ThreadTuner:
         self.current = self.most
         self._base_every = self._every = probe_every
         self._max_every = max(probe_every, max_probe_every)
-        self._probe_steps, self._margin, self._abort = probe_steps, margin, abort_factor
+        self._probe_steps, self._margin, self._abort, self._stall = probe_steps, margin, abort_factor, stall_factor
         # (tokens, seconds) of the last steps at `current`, and of the probe's: compared by tokens over seconds,
         # so that a few steps stalled for a whole time slice weigh what they cost
         self._recent: deque[tuple[int, float]] = deque(maxlen=probe_steps)
@@ -55,14 +55,16 @@ class ThreadTuner:
             return None
         if self._candidate is not None:
             return self._probed(tokens, seconds)
-        if len(self._recent) == self._recent.maxlen and seconds > self._abort * _step_time(self._recent):
+        if len(self._recent) == self._recent.maxlen and seconds > self._stall * _step_time(self._recent):
             self._steps = self._every = self._base_every  # a step this slow: something changed, probe at once
         self._recent.append((tokens, seconds))
         self._steps += 1
         if self._every and self.most > 1 and self._steps >= self._every and len(self._recent) == self._recent.maxlen:
             self._steps = 0
             candidate = self._next_candidate()
-            if candidate > self.current and self._others_busy and candidate > self.most - round(self._others_busy()):
+            # a core counts as taken when other processes keep (nearly) all of it busy; the API streaming
+            # this engine's replies takes part of one, and more threads still win then
+            if candidate > self.current and self._others_busy and candidate > self.most - int(self._others_busy() + 0.1):
                 self._every = min(self._every * 2, self._max_every)  # no free core for it: as a failed probe
             else:
                 self._candidate = candidate
