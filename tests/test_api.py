@@ -25,7 +25,9 @@ def stack():
     controller = start_controller("--heart-beat-expiration", "3")
     servers = [controller]
     try:
-        servers.append(start_worker(controller, names=REAL))
+        # transformers: what this module asserts of seeds (n choices repeat) holds there whatever shares the
+        # batch; llama.cpp (the default for the bundled GGUF) repeats a seed for a request alone
+        servers.append(start_worker(controller, "--engine", "transformers", names=REAL))
         servers.append(start_worker(controller, names="echo", echo=True))
         api = start_api(controller, "--api-keys", f"other-key,{KEY}")
         servers.append(api)

@@ -38,7 +38,7 @@ from parley.engines.sampling import (
     advance_rows,
 )
 from parley.engines.thread_tuning import OtherProcessesLoad, ThreadTuner
-from parley.errors import ContextLengthError, ParleyError
+from parley.errors import ContextLengthError, ModelLoadError, ParleyError
 from parley.models.source import ModelSource, SourceKind
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,11 @@ def _load_model(lib, gguf_path: str, params, weights: str):
     answers (benchmarks/weight_quality.py); in F16 it is 270 MB."""
     from llama_cpp import _internals
 
-    model = _internals.LlamaModel(path_model=gguf_path, params=params, verbose=False)
+    try:
+        model = _internals.LlamaModel(path_model=gguf_path, params=params, verbose=False)
+    except ValueError:  # llama.cpp says only "failed to load"
+        raise ModelLoadError(f"llama.cpp could not load {gguf_path}: not a valid GGUF file, or a model "
+                             "architecture this llama.cpp does not know") from None
     if weights == "file" or model.metadata().get("general.file_type") in FULL_PRECISION_FILE_TYPES:
         return model
     if weights == "auto" and model.n_params() >= SMALL_MODEL_PARAMS:
