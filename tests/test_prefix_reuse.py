@@ -66,3 +66,22 @@ async def test_concurrent_requests_sharing_a_system_prompt_answer_as_alone():
     finally:
         await asyncio.gather(cold.aclose(), warm.aclose())
     assert got == expected
+
+
+async def test_cached_prefixes_give_way_to_a_long_prompt_on_an_idle_engine():
+    """Cached cells never keep a prompt that fits the window from being served, running alone or not."""
+    from parley.engines.llamacpp import LlamaCppEngine
+    from parley.models.bundled import bundled_gguf_path
+
+    eng = LlamaCppEngine(str(bundled_gguf_path()), "smollm2", LlamaCppOptions(n_ctx=512, prefix_cache_entries=8))
+    try:
+        for i in range(6):  # each leaves about 60 cells cached: the cache fills toward half the window
+            await eng.generate(GenerationRequest(prompt=f"Note {i}: " + "the river runs to the sea. " * 6,
+                                                 params=SamplingParams(temperature=0, max_new_tokens=16)))
+        long_prompt = "Summarize: " + " ".join(f"item {i} is blue." for i in range(60))
+        # and as it grows to the end of the window, the prefixes still cached give way too
+        reply = await eng.generate(GenerationRequest(prompt=long_prompt, params=SamplingParams(
+            temperature=0, max_new_tokens=90, ignore_eos=True)))
+        assert reply.usage.prompt_tokens > 256 and reply.usage.completion_tokens == 90
+    finally:
+        await eng.aclose()

@@ -133,7 +133,8 @@ class LlamaCppBatcher(ModelLoop):
             if seq.cancelled:
                 self._waiting.popleft()
                 continue
-            if self._running and not self._room(len(seq.prompt_ids) + len(self._running) + 1):
+            fits = self._room(len(seq.prompt_ids) + len(self._running) + 1)  # drops cached prefixes as needed
+            if self._running and not fits:
                 break  # the KV cache is full: wait for running sequences to finish
             self._waiting.popleft()
             if self._running:
@@ -174,7 +175,7 @@ class LlamaCppBatcher(ModelLoop):
             return
         # One shared cache: when it is about to overflow (cached prefixes dropped first), the longest sequence
         # ends at its length limit.
-        while len(self._running) > 1 and not self._room(len(self._running)):
+        while not self._room(len(self._running)) and len(self._running) > 1:
             longest = max(self._running, key=lambda s: len(s.seq.prompt_ids) + len(s.seq.generated))
             self._finish_for_length(longest)
         pieces = [_Piece(s, [s.seq.generated[-1]], prompt=False, samples=True) for s in self._running if not s.prefilling]
