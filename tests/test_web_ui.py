@@ -158,10 +158,7 @@ def test_chat_two_turns_streamed_then_reload_and_continue_from_history(stack, br
     page.get_by_role("option", name=MODEL).click()
     page.click("#chat-parameters")  # greedy, short replies
     for slider, value in (("#temperature", "0"), ("#max-tokens", "48")):
-        page.locator(f"{slider} input[type=number]").fill(value)
-        page.locator(f"{slider} input[type=number]").press("Tab")
-        # the slider's own state (its range input) must hold the value before anything is sent
-        wait_until(lambda: page.input_value(f"{slider} input[type=range]") == value, f"{slider} never took {value}")
+        set_slider(page, slider, value)
 
     seen = send_and_watch(page, "What is the capital of France?", 0)
     assert len({n for n in seen if n > 0}) >= 2, f"the reply did not stream: lengths seen {seen}"
