@@ -12,7 +12,10 @@ whenever the running sequences need its cells.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 MIN_REUSE_TOKENS = 16  # a shorter common prefix is prefilled again: not worth an entry's bookkeeping
 
@@ -20,15 +23,14 @@ MIN_REUSE_TOKENS = 16  # a shorter common prefix is prefilled again: not worth a
 @dataclass
 class Entry:
     seq_id: int
-    tokens: list[int]  # what its cells hold, positions 0..len-1
+    tokens: np.ndarray  # what its cells hold, positions 0..len-1
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """How many leading tokens `a` and `b` share (vectorized: this runs on the model thread)."""
     n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if differ.size else n
 
 
 class PrefixCache:
@@ -45,12 +47,13 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def best(self, prompt: list[int]) -> tuple[Entry, int] | None:
+    def best(self, prompt: Sequence[int]) -> tuple[Entry, int] | None:
         """The entry sharing the longest prefix with `prompt`, and that length (at most len(prompt) - 1, so
         that the prompt's last token is decoded for its logits), or None below MIN_REUSE_TOKENS."""
         found, length = None, 0
+        ids = np.asarray(prompt, dtype=np.int64)
         for entry in self._entries.values():
-            n = min(common_prefix(entry.tokens, prompt), len(prompt) - 1)
+            n = min(common_prefix(entry.tokens, ids), len(ids) - 1)
             if n > length:
                 found, length = entry, n
         if found is None or length < MIN_REUSE_TOKENS:
@@ -60,12 +63,12 @@ class PrefixCache:
         self.reused_tokens += length
         return found, length
 
-    def add(self, seq_id: int, tokens: list[int]) -> list[int]:
+    def add(self, seq_id: int, tokens: Sequence[int]) -> list[int]:
         """Keep `seq_id`'s cells as an entry; returns the seq ids evicted to stay within bounds (including
         `seq_id` itself when its tokens alone exceed them)."""
         if len(tokens) < MIN_REUSE_TOKENS or len(tokens) > self.max_cells or self.max_entries == 0:
             return [seq_id]
-        self._entries[seq_id] = Entry(seq_id, tokens)
+        self._entries[seq_id] = Entry(seq_id, np.asarray(tokens, dtype=np.int64))
         evicted = []
         while len(self._entries) > self.max_entries or self.cells > self.max_cells:
             evicted.append(self.pop_oldest())

@@ -64,9 +64,10 @@ def top_p_dropped(scores: np.ndarray, top_p: float) -> np.ndarray:
     n = probs.shape[-1]
     if n > 2 * TOP_P_CANDIDATES:
         candidates = np.argpartition(probs, n - TOP_P_CANDIDATES)[n - TOP_P_CANDIDATES:]
-        if float(probs[candidates].sum()) >= top_p:
+        held = float(probs[candidates].sum())
+        if held >= top_p:
             order = candidates[np.argsort(probs[candidates], kind="stable")]  # ascending
-            tail = 1.0 - float(probs[candidates].sum())  # the mass of the others, below every candidate
+            tail = 1.0 - held  # the mass of the others, below every candidate
             drop = tail + np.cumsum(probs[order]) <= 1 - top_p
             drop[-1] = False
             outside = np.ones(n, dtype=bool)
@@ -105,6 +106,11 @@ class RequestSampler:
         """False when the batch-wide argmax already is this request's choice."""
         return (not self.greedy or self._penalty is not None or self._matcher is not None
                 or self._presence != 0.0 or self._frequency != 0.0 or self._logprobs is not None)
+
+    @property
+    def uses_history(self) -> bool:
+        """Whether `choose` reads the prompt and generated ids (only the repetition penalty does)."""
+        return self._penalty is not None
 
     @property
     def grammar_finished(self) -> bool:
@@ -239,7 +245,8 @@ def _next_token(seq: SequenceState, logits: Any, row: int,
     assert sampler is not None
     logprob = None
     if sampler.needs_row:
-        token, logprob = sampler.choose(logits_row(logits, row), seq.prompt_ids + seq.generated)
+        history = seq.prompt_ids + seq.generated if sampler.uses_history else ()  # a copy: only when needed
+        token, logprob = sampler.choose(logits_row(logits, row), history)
     else:
         token = argmax
     finish: FinishReason | None = None
