@@ -32,14 +32,15 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
-def start_serve(console: Console, *serve_args: str) -> tuple[subprocess.Popen, str, str]:
-    """`parley serve` on free ports (with `serve_args`), once it says it is up: the process, the API's URL
-    (http://127.0.0.1:PORT, without /v1) and the first model it serves."""
+def start_serve(console: Console, *serve_args: str, worker_port: int | None = None) -> tuple[subprocess.Popen, str, str]:
+    """`parley serve` on free ports (the worker's on `worker_port` when given, with `serve_args`), once it
+    says it is up: the process, the API's URL (http://127.0.0.1:PORT, without /v1) and the first model it
+    serves."""
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "parley", "--log-level", "WARNING", "serve", *serve_args,
                              "--port", str(port), "--controller-port", str(free_port()),
-                             "--worker-port", str(free_port())],
+                             "--worker-port", str(worker_port or free_port())],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
     with console.status(f"starting parley serve {' '.join(serve_args)}…"):
         while "Press Ctrl-C to stop" not in Path(log.name).read_text():

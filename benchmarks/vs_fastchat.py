@@ -7,7 +7,7 @@ FastChat is set up by ../shared/tools/fastchat_baseline.sh (its own virtual envi
 the bundled model converted into a directory FastChat loads, its controller, `model_worker` in bfloat16 and
 `openai_api_server`); this script runs its `setup` when that environment is missing, and puts pydantic 1 in
 it, without which FastChat's streaming fails. parley runs as
-`parley serve --no-web --engine ENGINE`. Every stack gets the same streamed chat requests (temperature 0.7,
+`parley serve --no-web --engine ENGINE`. Every stack gets the same streamed chat requests (each its own story prompt, temperature 0.7,
 --max-tokens new tokens); tokens are counted by re-tokenizing each reply with the model's own tokenizer, the
 same way for every stack (FastChat's stream carries no usage). The stacks take turns within each round;
 the table gives the median over rounds. Prints a table; writes benchmarks/results/vs_fastchat.json.
@@ -32,7 +32,10 @@ from serve_stack import REPO, cpu_model, start_serve
 BASELINE = REPO.parent / "shared" / "tools" / "fastchat_baseline.sh"
 FASTCHAT_HOME = Path("/tmp/fsbase")
 FASTCHAT_URL = "http://127.0.0.1:38000"
-PROMPT = "Tell me a long story about a lighthouse keeper and a storm."
+TOPICS = ["a lighthouse keeper and a storm", "a dragon who bakes bread", "a city under the sea", "a lost robot",
+          "two rival chess players", "a river that runs uphill", "the last winter", "a clockmaker's apprentice",
+          "a bicycle race across a desert", "a library that moves", "a king without a crown", "paper birds",
+          "a forest of glass trees", "a ship in a bottle", "the night the stars went out", "a musician and a fox"]
 
 
 def count_tokens_with(tokenizer_dir: Path):
@@ -46,7 +49,8 @@ async def one(client: openai.AsyncOpenAI, model: str, max_tokens: int, seed: int
     started = time.perf_counter()
     first = None
     pieces = []
-    stream = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": PROMPT}],
+    prompt = f"Tell me a long story about {TOPICS[seed % len(TOPICS)]}."  # each request its own prompt
+    stream = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
                                                   max_tokens=max_tokens, temperature=0.7, seed=seed, stream=True)
     async for event in stream:
         if event.choices and event.choices[0].delta.content:

@@ -85,3 +85,51 @@ async def test_cached_prefixes_give_way_to_a_long_prompt_on_an_idle_engine():
         assert reply.usage.prompt_tokens > 256 and reply.usage.completion_tokens == 90
     finally:
         await eng.aclose()
+
+
+async def test_requests_arriving_together_share_their_common_prompt_while_it_is_computed():
+    """No earlier request left the system prompt behind: the first of several simultaneous requests computes
+    it once and the others take its cells as soon as they are there, answering as they do alone."""
+    cold, warm = engine(0), engine(4)
+    ask = [[Message(role="system", content=SYSTEM), Message(role="user", content=q)] for q in QUESTIONS]
+    request = lambda m: GenerationRequest(messages=m, params=SamplingParams(temperature=0, max_new_tokens=24))  # noqa: E731
+    try:
+        expected = [(await cold.generate(request(m))).token_ids for m in ask]
+        shared = len(warm._encode(SYSTEM, False))  # the common part holds the system prompt and more
+        got = [r.token_ids for r in await asyncio.gather(*(warm.generate(request(m)) for m in ask))]
+        reused = warm.stats().cached_prompt_tokens
+    finally:
+        await asyncio.gather(cold.aclose(), warm.aclose())
+    assert got == expected
+    assert reused >= (len(ask) - 1) * shared
+
+
+async def test_a_shared_prompt_longer_than_one_batch_and_a_leader_that_goes_away():
+    """The common part takes several prefill steps (over n_batch tokens): the others wait for it and then
+    answer as they do alone; when the request computing it is cancelled midway, they carry on without it."""
+    document = " ".join(f"Section {i}: the permit for site {i} requires a noise survey." for i in range(50))
+    ask = [[Message(role="system", content=SYSTEM + " " + document), Message(role="user", content=q)]
+           for q in QUESTIONS[:3]]
+    request = lambda m: GenerationRequest(messages=m, params=SamplingParams(temperature=0, max_new_tokens=16))  # noqa: E731
+    cold, warm = engine(0), engine(4)
+    try:
+        expected = [(await cold.generate(request(m))).token_ids for m in ask]
+        assert len(warm._encode(document, False)) > 600
+        got = [r.token_ids for r in await asyncio.gather(*(warm.generate(request(m)) for m in ask))]
+        assert got == expected
+        assert warm.stats().cached_prompt_tokens >= 2 * 600
+
+        fresh = [[Message(role="system", content="Notes. " + document), m[1]] for m in ask]
+        first = asyncio.create_task(warm.generate(request(fresh[0])))
+        await asyncio.sleep(0)  # submitted first: the others follow it
+        others = [asyncio.create_task(warm.generate(request(m))) for m in fresh[1:]]
+        await asyncio.sleep(0.05)  # mid-prefill
+        first.cancel()
+        replies = await asyncio.gather(*others)
+    finally:
+        await asyncio.gather(cold.aclose(), warm.aclose())
+    alone = engine(0)
+    try:
+        assert [r.token_ids for r in replies] == [(await alone.generate(request(m))).token_ids for m in fresh[1:]]
+    finally:
+        await alone.aclose()

@@ -75,3 +75,19 @@ def test_the_load_of_other_processes_is_measured():
     finally:
         busy.kill()
         busy.wait()
+
+
+def test_fewer_threads_are_not_probed_while_the_other_cores_are_free():
+    """On an idle machine a probe of fewer threads only costs (one stream: 8 steps at 50 instead of 90 tokens/s
+    every 64): it runs when other processes keep a core's share busy, or at once when a step stalls."""
+    load = {"others": 0.2}  # the API streaming the replies
+    tuner = ThreadTuner(2, probe_every=16, probe_steps=8, others_busy=lambda: load["others"])
+    assert serve(tuner, {1: 48.0, 2: 90.0}, 1000).count(1) == 0
+    load["others"] = 1.0  # a busy process: fewer threads are tried, and kept when faster
+    serve(tuner, {1: 47.0, 2: 20.0}, 200)
+    assert tuner.current == 1
+    load["others"] = 0.2
+    tuner = ThreadTuner(2, probe_every=16, probe_steps=8, others_busy=lambda: load["others"])
+    serve(tuner, {1: 48.0, 2: 90.0}, 100)
+    serve(tuner, {1: 47.0, 2: 0.3}, 20)  # a stall probes at once, whatever the load measured
+    assert tuner.current == 1

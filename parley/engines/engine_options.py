@@ -42,7 +42,8 @@ class LlamaCppOptions(EngineOptions):
     prefix_cache_entries: int = Field(
         16, ge=0, le=200, description="finished sequences whose KV stays cached, so that a prompt starting with "
                                       "one (a conversation's earlier turns, a shared system prompt) skips its "
-                                      "prefill; at most half the cells (0: none)")
+                                      "prefill; at most half the cells. Requests arriving together share "
+                                      "their common prompt prefix too (0: neither)")
     weights: Literal["auto", "file", "f16"] = Field(
         "auto", description="file: the GGUF's own weight types; f16: its weights dequantized once to F16 "
                             "(cached), computed without quantized activations; auto: f16 for a quantized model "

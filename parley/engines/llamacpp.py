@@ -30,7 +30,7 @@ from parley.engines.base import (
 )
 from parley.engines.engine_options import LlamaCppOptions
 from parley.engines.model_loop import LocalEngine, ModelLoop
-from parley.engines.prefix_cache import PrefixCache
+from parley.engines.prefix_cache import MIN_REUSE_TOKENS, PrefixCache, common_prefix
 from parley.engines.sampling import (
     SamplerFactory,
     SequenceState,
@@ -67,10 +67,21 @@ class _Slot:
     seq: SequenceState
     seq_id: int
     n_past: int = 0  # tokens of this sequence already in the KV cache
+    # A running sequence whose first `shared` prompt tokens this one's prompt starts with: they are taken
+    # from its cells once it has computed them, instead of being prefilled twice.
+    leader: _Slot | None = None
+    shared: int = 0
+    _prompt: np.ndarray | None = None
 
     @property
     def prefilling(self) -> bool:
         return self.n_past < len(self.seq.prompt_ids)
+
+    @property
+    def prompt(self) -> np.ndarray:
+        if self._prompt is None:
+            self._prompt = np.asarray(self.seq.prompt_ids, dtype=np.int64)
+        return self._prompt
 
 
 @dataclass(eq=False)
@@ -139,16 +150,51 @@ class LlamaCppBatcher(ModelLoop):
             self._waiting.popleft()
             if self._running:
                 self.stats.joined_running_batch += 1
-            reuse = self._prefixes.best(seq.prompt_ids)
             # n_seq + max_entries ids, fewer than n_seq running and at most max_entries cached: one is free
             slot = _Slot(seq, self._free_ids.pop())
+            leader, shared = self._leader_for(slot)
+            reuse = self._prefixes.best(seq.prompt_ids, longer_than=shared)
             if reuse is not None:
-                entry, length = reuse
-                # the new sequence shares the entry's first `length` cells; its prefill starts after them
-                self._lib.llama_memory_seq_cp(self._ctx.memory, entry.seq_id, slot.seq_id, 0, length)
-                slot.n_past = length
-                self.stats.cached_prompt_tokens += length
+                self._take_cells(slot, *reuse)
+            elif leader is not None:
+                slot.leader, slot.shared = leader, shared
+                self._follow(slot)
             self._running.append(slot)
+
+    def _leader_for(self, slot: _Slot) -> tuple[_Slot | None, int]:
+        """The running sequence sharing the longest prompt prefix with `slot`'s (at least MIN_REUSE_TOKENS,
+        and short of its last token, which is decoded for its logits), and that length. None with the prefix
+        cache off (`--prefix-cache-entries 0`: every prompt is prefilled in full)."""
+        found, length = None, MIN_REUSE_TOKENS - 1
+        for other in self._running if self._prefixes.max_entries else ():
+            n = min(common_prefix(other.prompt, slot.prompt), len(slot.prompt) - 1)
+            if n > length:
+                found, length = other, n
+        return (found, length) if found is not None else (None, 0)
+
+    def _take_cells(self, slot: _Slot, entry, length: int) -> None:
+        """`slot` shares a cached entry's first `length` cells; its prefill starts after them."""
+        self._lib.llama_memory_seq_cp(self._ctx.memory, entry.seq_id, slot.seq_id, 0, length)
+        slot.n_past = length
+        self.stats.cached_prompt_tokens += length
+
+    def _follow(self, slot: _Slot) -> bool:
+        """Whether `slot` may prefill now: once its leader has computed the shared prompt tokens it takes
+        those cells (no copy: the cells get its id too); while the leader is still on them it waits; a leader
+        gone before that (finished, cancelled) leaves it to the prefix cache and its own prefill."""
+        leader = slot.leader
+        if leader is None:
+            return True
+        if leader in self._running and leader.n_past < slot.shared:
+            return False
+        slot.leader = None
+        if leader in self._running:
+            self._lib.llama_memory_seq_cp(self._ctx.memory, leader.seq_id, slot.seq_id, 0, slot.shared)
+            slot.n_past = slot.shared
+            self.stats.cached_prompt_tokens += slot.shared
+        elif (reuse := self._prefixes.best(slot.seq.prompt_ids)) is not None:
+            self._take_cells(slot, *reuse)
+        return True
 
     def _forget(self, seq_id: int) -> None:
         self._lib.llama_memory_seq_rm(self._ctx.memory, seq_id, -1, -1)
@@ -183,7 +229,7 @@ class LlamaCppBatcher(ModelLoop):
         for slot in self._running:
             if budget <= 0:
                 break
-            if not slot.prefilling:
+            if not slot.prefilling or not self._follow(slot):
                 continue
             prompt = slot.seq.prompt_ids
             chunk = prompt[slot.n_past: slot.n_past + budget]

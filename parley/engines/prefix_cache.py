@@ -47,10 +47,11 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def best(self, prompt: Sequence[int]) -> tuple[Entry, int] | None:
+    def best(self, prompt: Sequence[int], longer_than: int = 0) -> tuple[Entry, int] | None:
         """The entry sharing the longest prefix with `prompt`, and that length (at most len(prompt) - 1, so
-        that the prompt's last token is decoded for its logits), or None below MIN_REUSE_TOKENS."""
-        found, length = None, 0
+        that the prompt's last token is decoded for its logits), or None below MIN_REUSE_TOKENS or at most
+        `longer_than` (a running sequence offers that much)."""
+        found, length = None, longer_than
         ids = np.asarray(prompt, dtype=np.int64)
         for entry in self._entries.values():
             n = min(common_prefix(entry.tokens, ids), len(ids) - 1)

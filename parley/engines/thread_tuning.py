@@ -13,6 +13,11 @@ probe that is already slower than the current count by more than `abort_factor` 
 each failed probe doubles the wait before the next (up to `max_probe_every`), so a count that
 stalls costs one step now and then, not a minute. A step `stall_factor` times slower than the last
 ones (a core was just taken; more sequences in the batch slow a step far less) starts a probe at once.
+
+A probe costs: on an idle 2-core machine one thread decodes one stream at 50 tokens/s where two do 90,
+so the periodic probes of fewer threads run only while other processes keep at least
+`FEWER_THREADS_LOAD` of a core busy (a stall still probes at once); and more threads are not tried
+while other processes keep the cores they would need busy.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from collections import deque
 from collections.abc import Callable
 
 import psutil
+
+FEWER_THREADS_LOAD = 0.5  # cores other processes keep busy before fewer threads are tried without a stall
 
 
 class ThreadTuner:
@@ -55,7 +62,8 @@ class ThreadTuner:
             return None
         if self._candidate is not None:
             return self._probed(tokens, seconds)
-        if len(self._recent) == self._recent.maxlen and seconds > self._stall * _step_time(self._recent):
+        stalled = len(self._recent) == self._recent.maxlen and seconds > self._stall * _step_time(self._recent)
+        if stalled:
             self._steps = self._every = self._base_every  # a step this slow: something changed, probe at once
         self._recent.append((tokens, seconds))
         self._steps += 1
@@ -64,8 +72,11 @@ class ThreadTuner:
             candidate = self._next_candidate()
             # a core counts as taken when other processes keep (nearly) all of it busy; the API streaming
             # this engine's replies takes part of one, and more threads still win then
-            if candidate > self.current and self._others_busy and candidate > self.most - int(self._others_busy() + 0.1):
+            others = self._others_busy() if self._others_busy else None
+            if others is not None and candidate > self.current and candidate > self.most - int(others + 0.1):
                 self._every = min(self._every * 2, self._max_every)  # no free core for it: as a failed probe
+            elif others is not None and candidate < self.current and not stalled and others < FEWER_THREADS_LOAD:
+                self._every = min(self._every * 2, self._max_every)  # the cores are free: fewer cannot win
             else:
                 self._candidate = candidate
         return None

@@ -40,6 +40,9 @@ class ServerMetrics:
                                   ["server"], registry=r)
         self.running_batch_size = Gauge("parley_running_batch_size", "Sequences in the engine's decoding batch",
                                         ["server"], registry=r)
+        self.prompt_tokens_reused = Gauge(
+            "parley_prompt_tokens_reused", "Prompt tokens whose KV came from the engine's prefix cache, since start",
+            ["server"], registry=r)
         self.workers = Gauge("parley_workers", "Workers registered with the controller", ["server"], registry=r)
         self.server = server
         self._collect_hooks: list[Callable[[], None]] = []

@@ -244,7 +244,9 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
 
     def refresh_gauges() -> None:
         metrics.queue_length.labels("worker").set(worker.in_flight)
-        metrics.running_batch_size.labels("worker").set(engine.stats().running)
+        stats = engine.stats()
+        metrics.running_batch_size.labels("worker").set(stats.running)
+        metrics.prompt_tokens_reused.labels("worker").set(stats.cached_prompt_tokens)
 
     metrics.on_collect(refresh_gauges)
 
