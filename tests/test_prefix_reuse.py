@@ -133,3 +133,21 @@ async def test_a_shared_prompt_longer_than_one_batch_and_a_leader_that_goes_away
         assert [r.token_ids for r in replies] == [(await alone.generate(request(m))).token_ids for m in fresh[1:]]
     finally:
         await alone.aclose()
+
+
+async def test_the_worker_reports_the_prompt_tokens_it_reused():
+    from tests.test_worker import client_for
+
+    eng = engine(4)
+    try:
+        async with client_for(eng) as w:
+            for question in QUESTIONS[:2]:
+                r = await w.post("/worker_generate_stream", json={
+                    "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+                    "temperature": 0, "max_new_tokens": 4})
+                assert r.status_code == 200
+            metrics = (await w.get("/metrics")).text
+    finally:
+        await eng.aclose()
+    reused = [float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("parley_prompt_tokens_reused{")]
+    assert reused and reused[0] >= len(eng._encode(SYSTEM, False))
