@@ -39,6 +39,7 @@ class TokenEvent:
 Emit = Callable[[Any], None]  # receives TokenEvent or an exception; must be thread-safe
 
 
+DRAW_BLOCK = 512  # tokens per block of the inverse-transform draw
 TOP_P_CANDIDATES = 1024  # top-p sorts only the likeliest this many when they hold the mass it keeps
 
 
@@ -141,11 +142,25 @@ class RequestSampler:
 
     def _draw(self, probs: np.ndarray) -> int:
         """One token by inverse transform: the first whose cumulative probability passes a uniform draw
-        (a token of probability 0 is never the first to pass)."""
-        cumulative = np.cumsum(probs)
+        (a token of probability 0 is never the first to pass). The running sum goes block by block (the
+        block where the draw lands, then within it): a cumulative sum of the whole vocabulary costs a
+        fifth of a millisecond a token, most of a sampling step."""
         assert self._rng is not None
-        token = int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right"))
-        return min(token, len(probs) - 1)
+        n = len(probs)
+        blocks = -(-n // DRAW_BLOCK)
+        padded = probs if n == blocks * DRAW_BLOCK else np.concatenate([probs, np.zeros(blocks * DRAW_BLOCK - n, probs.dtype)])
+        sums = padded.reshape(blocks, DRAW_BLOCK).sum(axis=1, dtype=np.float64)
+        edges = np.cumsum(sums)
+        target = self._rng.random() * edges[-1]
+        block = min(int(np.searchsorted(edges, target, side="right")), blocks - 1)
+        while block > 0 and sums[block] == 0:  # rounding put the draw past the last block with mass
+            block -= 1
+        start = block * DRAW_BLOCK
+        within = np.cumsum(padded[start: start + DRAW_BLOCK], dtype=np.float64)
+        before = edges[block - 1] if block else 0.0
+        token = start + int(np.searchsorted(within, target - before, side="right"))
+        token = min(token, start + int(np.flatnonzero(padded[start: start + DRAW_BLOCK])[-1]))  # never a 0 past the end
+        return min(token, n - 1)
 
     def _warped(self, scores: np.ndarray) -> np.ndarray:
         """Temperature, then top-k, top-p and min-p: what falls outside them gets -inf (in place)."""
