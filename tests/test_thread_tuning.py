@@ -91,3 +91,24 @@ def test_fewer_threads_are_not_probed_while_the_other_cores_are_free():
     serve(tuner, {1: 48.0, 2: 90.0}, 100)
     serve(tuner, {1: 47.0, 2: 0.3}, 20)  # a stall probes at once, whatever the load measured
     assert tuner.current == 1
+
+
+def test_a_stall_right_after_a_wide_batch_switches_at_once():
+    """Served: 16 streams at 80 ms a step, then one stream beside a busy process: two threads take 670 ms a
+    step (a whole request at 1.5 tokens/s). A step is compared with steps of its own batch size, so that
+    stall is seen on its first step and one thread (47 tokens/s) is tried and kept within a few steps."""
+    load = {"others": 0.2}
+    tuner = ThreadTuner(2, probe_every=64, probe_steps=8, others_busy=lambda: load["others"])
+    for _ in range(200):  # one stream, idle: 11 ms a step
+        tuner.record(1, 1 / 90)
+    for _ in range(300):  # sixteen streams
+        tuner.record(16, 0.080)
+    load["others"] = 1.0
+    speed = {1: 47.0, 2: 1.5}
+    used = []
+    for _ in range(40):
+        threads = tuner.threads()
+        used.append(threads)
+        tuner.record(1, 1 / speed[threads])
+    assert tuner.current == 1
+    assert used[10:].count(2) <= 1

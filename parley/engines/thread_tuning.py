@@ -12,7 +12,10 @@ neighbouring count, and the faster of the two (tokens over seconds, beyond `marg
 probe that is already slower than the current count by more than `abort_factor` ends at once, and
 each failed probe doubles the wait before the next (up to `max_probe_every`), so a count that
 stalls costs one step now and then, not a minute. A step `stall_factor` times slower than the last
-ones (a core was just taken; more sequences in the batch slow a step far less) starts a probe at once.
+ones of its batch size (a core was just taken) starts a probe at once. Steps are compared only with steps
+of their own batch size (in powers of two): sixteen streams take 80 ms a step, one stream 11 ms, and one
+stream beside a busy process on two stalling threads 670 ms, which beside the 80 ms steps would not look
+like a stall, and whose tokens/s beside theirs would make any probe look slow.
 
 A probe costs: on an idle 2-core machine one thread decodes one stream at 50 tokens/s where two do 90,
 so the periodic probes of fewer threads run only while other processes keep at least
@@ -47,6 +50,8 @@ class ThreadTuner:
         # (tokens, seconds) of the last steps at `current`, and of the probe's: compared by tokens over seconds,
         # so that a few steps stalled for a whole time slice weigh what they cost
         self._recent: deque[tuple[int, float]] = deque(maxlen=probe_steps)
+        self._size = 0  # the batch-size class (tokens.bit_length()) of the steps in `_recent`
+        self._typical: dict[tuple[int, int], float] = {}  # (threads, size class): a step's usual seconds
         self._probe: list[tuple[int, float]] = []
         self._candidate: int | None = None
         self._steps = 0
@@ -60,14 +65,27 @@ class ThreadTuner:
         """A decoding step of `tokens` tokens took `seconds`. Returns the new count when it changes."""
         if seconds <= 0 or tokens <= 0:
             return None
+        size = tokens.bit_length()
         if self._candidate is not None:
-            return self._probed(tokens, seconds)
-        stalled = len(self._recent) == self._recent.maxlen and seconds > self._stall * _step_time(self._recent)
+            if size != self._size:  # the batch changed under the probe: no fair comparison, no verdict
+                self._candidate, self._probe = None, []
+            else:
+                return self._probed(tokens, seconds)
+        if size != self._size:
+            self._recent.clear()
+            self._size = size
+        key = (self.current, size)
+        typical = self._typical.get(key)
+        # an EMA, stalls included: a lasting slowdown stops counting as a stall within a few dozen steps
+        self._typical[key] = seconds if typical is None else 0.8 * typical + 0.2 * seconds
+        stalled = typical is not None and seconds > self._stall * typical
         if stalled:
             self._steps = self._every = self._base_every  # a step this slow: something changed, probe at once
+            self._direction = -1  # and fewer threads first
         self._recent.append((tokens, seconds))
         self._steps += 1
-        if self._every and self.most > 1 and self._steps >= self._every and len(self._recent) == self._recent.maxlen:
+        if self._every and self.most > 1 and (stalled or self._steps >= self._every
+                                              and len(self._recent) == self._recent.maxlen):
             self._steps = 0
             candidate = self._next_candidate()
             # a core counts as taken when other processes keep (nearly) all of it busy; the API streaming
@@ -86,10 +104,11 @@ class ThreadTuner:
         current_rate = _rate(self._recent)
         rate = _rate(self._probe)
         if rate * self._abort < current_rate or len(self._probe) >= self._probe_steps:
-            candidate, self._candidate, self._probe = self._candidate, None, []
+            candidate, probe, self._candidate, self._probe = self._candidate, self._probe, None, []
             if rate > current_rate * (1 + self._margin):
                 self.current, self._every = candidate, self._base_every
                 self._recent.clear()
+                self._recent.extend(probe)  # the new count's steps so far
                 return candidate
             self._every = min(self._every * 2, self._max_every)  # failed: wait longer before the next probe
         return None
