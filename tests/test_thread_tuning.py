@@ -112,3 +112,25 @@ def test_a_stall_right_after_a_wide_batch_switches_at_once():
         tuner.record(1, 1 / speed[threads])
     assert tuner.current == 1
     assert used[10:].count(2) <= 1
+
+
+def test_a_lasting_slowdown_of_a_wide_batch_probes_without_waiting_for_the_schedule():
+    """Sixteen streams at 80 ms a step; a busy process starts and two threads take 310 ms a step (one takes
+    170): a slowdown of 3-4x, lasting, is seen within a few steps, not after the next scheduled probe
+    (up to 128 steps: 40 s there)."""
+    load = {"others": 0.2}
+    tuner = ThreadTuner(2, probe_every=64, probe_steps=8, others_busy=lambda: load["others"])
+    for _ in range(400):
+        tuner.record(16, 0.080)
+    load["others"] = 1.0
+    seconds = {1: 0.170, 2: 0.310}
+    used = []
+    for _ in range(40):
+        threads = tuner.threads()
+        used.append(threads)
+        tuner.record(16, seconds[threads])
+    assert tuner.current == 1 and used[20:].count(2) == 0
+    for _ in range(300):  # the new normal: no probe after probe
+        used.append(tuner.threads())
+        tuner.record(16, seconds[tuner.threads()])
+    assert used[40:].count(2) <= 4 * 8

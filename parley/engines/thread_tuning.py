@@ -12,7 +12,9 @@ neighbouring count, and the faster of the two (tokens over seconds, beyond `marg
 probe that is already slower than the current count by more than `abort_factor` ends at once, and
 each failed probe doubles the wait before the next (up to `max_probe_every`), so a count that
 stalls costs one step now and then, not a minute. A step `stall_factor` times slower than the last
-ones of its batch size (a core was just taken) starts a probe at once. Steps are compared only with steps
+ones of its batch size (a core was just taken) starts a probe at once, and so do `probe_steps` steps
+`SLOWDOWN_FACTOR` times slower than usual (a busy process beside sixteen streams slows two threads'
+steps 3-4x, not 10x; a wave of sixteen replies slows its steps about 1.6x as they grow, over a hundred steps). Steps are compared only with steps
 of their own batch size (in powers of two): sixteen streams take 80 ms a step, one stream 11 ms, and one
 stream beside a busy process on two stalling threads 670 ms, which beside the 80 ms steps would not look
 like a stall, and whose tokens/s beside theirs would make any probe look slow.
@@ -31,6 +33,8 @@ from collections.abc import Callable
 
 import psutil
 
+TYPICAL_WEIGHT = 0.01  # of each step in the EMA of a batch size's usual step time
+SLOWDOWN_FACTOR = 2.0  # the last probe_steps steps this much slower than usual: probe at once
 FEWER_THREADS_LOAD = 0.5  # cores other processes keep busy before fewer threads are tried without a stall
 
 
@@ -76,16 +80,21 @@ class ThreadTuner:
             self._size = size
         key = (self.current, size)
         typical = self._typical.get(key)
-        # an EMA, stalls included: a lasting slowdown stops counting as a stall within a few dozen steps
-        self._typical[key] = seconds if typical is None else 0.8 * typical + 0.2 * seconds
-        stalled = typical is not None and seconds > self._stall * typical
-        if stalled:
-            self._steps = self._every = self._base_every  # a step this slow: something changed, probe at once
-            self._direction = -1  # and fewer threads first
         self._recent.append((tokens, seconds))
+        # a slow EMA, stalls included: a lasting slowdown the probes cannot help becomes the new normal
+        self._typical[key] = seconds if typical is None else (1 - TYPICAL_WEIGHT) * typical + TYPICAL_WEIGHT * seconds
+        full = len(self._recent) == self._recent.maxlen
+        stalled = typical is not None and (seconds > self._stall * typical
+                                           or full and _step_time(self._recent) > SLOWDOWN_FACTOR * typical)
+        if stalled:
+            self._steps = self._every = self._base_every  # something changed: probe at once,
+            self._direction = -1  # fewer threads first,
+            slow = [step for step in self._recent if step[1] > 1.5 * typical]  # against the slow steps alone
+            self._recent.clear()
+            self._recent.extend(slow)
+            self._typical[key] = _step_time(slow)  # and take the new pace as normal from now on
         self._steps += 1
-        if self._every and self.most > 1 and (stalled or self._steps >= self._every
-                                              and len(self._recent) == self._recent.maxlen):
+        if self._every and self.most > 1 and (stalled or self._steps >= self._every and full):
             self._steps = 0
             candidate = self._next_candidate()
             # a core counts as taken when other processes keep (nearly) all of it busy; the API streaming
