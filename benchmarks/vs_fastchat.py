@@ -65,9 +65,14 @@ async def load(base_url: str, model: str, in_flight: int, requests: int, max_tok
     queue = list(range(requests))
     results = []
 
+    failed: list[str] = []
+
     async def loop() -> None:
         while queue:
-            results.append(await one(client, model, max_tokens, queue.pop()))
+            try:
+                results.append(await one(client, model, max_tokens, queue.pop()))
+            except openai.APIError as exc:  # counted, not fatal: a stack that breaks under load says so
+                failed.append(f"{type(exc).__name__}: {exc}")
 
     started = time.perf_counter()
     try:
@@ -76,8 +81,8 @@ async def load(base_url: str, model: str, in_flight: int, requests: int, max_tok
         await client.close()
     wall = time.perf_counter() - started
     tokens = sum(count(text) for _, _, text in results)
-    return {"tokens_per_s": tokens / wall, "ttft_p50_s": statistics.median(r[0] for r in results),
-            "tokens": tokens, "wall_s": wall}
+    return {"tokens_per_s": tokens / wall, "ttft_p50_s": statistics.median(r[0] for r in results) if results else None,
+            "tokens": tokens, "wall_s": wall, "failed": len(failed), "errors": failed[:3]}
 
 
 class BusyCore:
@@ -153,8 +158,9 @@ def main() -> None:
                         else:
                             result = asyncio.run(load(url, model, in_flight, requests, args.max_tokens, count))
                     runs.setdefault((stack, case), []).append(result)
-                    console.log(f"{stack}, {case}: {result['tokens_per_s']:.1f} tok/s, "
-                                f"TTFT p50 {result['ttft_p50_s'] * 1000:.0f} ms")
+                    ttft = "–" if result["ttft_p50_s"] is None else f"{result['ttft_p50_s'] * 1000:.0f} ms"
+                    failures = f", {result['failed']} of {requests} FAILED ({result['errors'][0]})" if result["failed"] else ""
+                    console.log(f"{stack}, {case}: {result['tokens_per_s']:.1f} tok/s, TTFT p50 {ttft}{failures}")
     finally:
         for proc in procs:
             proc.terminate()
@@ -163,7 +169,7 @@ def main() -> None:
             subprocess.run(["bash", str(BASELINE), "stop"], capture_output=True)
 
     def med(stack: str, case: str, key: str) -> float | None:
-        values = [r[key] for r in runs.get((stack, case), [])]
+        values = [r[key] for r in runs.get((stack, case), []) if r[key] is not None]
         return statistics.median(values) if values else None
 
     base = {case: med("FastChat 0.2.36", case, "tokens_per_s") for case in ("1", "16")}
@@ -179,10 +185,12 @@ def main() -> None:
         cells = [stack]
         for case in ("1", "16", "1 busy", "16 busy"):
             tps, ttft = med(stack, case, "tokens_per_s"), med(stack, case, "ttft_p50_s")
-            row[case] = {"tokens_per_s": tps, "ttft_p50_s": ttft}
+            row[case] = {"tokens_per_s": tps, "ttft_p50_s": ttft,
+                         "failed": sum(r["failed"] for r in runs.get((stack, case), []))}
             ref = base.get(case.split()[0])
             ratio = f" ({tps / ref:.1f}×)" if tps is not None and ref and not stack.startswith("FastChat") else ""
-            cells.append("–" if tps is None else f"{tps:.1f}{ratio}")
+            failed = sum(r["failed"] for r in runs.get((stack, case), []))
+            cells.append(("–" if tps is None else f"{tps:.1f}{ratio}") + (f" ({failed} failed)" if failed else ""))
             if case in ("1", "16"):
                 ttft_ratio = (f" ({ttft / base_ttft:.2f}×)" if case == "1" and base_ttft and ttft is not None
                               and not stack.startswith("FastChat") else "")
