@@ -6,13 +6,14 @@ from __future__ import annotations
 from parley.engines.thread_tuning import ThreadTuner
 
 
-def serve(tuner: ThreadTuner, speed: dict[int, float], steps: int) -> list[int]:
-    """Decode `steps` steps of 8 tokens, each at `speed[threads]` tokens/s; the counts used, step by step."""
+def serve(tuner: ThreadTuner, speed: dict[int, float], steps: int, tokens: int = 8) -> list[int]:
+    """Decode `steps` steps of `tokens` tokens (the batch), each at `speed[threads]` tokens/s; the counts
+    used, step by step."""
     used = []
     for _ in range(steps):
         threads = tuner.threads()
         used.append(threads)
-        tuner.record(8, 8 / speed[threads])
+        tuner.record(tokens, tokens / speed[threads])
     return used
 
 
@@ -99,17 +100,10 @@ def test_a_stall_right_after_a_wide_batch_switches_at_once():
     stall is seen on its first step and one thread (47 tokens/s) is tried and kept within a few steps."""
     load = {"others": 0.2}
     tuner = ThreadTuner(2, probe_every=64, probe_steps=8, others_busy=lambda: load["others"])
-    for _ in range(200):  # one stream, idle: 11 ms a step
-        tuner.record(1, 1 / 90)
-    for _ in range(300):  # sixteen streams
-        tuner.record(16, 0.080)
+    serve(tuner, {2: 90.0}, 200, tokens=1)  # one stream, idle: 11 ms a step
+    serve(tuner, {2: 200.0}, 300, tokens=16)  # sixteen streams: 80 ms a step
     load["others"] = 1.0
-    speed = {1: 47.0, 2: 1.5}
-    used = []
-    for _ in range(40):
-        threads = tuner.threads()
-        used.append(threads)
-        tuner.record(1, 1 / speed[threads])
+    used = serve(tuner, {1: 47.0, 2: 1.5}, 40, tokens=1)
     assert tuner.current == 1
     assert used[10:].count(2) <= 1
 
@@ -120,17 +114,9 @@ def test_a_lasting_slowdown_of_a_wide_batch_probes_without_waiting_for_the_sched
     (up to 128 steps: 40 s there)."""
     load = {"others": 0.2}
     tuner = ThreadTuner(2, probe_every=64, probe_steps=8, others_busy=lambda: load["others"])
-    for _ in range(400):
-        tuner.record(16, 0.080)
+    serve(tuner, {2: 200.0}, 400, tokens=16)  # 80 ms a step
     load["others"] = 1.0
-    seconds = {1: 0.170, 2: 0.310}
-    used = []
-    for _ in range(40):
-        threads = tuner.threads()
-        used.append(threads)
-        tuner.record(16, seconds[threads])
+    busy = {1: 16 / 0.170, 2: 16 / 0.310}
+    used = serve(tuner, busy, 40, tokens=16)
     assert tuner.current == 1 and used[20:].count(2) == 0
-    for _ in range(300):  # the new normal: no probe after probe
-        used.append(tuner.threads())
-        tuner.record(16, seconds[tuner.threads()])
-    assert used[40:].count(2) <= 4 * 8
+    assert serve(tuner, busy, 300, tokens=16).count(2) <= 4 * 8  # the new normal: no probe after probe

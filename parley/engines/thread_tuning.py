@@ -14,10 +14,11 @@ each failed probe doubles the wait before the next (up to `max_probe_every`), so
 stalls costs one step now and then, not a minute. A step `stall_factor` times slower than the last
 ones of its batch size (a core was just taken) starts a probe at once, and so do `probe_steps` steps
 `SLOWDOWN_FACTOR` times slower than usual (a busy process beside sixteen streams slows two threads'
-steps 3-4x, not 10x; a wave of sixteen replies slows its steps about 1.6x as they grow, over a hundred steps). Steps are compared only with steps
-of their own batch size (in powers of two): sixteen streams take 80 ms a step, one stream 11 ms, and one
-stream beside a busy process on two stalling threads 670 ms, which beside the 80 ms steps would not look
-like a stall, and whose tokens/s beside theirs would make any probe look slow.
+steps 3-4x, not 10x; a wave of sixteen replies slows its steps about 1.6x as they grow, over a
+hundred steps). Steps are compared only with steps of their own batch size (in powers of two):
+sixteen streams take 80 ms a step, one stream 11 ms, and one stream beside a busy process on two
+stalling threads 670 ms, which beside the 80 ms steps would not look like a stall, and whose
+tokens/s beside theirs would make any probe look slow.
 
 A probe costs: on an idle 2-core machine one thread decodes one stream at 50 tokens/s where two do 90,
 so the periodic probes of fewer threads run only while other processes keep at least
