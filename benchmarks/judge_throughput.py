@@ -91,40 +91,37 @@ async def main() -> None:
     prompts = load_judge_prompts(args.data_dir / "judge_prompts.jsonl")
     matches, _ = make_matches("single", questions, answers, prompts, references)
 
+    # each server (its extra `parley serve` flags) with the runs made on it: (label, --parallel)
     if args.prefix_reuse:
-        runs = [("prefix cache", args.parallel, ()), ("no prefix cache", args.parallel, ("--prefix-cache-entries", "0"))]
+        plan = {(): [("prefix cache", args.parallel)],
+                ("--prefix-cache-entries", "0"): [("no prefix cache", args.parallel)]}
     else:
-        runs = [("", 1, ()), ("", args.parallel, ())]
+        plan = {(): [("", 1), ("", args.parallel)]}
     results = []
-    servers: dict[tuple, tuple] = {}
     work = Path(tempfile.mkdtemp(prefix="judge-bench-"))
     secret = new_secret()  # the benchmark reads the worker's /metrics, which the cluster's secret guards
     secret_file = work / "cluster-secret"
     secret_file.write_text(secret)
     secret_file.chmod(0o600)
     try:
-        for label, parallel, extra in runs:
-            if extra not in servers:
-                for proc, *_ in servers.values():  # one server at a time on the machine
-                    proc.send_signal(signal.SIGINT)
-                    proc.wait(timeout=60)
-                worker_port = free_port()
-                servers = {extra: (*start_serve(console, "--engine", args.engine, "--cluster-secret-file",
-                                                str(secret_file), *extra, worker_port=worker_port),
-                                   f"http://127.0.0.1:{worker_port}")}
-                _, root, model, _ = servers[extra]
+        for extra, runs in plan.items():  # one server at a time on the machine
+            worker_port = free_port()
+            proc, root, model = start_serve(console, "--engine", args.engine, "--cluster-secret-file",
+                                            str(secret_file), *extra, worker_port=worker_port)
+            worker = f"http://127.0.0.1:{worker_port}"
+            try:
                 await judge_once(root + "/v1", model, matches[:2], work / "warmup.jsonl", 2, 8)
-            _, root, model, worker = servers[extra]
-            reused_before = cached_prompt_tokens(worker, secret)
-            with console.status(f"judging {len(matches)} answers, --parallel {parallel} {label}"):
-                result = await judge_once(root + "/v1", model, matches, work / f"run{len(results)}.jsonl", parallel,
-                                          args.judge_max_tokens)
-            results.append(result | {"label": label, "serve_args": list(extra),
-                                     "cached_prompt_tokens": cached_prompt_tokens(worker, secret) - reused_before})
+                for label, parallel in runs:
+                    reused_before = cached_prompt_tokens(worker, secret)
+                    with console.status(f"judging {len(matches)} answers, --parallel {parallel} {label}"):
+                        result = await judge_once(root + "/v1", model, matches, work / f"run{len(results)}.jsonl",
+                                                  parallel, args.judge_max_tokens)
+                    results.append(result | {"label": label, "serve_args": list(extra),
+                                             "cached_prompt_tokens": cached_prompt_tokens(worker, secret) - reused_before})
+            finally:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=60)
     finally:
-        for proc, *_ in servers.values():
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=60)
         shutil.rmtree(work, ignore_errors=True)
 
     wide, base = (results[0], results[1]) if args.prefix_reuse else (results[1], results[0])

@@ -185,11 +185,10 @@ def main() -> None:
         cells = [stack]
         for case in ("1", "16", "1 busy", "16 busy"):
             tps, ttft = med(stack, case, "tokens_per_s"), med(stack, case, "ttft_p50_s")
-            row[case] = {"tokens_per_s": tps, "ttft_p50_s": ttft,
-                         "failed": sum(r["failed"] for r in runs.get((stack, case), []))}
+            failed = sum(r["failed"] for r in runs.get((stack, case), []))
+            row[case] = {"tokens_per_s": tps, "ttft_p50_s": ttft, "failed": failed}
             ref = base.get(case.split()[0])
             ratio = f" ({tps / ref:.1f}×)" if tps is not None and ref and not stack.startswith("FastChat") else ""
-            failed = sum(r["failed"] for r in runs.get((stack, case), []))
             cells.append(("–" if tps is None else f"{tps:.1f}{ratio}") + (f" ({failed} failed)" if failed else ""))
             if case in ("1", "16"):
                 ttft_ratio = (f" ({ttft / base_ttft:.2f}×)" if case == "1" and base_ttft and ttft is not None

@@ -153,12 +153,12 @@ class LlamaCppBatcher(ModelLoop):
             # n_seq + max_entries ids, fewer than n_seq running and at most max_entries cached: one is free
             slot = _Slot(seq, self._free_ids.pop())
             leader, shared = self._leader_for(slot)
-            reuse = self._prefixes.best(seq.prompt_ids, longer_than=shared)
+            reuse = self._prefixes.best(slot.prompt, longer_than=shared)
             if reuse is not None:
-                self._take_cells(slot, *reuse)
-            elif leader is not None:
+                entry, length = reuse
+                self._take_cells(slot, entry.seq_id, length)
+            elif leader is not None:  # `_step` takes the leader's cells once they are computed
                 slot.leader, slot.shared = leader, shared
-                self._follow(slot)
             self._running.append(slot)
 
     def _leader_for(self, slot: _Slot) -> tuple[_Slot | None, int]:
@@ -172,28 +172,29 @@ class LlamaCppBatcher(ModelLoop):
                 found, length = other, n
         return (found, length) if found is not None else (None, 0)
 
-    def _take_cells(self, slot: _Slot, entry, length: int) -> None:
-        """`slot` shares a cached entry's first `length` cells; its prefill starts after them."""
-        self._lib.llama_memory_seq_cp(self._ctx.memory, entry.seq_id, slot.seq_id, 0, length)
+    def _take_cells(self, slot: _Slot, source: int, length: int) -> None:
+        """`slot` shares the first `length` cells of sequence `source` (a cached entry or a running leader): the
+        cells get its id too, no copy; its prefill starts after them."""
+        self._lib.llama_memory_seq_cp(self._ctx.memory, source, slot.seq_id, 0, length)
         slot.n_past = length
         self.stats.cached_prompt_tokens += length
 
     def _follow(self, slot: _Slot) -> bool:
         """Whether `slot` may prefill now: once its leader has computed the shared prompt tokens it takes
-        those cells (no copy: the cells get its id too); while the leader is still on them it waits; a leader
-        gone before that (finished, cancelled) leaves it to the prefix cache and its own prefill."""
+        those cells; while the leader is still on them it waits; a leader gone before that (finished,
+        cancelled) leaves it to the prefix cache and its own prefill."""
         leader = slot.leader
         if leader is None:
             return True
-        if leader in self._running and leader.n_past < slot.shared:
+        running = leader in self._running
+        if running and leader.n_past < slot.shared:
             return False
         slot.leader = None
-        if leader in self._running:
-            self._lib.llama_memory_seq_cp(self._ctx.memory, leader.seq_id, slot.seq_id, 0, slot.shared)
-            slot.n_past = slot.shared
-            self.stats.cached_prompt_tokens += slot.shared
-        elif (reuse := self._prefixes.best(slot.seq.prompt_ids)) is not None:
-            self._take_cells(slot, *reuse)
+        if running:
+            self._take_cells(slot, leader.seq_id, slot.shared)
+        elif (reuse := self._prefixes.best(slot.prompt)) is not None:
+            entry, length = reuse
+            self._take_cells(slot, entry.seq_id, length)
         return True
 
     def _forget(self, seq_id: int) -> None:

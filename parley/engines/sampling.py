@@ -152,15 +152,14 @@ class RequestSampler:
         sums = padded.reshape(blocks, DRAW_BLOCK).sum(axis=1, dtype=np.float64)
         edges = np.cumsum(sums)
         target = self._rng.random() * edges[-1]
-        block = min(int(np.searchsorted(edges, target, side="right")), blocks - 1)
-        while block > 0 and sums[block] == 0:  # rounding put the draw past the last block with mass
-            block -= 1
+        # target < edges[-1], so the block exists, and edges[block] > target >= edges[block - 1]: it has mass
+        block = int(np.searchsorted(edges, target, side="right"))
         start = block * DRAW_BLOCK
         within = np.cumsum(padded[start: start + DRAW_BLOCK], dtype=np.float64)
         before = edges[block - 1] if block else 0.0
         token = start + int(np.searchsorted(within, target - before, side="right"))
-        token = min(token, start + int(np.flatnonzero(padded[start: start + DRAW_BLOCK])[-1]))  # never a 0 past the end
-        return min(token, n - 1)
+        # the block's own running sum can round below its share of `edges`: then its last token with mass
+        return min(token, start + int(np.flatnonzero(padded[start: start + DRAW_BLOCK])[-1]))
 
     def _warped(self, scores: np.ndarray) -> np.ndarray:
         """Temperature, then top-k, top-p and min-p: what falls outside them gets -inf (in place)."""

@@ -72,10 +72,10 @@ class ThreadTuner:
             return None
         size = tokens.bit_length()
         if self._candidate is not None:
-            if size != self._size:  # the batch changed under the probe: no fair comparison, no verdict
-                self._candidate, self._probe = None, []
-            else:
+            if size == self._size:
                 return self._probed(tokens, seconds)
+            self._candidate, self._probe = None, []  # the batch changed under the probe: no fair comparison,
+            return None  # no verdict, and this step (at the probed count) says nothing of the current one
         if size != self._size:
             self._recent.clear()
             self._size = size
