@@ -23,8 +23,13 @@ EXTRAS ?= local,dev,llamacpp,embeddings,train
 
 INSTALLED := $(VENV)/.installed
 TEST_INSTALLED := $(VENV)/.installed-test
+# The web app (web/: Svelte + Vite, packages from npm by the committed lock file) is built into the Python
+# package (parley/web/dist), rebuilt when its sources change; `pip install` users get it built, without Node.
+WEB_MODULES := web/node_modules/.package-lock.json
+WEB_DIST := parley/web/dist/index.html
+WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/vite.config.ts web/package.json
 
-.PHONY: install serve chat test test-slow bench clean
+.PHONY: install serve chat test test-web test-slow bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,17 +56,29 @@ $(TEST_INSTALLED): $(INSTALLED) Makefile
 	$(BIN)/pip install --quiet aiohttp shortuuid
 	@touch $@
 
-install: $(INSTALLED)
+$(WEB_MODULES): web/package.json web/package-lock.json
+	@command -v npm >/dev/null || { echo "the web app needs Node.js 20+ and npm (https://nodejs.org)"; exit 1; }
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
-serve: $(INSTALLED)
+$(WEB_DIST): $(WEB_MODULES) $(WEB_SOURCES)
+	cd web && npm run --silent build -- --logLevel warn
+
+install: $(INSTALLED) $(WEB_DIST)
+
+serve: $(INSTALLED) $(WEB_DIST)
 	$(BIN)/parley serve $(SERVE_ARGS)
 
 chat: $(INSTALLED)
 	$(BIN)/parley chat --style rich
 
 # PARLEY_REQUIRE_TEST_EXTRAS: the FastChat parity tests fail, rather than skip, if fschat is missing.
-test: $(TEST_INSTALLED)
+test: $(TEST_INSTALLED) $(WEB_DIST) test-web
 	PARLEY_REQUIRE_TEST_EXTRAS=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The web app's unit tests (Vitest).
+test-web: $(WEB_MODULES)
+	cd web && npx vitest run --silent
 
 test-slow: $(TEST_INSTALLED)
 	PARLEY_REQUIRE_TEST_EXTRAS=1 $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
@@ -73,4 +90,4 @@ bench: $(INSTALLED)
 	$(BIN)/python benchmarks/judge_throughput.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info parley/web/dist web/node_modules

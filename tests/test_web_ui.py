@@ -5,60 +5,29 @@ Screenshots of each screen go to test-artifacts/screens/."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from parley.store.database import Database
 from parley.store.models import Message, Vote
-from tests.servers import REPO, Server, free_port, models_at, start_worker
+from tests.browser import (  # noqa: F401 - fixtures and helpers the other browser tests import from here too
+    CHROMIUM,
+    CLUSTER_SECRET,
+    MODEL,
+    SHOTS,
+    Stack,
+    browser,
+    open_page,
+    stored_messages,
+    wait_until,
+)
+from tests.servers import REPO, Server
 
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = REPO / "test-artifacts" / "screens"
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium)")
-MODEL = "smollm2-135m-instruct"
-
-
-CLUSTER_SECRET = "web-ui-test-cluster-secret-0123"
-
-
-class Stack:
-    def __init__(self, tmp: Path):
-        self.db_url = f"sqlite:///{tmp / 'parley.db'}"
-        self.data_home = tmp / "data"  # the leaderboard file and anything else of the user's data home
-        self.web_port, self.controller_port = free_port(), free_port()
-        self.log = tmp / "serve.log"
-        with self.log.open("w") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "parley", "serve", "--port", str(free_port()),
-                 "--controller-port", str(self.controller_port), "--worker-port", str(free_port()),
-                 "--web-port", str(self.web_port), "--db-url", self.db_url], cwd=REPO, stdout=out,
-                stderr=subprocess.STDOUT, text=True,
-                env={**os.environ, "PARLEY_DATA_DIR": str(self.data_home), "PARLEY_CLUSTER_SECRET": CLUSTER_SECRET})
-        deadline = time.monotonic() + 300
-        while "Press Ctrl-C to stop" not in self.log.read_text():
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.5)
-        self.url = f"http://127.0.0.1:{self.web_port}/"
-        self.controller = Server.__new__(Server)  # serve's own: a worker more joins it with the secret given
-        self.controller.url = f"http://127.0.0.1:{self.controller_port}"
-        self.controller.secret = CLUSTER_SECRET
-        self.controller.headers = {"Authorization": f"Bearer {CLUSTER_SECRET}"}
-        self.echo = start_worker(self.controller, names="echo-model", echo=True, delay_s=0.01)
-        assert set(models_at(self.controller)) == {MODEL, "echo-model"}
-
-    def stop(self) -> None:
-        self.echo.stop()
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -68,24 +37,6 @@ def stack(tmp_path_factory):
     s.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-        yield b
-        b.close()
-
-
-def open_page(browser, url: str):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(60_000)
-    page.goto(url)
-    return page
-
-
 def wait_text(page, selector: str, predicate, timeout: float = 120) -> str:
     deadline = time.monotonic() + timeout
     while True:
@@ -93,13 +44,6 @@ def wait_text(page, selector: str, predicate, timeout: float = 120) -> str:
         if predicate(text):
             return text
         assert time.monotonic() < deadline, f"{selector}: {text!r}"
-        time.sleep(0.05)
-
-
-def wait_until(condition, message: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
         time.sleep(0.05)
 
 
@@ -124,14 +68,6 @@ def set_slider(page, slider: str, value: str, timeout: float = 60) -> None:
 def assistant_texts(page, selector: str) -> list[str]:
     """The replies shown (not the "Loading content" placeholder of one still pending)."""
     return [t.strip() for t in page.locator(f"{selector} .bot-row").all_inner_texts()]
-
-
-def stored_messages(db_url: str) -> list[Message]:
-    db = Database(db_url)
-    with db.session() as s:
-        rows = s.query(Message).order_by(Message.conversation_id, Message.position).all()
-    db.close()
-    return rows
 
 
 def send_and_watch(page, text: str, replies_before: int) -> list[int]:

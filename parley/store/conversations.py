@@ -199,6 +199,18 @@ class Conversations:
         with self.db.session() as s:
             self._owned(s, user_id, conversation_id).title = title
 
+    def change(self, user_id: int, conversation_id: str, title: str | None = None, system_prompt: str | None = None,
+               model: str | None = None) -> None:
+        """Change what is given (None: kept); an empty system prompt removes it."""
+        if title is not None:
+            self.rename(user_id, conversation_id, title)
+        with self.db.session() as s:
+            c = self._owned(s, user_id, conversation_id)
+            if system_prompt is not None:
+                c.system_prompt = system_prompt or None
+            if model is not None:
+                c.model = model or None
+
     def delete(self, user_id: int, conversation_id: str) -> None:
         with self.db.session() as s:
             c = self._owned(s, user_id, conversation_id)

@@ -1,25 +1,38 @@
-"""The web UI's app factory: a Gradio app (chat, arena, side-by-side, leaderboard) mounted on FastAPI."""
+"""The web UI's app factory: the web app (its JSON API under /api and its pages under /app) and the Gradio
+app (chat, arena, side-by-side, leaderboard) at /, on one FastAPI app."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
+import secrets
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
 
 import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
+from fastapi.responses import PlainTextResponse  # noqa: E402
+from fastapi.staticfiles import StaticFiles  # noqa: E402
+from starlette.middleware.sessions import SessionMiddleware  # noqa: E402
 
+from parley.serving.api_errors import install_error_handlers  # noqa: E402
 from parley.store.database import Database  # noqa: E402
 from parley.web import arena_tab, chat_tab, leaderboard_tab  # noqa: E402
+from parley.web.json_api import build_router  # noqa: E402
 from parley.web.model_client import ModelClient  # noqa: E402
 from parley.web.model_descriptions import ModelDescriptions  # noqa: E402
 from parley.web.services import WebServices, WebSettings  # noqa: E402
 from parley.web.user_input import load_moderator  # noqa: E402
 
 log = logging.getLogger(__name__)
+# The web app as built by `make` (npm run build in web/): shipped inside the package.
+APP_DIST = Path(__file__).parent / "dist"
+SESSION_DAYS = 14
 CSS = """
 #history { max-height: 60vh; overflow-y: auto; }
 #history label { font-size: 0.85em; }
@@ -61,6 +74,16 @@ def build_blocks(services: WebServices) -> gr.Blocks:
     return blocks
 
 
+def session_key(settings: WebSettings) -> str:
+    """What signs the session cookies: --session-secret if given, else derived from the cluster secret (so every
+    web process of a cluster, and a restarted one, accepts the same sessions), else random for this process."""
+    if settings.session_secret:
+        return settings.session_secret
+    if settings.cluster_secret:
+        return hmac.new(settings.cluster_secret.encode(), b"parley web sessions", hashlib.sha256).hexdigest()
+    return secrets.token_urlsafe(32)
+
+
 def create_app(settings: WebSettings) -> FastAPI:
     db = Database(settings.db_url)
     db.upgrade()
@@ -73,11 +96,25 @@ def create_app(settings: WebSettings) -> FastAPI:
                  settings.controller_address, db.display_url, ", login required" if settings.auth else "")
         async with leaderboard_tab.schedule(services):  # --leaderboard-interval: one schedule per process
             yield
+        await services.live.stop_all()  # replies being written end, stored as stopped
         await services.client.aclose()
         db.close()
         log.info("web UI stopped")
 
-    app = FastAPI(title="parley web", lifespan=lifespan)
+    app = FastAPI(title="parley web", lifespan=lifespan,
+                  description="The JSON API of parley's web app: the session, live models, conversations and "
+                              "their replies (server-sent events).")
+    install_error_handlers(app)
+    app.add_middleware(SessionMiddleware, secret_key=session_key(settings),
+                       session_cookie="parley_session", max_age=SESSION_DAYS * 86400, same_site="strict")
+    app.include_router(build_router())
+    if (APP_DIST / "index.html").is_file():
+        app.mount("/app", StaticFiles(directory=APP_DIST, html=True), name="app")
+    else:
+        @app.get("/app/{path:path}", include_in_schema=False)
+        async def app_not_built(path: str) -> PlainTextResponse:
+            return PlainTextResponse("parley's web app is not built: run `make install` (it runs npm in web/)",
+                                     status_code=503)
 
     @app.get("/health")
     async def health() -> dict:

@@ -40,10 +40,15 @@ class ModelClient:
         self.cluster = ClusterClient(self.http, controller_address, clamp_max_tokens=True)
 
     async def list_models(self) -> list[str]:
+        """The models the controller lists now; none when it cannot be reached."""
+        return (await self.models())[0]
+
+    async def models(self) -> tuple[list[str], bool]:
+        """The models the controller lists now, and whether it could be asked at all."""
         try:
-            return sorted(await self.cluster.list_models())
+            return sorted(await self.cluster.list_models()), True
         except (ClusterError, httpx.HTTPError):
-            return []
+            return [], False
 
     async def stream(self, model: str, messages: list[dict], params: ReplyParams) -> AsyncIterator[ReplyProgress]:
         """Progress of one reply: the text so far, then a last item with `done` (and `error`, if it failed)."""

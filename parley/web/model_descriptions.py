@@ -31,11 +31,18 @@ class ModelDescriptions:
                 raise ParleyError(f"--model-info {extra_file}: expected {{\"model\": {{\"description\": ..., "
                                   f"\"link\": ...}}}} ({exc})") from None
 
+    def lookup(self, model: str) -> tuple[str | None, str | None]:
+        """The description and link of the longest matching name prefix, or (None, None)."""
+        matches = [k for k in self.table if model.lower().startswith(k.lower())]
+        if not matches:
+            return None, None
+        description, link = self.table[max(matches, key=len)]
+        return description, link or None
+
     def describe(self, model: str | None) -> str:
         if not model:
             return ""
-        matches = [k for k in self.table if model.lower().startswith(k.lower())]
-        if not matches:
+        description, link = self.lookup(model)
+        if description is None:
             return f"**{model}**"
-        description, link = self.table[max(matches, key=len)]
         return f"**{model}**: {description}" + (f" ([link]({link}))" if link else "")

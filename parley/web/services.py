@@ -12,6 +12,7 @@ from parley.store.conversations import Conversations
 from parley.store.database import Database
 from parley.store.models import User
 from parley.store.votes import Votes
+from parley.web.live_replies import LiveReplies
 from parley.web.model_client import ModelClient
 from parley.web.model_descriptions import ModelDescriptions
 from parley.web.reply_slots import ReplySlots
@@ -37,6 +38,8 @@ class WebSettings(BaseModel):
     # wait for a turn before users are told it is busy. The default matches a worker's batch (32).
     max_concurrent_replies: int = Field(32, ge=1)
     max_waiting_replies: int = Field(64, ge=0)
+    # Signs the web app's session cookies; None: derived from the cluster secret, or random per process.
+    session_secret: str | None = None
 
 
 @dataclass
@@ -50,12 +53,14 @@ class WebServices:
     conversations: Conversations = field(init=False)
     votes: Votes = field(init=False)
     reply_slots: ReplySlots = field(init=False)
+    live: LiveReplies = field(init=False)  # the JSON API's replies being written
 
     def __post_init__(self) -> None:
         self.accounts = Accounts(self.db)
         self.conversations = Conversations(self.db)
         self.votes = Votes(self.db)
         self.reply_slots = ReplySlots(self.settings.max_concurrent_replies, self.settings.max_waiting_replies)
+        self.live = LiveReplies()
 
     def user(self, request) -> User:
         """The signed-in user (with --auth), else the one local user."""

@@ -1,0 +1,95 @@
+"""The web app's JSON API: what each request carries and each answer holds (closed schemas)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from parley.store.conversations import (
+    ConversationSummary,
+    ConversationView,
+    MessageView,
+)
+from parley.web.model_client import ReplyParams
+
+
+class Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionInfo(Closed):
+    signed_in: bool
+    username: str | None = None
+    is_admin: bool = False
+    auth: bool  # whether this server asks for a login (`parley web --auth`)
+    csrf_token: str  # send it back as the X-CSRF-Token header with every request that changes something
+
+
+class LoginRequest(Closed):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class ModelEntry(Closed):
+    name: str
+    description: str | None = None
+    link: str | None = None
+
+
+class ModelList(Closed):
+    models: list[ModelEntry]
+    reachable: bool  # False: the controller could not be asked (the list is empty for that reason)
+
+
+class ConversationList(Closed):
+    conversations: list[ConversationSummary]
+
+
+class NewConversation(Closed):
+    model: str | None = Field(None, max_length=200)
+    system_prompt: str | None = Field(None, max_length=32_000)
+    title: str | None = Field(None, max_length=200)
+
+
+class ConversationChange(Closed):
+    title: str | None = Field(None, max_length=200)
+    system_prompt: str | None = Field(None, max_length=32_000)  # "" removes it
+    model: str | None = Field(None, max_length=200)
+
+
+class SendMessage(Closed):
+    content: str = Field(max_length=1_000_000)  # the server's --max-input-chars is the limit users meet
+    model: str = Field(min_length=1, max_length=200)
+    parameters: ReplyParams = ReplyParams()
+
+
+class Regenerate(Closed):
+    model: str = Field(min_length=1, max_length=200)
+    parameters: ReplyParams = ReplyParams()
+
+
+class ReplyStarted(Closed):
+    """The first event of a reply's stream: what was stored for it."""
+    conversation: ConversationSummary
+    user_message: MessageView | None  # None: a regenerate
+    reply: MessageView
+
+
+class ReplyText(Closed):
+    text: str  # the whole reply so far
+
+
+class ReplyEnded(Closed):
+    reply: MessageView  # as stored: finish_reason stop | length | stopped | error (with `error`)
+
+
+class Stopped(Closed):
+    stopped: bool  # False: no reply was being written
+
+
+ExportFormat = Literal["json", "markdown"]
+
+__all__ = ["ConversationChange", "ConversationList", "ConversationView", "ExportFormat", "LoginRequest",
+           "ModelEntry", "ModelList", "NewConversation", "Regenerate", "ReplyEnded", "ReplyStarted", "ReplyText",
+           "SendMessage", "SessionInfo", "Stopped"]

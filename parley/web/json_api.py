@@ -1,0 +1,295 @@
+"""The web app's JSON API under /api: the session, the live model list, conversations and their replies.
+
+Every route acts for the signed-in user (the one local user without `--auth`) and sees only that
+user's conversations, as the store does. Requests that change something carry the session's CSRF
+token in the X-CSRF-Token header. Errors are rendered as the OpenAI API renders them. A reply streams
+as server-sent events: `started` (what was stored), `text` (each piece as it is written) and `ended`
+(the reply as stored); it is written by a task of its own, so a page that goes away loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import secrets
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from pydantic import BaseModel
+
+from parley.errors import ParleyError
+from parley.serving.api_errors import APIError
+from parley.store.conversations import (
+    ConversationSummary,
+    ConversationView,
+    MessageView,
+    NotFound,
+)
+from parley.store.models import User
+from parley.web.api_schemas import (
+    ConversationChange,
+    ConversationList,
+    ExportFormat,
+    LoginRequest,
+    ModelEntry,
+    ModelList,
+    NewConversation,
+    Regenerate,
+    ReplyEnded,
+    ReplyStarted,
+    ReplyText,
+    SendMessage,
+    SessionInfo,
+    Stopped,
+)
+from parley.web.model_client import ReplyParams
+from parley.web.replies import StreamedReply
+from parley.web.services import WebServices
+from parley.web.user_input import check_input
+
+SESSION_USER, SESSION_CSRF = "user", "csrf"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _services(request: Request) -> WebServices:
+    return request.app.state.services
+
+
+def _csrf_token(request: Request) -> str:
+    token = request.session.get(SESSION_CSRF)
+    if not token:
+        token = request.session[SESSION_CSRF] = secrets.token_urlsafe(32)
+    return token
+
+
+async def check_csrf(request: Request) -> None:
+    """A request that changes something must send the session's token back (a page of another site cannot
+    read it, so it cannot forge the request)."""
+    if request.method in SAFE_METHODS:
+        return
+    expected, sent = request.session.get(SESSION_CSRF), request.headers.get("x-csrf-token")
+    if not expected or not sent or not hmac.compare_digest(expected, sent):
+        raise APIError(403, "missing or wrong X-CSRF-Token header: reload the page (GET /api/session gives the token)",
+                       type="permission_error", code="csrf_failed")
+
+
+async def current_user(request: Request) -> User:
+    services = _services(request)
+    if not services.settings.auth:
+        return await asyncio.to_thread(services.accounts.local_user)
+    username = request.session.get(SESSION_USER)
+    user = await asyncio.to_thread(services.accounts.get, username) if username else None
+    if user is None:
+        raise APIError(401, "sign in first", type="authentication_error", code="not_signed_in")
+    return user
+
+
+def _sse(event: str, data: BaseModel) -> str:
+    return f"event: {event}\ndata: {data.model_dump_json()}\n\n"
+
+
+async def _conversation(services: WebServices, user: User, conversation_id: str) -> ConversationView:
+    try:
+        return await asyncio.to_thread(services.conversations.get, user.id, conversation_id)
+    except NotFound as exc:
+        raise APIError(404, str(exc), code="not_found", param="conversation_id") from None
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix="/api", dependencies=[Depends(check_csrf)])
+
+    @router.get("/session", response_model=SessionInfo)
+    async def session(request: Request) -> SessionInfo:
+        services = _services(request)
+        token = _csrf_token(request)
+        try:
+            user = await current_user(request)
+        except APIError:
+            return SessionInfo(signed_in=False, auth=True, csrf_token=token)
+        return SessionInfo(signed_in=True, username=user.username, is_admin=user.is_admin,
+                           auth=services.settings.auth, csrf_token=token)
+
+    @router.post("/login", response_model=SessionInfo)
+    async def login(body: LoginRequest, request: Request) -> SessionInfo:
+        services = _services(request)
+        if not services.settings.auth:
+            raise APIError(400, "this server has no logins (it runs without --auth)", code="no_auth")
+        user = await asyncio.to_thread(services.accounts.authenticate, body.username, body.password)
+        if user is None:
+            raise APIError(401, "wrong username or password", type="authentication_error", code="bad_credentials")
+        request.session.clear()  # a new session: a token from before the login is not valid after it
+        request.session[SESSION_USER] = user.username
+        return SessionInfo(signed_in=True, username=user.username, is_admin=user.is_admin, auth=True,
+                           csrf_token=_csrf_token(request))
+
+    @router.post("/logout", response_model=SessionInfo)
+    async def logout(request: Request) -> SessionInfo:
+        request.session.clear()
+        return SessionInfo(signed_in=not _services(request).settings.auth, auth=_services(request).settings.auth,
+                           csrf_token=_csrf_token(request))
+
+    @router.get("/models", response_model=ModelList)
+    async def models(request: Request, _user: User = Depends(current_user)) -> ModelList:
+        services = _services(request)
+        names, reachable = await services.client.models()
+        entries = []
+        for name in names:
+            description, link = services.model_info.lookup(name)
+            entries.append(ModelEntry(name=name, description=description, link=link))
+        return ModelList(models=entries, reachable=reachable)
+
+    @router.get("/conversations", response_model=ConversationList)
+    async def list_conversations(request: Request, q: str | None = Query(None, max_length=200),
+                                 user: User = Depends(current_user)) -> ConversationList:
+        found = await asyncio.to_thread(_services(request).conversations.list, user.id, q)
+        return ConversationList(conversations=found)
+
+    @router.post("/conversations", response_model=ConversationSummary, status_code=201)
+    async def create_conversation(body: NewConversation, request: Request,
+                                  user: User = Depends(current_user)) -> ConversationSummary:
+        return await asyncio.to_thread(_services(request).conversations.create, user.id, body.model,
+                                       system_prompt=body.system_prompt, title=body.title)
+
+    @router.get("/conversations/{conversation_id}", response_model=ConversationView)
+    async def get_conversation(conversation_id: str, request: Request,
+                               user: User = Depends(current_user)) -> ConversationView:
+        return await _conversation(_services(request), user, conversation_id)
+
+    @router.patch("/conversations/{conversation_id}", response_model=ConversationView)
+    async def change_conversation(conversation_id: str, body: ConversationChange, request: Request,
+                                  user: User = Depends(current_user)) -> ConversationView:
+        services = _services(request)
+        await _conversation(services, user, conversation_id)
+        try:
+            await asyncio.to_thread(services.conversations.change, user.id, conversation_id,
+                                    **body.model_dump(exclude_unset=True))
+        except NotFound as exc:
+            raise APIError(404, str(exc), code="not_found") from None
+        except ParleyError as exc:
+            raise APIError(400, str(exc)) from None
+        return await _conversation(services, user, conversation_id)
+
+    @router.delete("/conversations/{conversation_id}", status_code=204)
+    async def delete_conversation(conversation_id: str, request: Request, user: User = Depends(current_user)) -> None:
+        services = _services(request)
+        await _conversation(services, user, conversation_id)
+        await services.live.stop(conversation_id)
+        with contextlib.suppress(NotFound):  # deleted meanwhile by another request: the same outcome
+            await asyncio.to_thread(services.conversations.delete, user.id, conversation_id)
+
+    @router.get("/conversations/{conversation_id}/export")
+    async def export_conversation(conversation_id: str, request: Request, format: ExportFormat = "json",
+                                  user: User = Depends(current_user)) -> PlainTextResponse:
+        services = _services(request)
+        await _conversation(services, user, conversation_id)
+        exporter = services.conversations.export_json if format == "json" else services.conversations.export_markdown
+        text = await asyncio.to_thread(exporter, user.id, conversation_id)
+        suffix, media = ("json", "application/json") if format == "json" else ("md", "text/markdown")
+        return PlainTextResponse(text, media_type=media, headers={
+            "Content-Disposition": f'attachment; filename="conversation-{conversation_id[:8]}.{suffix}"'})
+
+    @router.post("/conversations/{conversation_id}/messages", response_class=StreamingResponse,
+                 responses={200: {"content": {"text/event-stream": {}}}})
+    async def send_message(conversation_id: str, body: SendMessage, request: Request,
+                           user: User = Depends(current_user)) -> StreamingResponse:
+        services = _services(request)
+        conversation = await _conversation(services, user, conversation_id)
+        _refuse_while_writing(services, conversation_id)
+        turns = sum(1 for m in conversation.messages if m.role == "user")
+        problem = await asyncio.to_thread(check_input, body.content, turns, services.settings.limits,
+                                          services.moderator)
+        if problem:
+            raise APIError(400, problem, param="content", code="message_refused")
+        return await _reply(services, user, conversation_id, body.content, body.model, body.parameters)
+
+    @router.post("/conversations/{conversation_id}/regenerate", response_class=StreamingResponse,
+                 responses={200: {"content": {"text/event-stream": {}}}})
+    async def regenerate(conversation_id: str, body: Regenerate, request: Request,
+                         user: User = Depends(current_user)) -> StreamingResponse:
+        services = _services(request)
+        conversation = await _conversation(services, user, conversation_id)
+        _refuse_while_writing(services, conversation_id)
+        if not any(m.role == "user" for m in conversation.messages):
+            raise APIError(400, "there is no message to answer yet", code="nothing_to_regenerate")
+        return await _reply(services, user, conversation_id, None, body.model, body.parameters)
+
+    @router.get("/conversations/{conversation_id}/reply", response_class=StreamingResponse,
+                responses={200: {"content": {"text/event-stream": {}}}})
+    async def follow_reply(conversation_id: str, request: Request, user: User = Depends(current_user)) -> StreamingResponse:
+        """The reply being written in this conversation (for a page opened while it streams): its text so
+        far, then as it grows, then `ended`. 404 when none is being written."""
+        services = _services(request)
+        conversation = await _conversation(services, user, conversation_id)
+        live = services.live.get(conversation_id)
+        if live is None:
+            raise APIError(404, "no reply is being written in this conversation", code="no_reply")
+        reply = next(m for m in conversation.messages if m.id == live.reply_id)
+        started = ReplyStarted(conversation=conversation, user_message=None, reply=reply)
+        return _stream(services, user, conversation_id, started, live)
+
+    @router.post("/conversations/{conversation_id}/stop", response_model=Stopped)
+    async def stop(conversation_id: str, request: Request, user: User = Depends(current_user)) -> Stopped:
+        services = _services(request)
+        await _conversation(services, user, conversation_id)
+        return Stopped(stopped=await services.live.stop(conversation_id))
+
+    return router
+
+
+def _refuse_while_writing(services: WebServices, conversation_id: str) -> None:
+    if services.live.get(conversation_id) is not None:
+        raise APIError(409, "a reply is still being written in this conversation: stop it or wait for it",
+                       code="reply_in_progress")
+
+
+async def _reply(services: WebServices, user: User, conversation_id: str, text: str | None, model: str,
+                 params: ReplyParams) -> StreamingResponse:
+    """Store the user's message (None: regenerate the last reply) and an empty reply, start writing the
+    reply, and stream it."""
+    try:
+        reply = await asyncio.to_thread(services.conversations.begin_reply, user.id, conversation_id, text,
+                                        model=model, parameters=params.model_dump())
+    except NotFound as exc:
+        raise APIError(404, str(exc), code="not_found") from None
+    conversation = await asyncio.to_thread(services.conversations.get, user.id, conversation_id)
+    context = conversation.openai_messages(before=reply.id)
+    index = next(i for i, m in enumerate(conversation.messages) if m.id == reply.id)
+    asked = conversation.messages[index - 1] if text is not None and index else None
+
+    async def write(grew) -> None:
+        streamed = StreamedReply(services, user.id, reply.id, model, params)
+        try:
+            async with contextlib.aclosing(streamed.stream(context)) as texts:
+                async for so_far in texts:
+                    grew(so_far)
+        finally:
+            await streamed.save_final()
+
+    live = services.live.start(conversation_id, reply.id, write)
+    started = ReplyStarted(conversation=conversation, user_message=asked, reply=reply)
+    return _stream(services, user, conversation_id, started, live)
+
+
+def _stream(services: WebServices, user: User, conversation_id: str, started: ReplyStarted, live) -> StreamingResponse:
+    async def events() -> AsyncIterator[str]:
+        yield _sse("started", started)
+        sent = 0
+        async for text in live.follow():
+            yield _sse("text", ReplyText(text=text[sent:]))
+            sent = len(text)
+        await live.done.wait()
+        ended = await _stored_reply(services, user, conversation_id, live.reply_id)
+        if ended is not None:
+            yield _sse("ended", ReplyEnded(reply=ended))
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+async def _stored_reply(services: WebServices, user: User, conversation_id: str, reply_id: int) -> MessageView | None:
+    try:
+        conversation = await asyncio.to_thread(services.conversations.get, user.id, conversation_id)
+    except NotFound:  # deleted while the reply was written
+        return None
+    return next((m for m in conversation.messages if m.id == reply_id), None)

@@ -1,0 +1,94 @@
+"""Replies being written by this web process, one per conversation at most.
+
+A reply runs as a task of its own, not inside the request that asked for it: the page that asked may
+go away (a reload, a closed tab) and the reply is still written to the end and stored. Any number of
+listeners follow it (the page that sent the message, the same conversation opened in another tab);
+each is first given the text so far. Stop ends it from any request, stored as stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+# What a writer reports: the reply's text so far, each time it grows.
+Writer = Callable[[Callable[[str], None]], Awaitable[None]]
+
+
+class LiveReply:
+    def __init__(self, reply_id: int):
+        self.reply_id = reply_id
+        self.text = ""
+        self.done = asyncio.Event()
+        self._listeners: set[asyncio.Queue[str | None]] = set()
+        self.task: asyncio.Task | None = None
+
+    def grew(self, text: str) -> None:
+        self.text = text
+        for queue in self._listeners:
+            queue.put_nowait(text)
+
+    def finished(self) -> None:
+        self.done.set()
+        for queue in self._listeners:
+            queue.put_nowait(None)
+
+    async def follow(self) -> AsyncIterator[str]:
+        """The text so far (when there is any), then each time it grows, until the reply ends."""
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._listeners.add(queue)
+        try:
+            if self.text:
+                yield self.text
+            if self.done.is_set():
+                return
+            while (text := await queue.get()) is not None:
+                yield text
+        finally:
+            self._listeners.discard(queue)
+
+
+class LiveReplies:
+    def __init__(self) -> None:
+        self._by_conversation: dict[str, LiveReply] = {}
+
+    def get(self, conversation_id: str) -> LiveReply | None:
+        return self._by_conversation.get(conversation_id)
+
+    def start(self, conversation_id: str, reply_id: int, write: Writer) -> LiveReply:
+        """Run `write` as the conversation's reply; it is given the function to call as the text grows."""
+        live = LiveReply(reply_id)
+        self._by_conversation[conversation_id] = live
+
+        async def run() -> None:
+            try:
+                await write(live.grew)
+            except asyncio.CancelledError:
+                pass  # Stop, or shutdown: the writer has stored the reply as stopped
+            except Exception:  # noqa: BLE001 - the writer stores its own failures; this is a bug
+                log.exception("reply %d failed", reply_id)
+            finally:
+                if self._by_conversation.get(conversation_id) is live:
+                    del self._by_conversation[conversation_id]
+                live.finished()
+
+        live.task = asyncio.create_task(run(), name=f"reply-{reply_id}")
+        return live
+
+    async def stop(self, conversation_id: str) -> bool:
+        """End the conversation's reply, if one is being written; True when one was. Returns once it is stored."""
+        live = self._by_conversation.get(conversation_id)
+        if live is None or live.task is None:
+            return False
+        live.task.cancel()
+        await live.done.wait()
+        return True
+
+    async def stop_all(self) -> None:
+        """At shutdown: every reply ends, stored as stopped."""
+        for conversation_id in list(self._by_conversation):
+            with contextlib.suppress(Exception):
+                await self.stop(conversation_id)

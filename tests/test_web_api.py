@@ -1,0 +1,246 @@
+"""The web app's JSON API (`parley web`, under /api), against real servers on 127.0.0.1: a controller, an echo
+worker (these tests are about the API's behaviour, not inference: the browser tests use the bundled model) and
+`parley web` itself, local and with --auth."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from parley.store.accounts import Accounts
+from parley.store.database import Database
+from tests.servers import Server, models_at, start_controller, start_worker
+
+SECRET = "web-api-test-cluster-secret-012345"
+ECHO = "echo-model"
+
+
+def start_web(controller: Server, db_url: str, *extra: str) -> Server:
+    web = Server("web", "--controller-address", controller.url, "--db-url", db_url, *extra, secret=controller.secret)
+    return web.wait_until(lambda: httpx.get(web.url + "/health", timeout=1).status_code == 200, "web")
+
+
+class Client:
+    """A browser's view of the API: a cookie jar and the CSRF token of its session."""
+
+    def __init__(self, url: str):
+        self.http = httpx.Client(base_url=url + "/api", timeout=30)
+        self.csrf = self.http.get("/session").json()["csrf_token"]
+
+    def call(self, method: str, path: str, **kw) -> httpx.Response:
+        return self.http.request(method, path, headers={"X-CSRF-Token": self.csrf}, **kw)
+
+    def login(self, username: str, password: str) -> httpx.Response:
+        r = self.call("POST", "/login", json={"username": username, "password": password})
+        if r.status_code == 200:
+            self.csrf = r.json()["csrf_token"]
+        return r
+
+    def events(self, method: str, path: str, **kw) -> list[tuple[str, dict]]:
+        with self.http.stream(method, path, headers={"X-CSRF-Token": self.csrf}, **kw) as r:
+            assert r.status_code == 200, r.read()
+            return parse_sse(r.iter_lines())
+
+    def new_conversation(self, **kw) -> str:
+        r = self.call("POST", "/conversations", json={"model": ECHO, **kw})
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+
+def parse_sse(lines) -> list[tuple[str, dict]]:
+    events, name = [], None
+    for line in lines:
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[6:])))
+    return events
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    controller = start_controller("--heart-beat-expiration", "3", secret=SECRET)  # a stopped worker leaves soon
+    worker = start_worker(controller, names=ECHO, echo=True, delay_s=0.02)
+    tmp = tmp_path_factory.mktemp("web-api")
+    web = start_web(controller, f"sqlite:///{tmp / 'local.db'}")
+    yield controller, web, tmp
+    for server in (web, worker, controller):
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def local(cluster) -> str:
+    return cluster[1].url
+
+
+def test_a_change_without_the_csrf_token_is_refused_as_openai_renders_errors(local):
+    client = Client(local)
+    r = client.http.post("/conversations", json={"model": ECHO})
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == "csrf_failed"
+    r = client.http.post("/conversations", json={"model": ECHO}, headers={"X-CSRF-Token": "forged"})
+    assert r.status_code == 403
+    assert client.call("GET", "/conversations").json()["conversations"] == []  # nothing was created
+
+
+def test_a_message_streams_its_reply_and_both_are_stored(local):
+    client = Client(local)
+    cid = client.new_conversation(system_prompt="You are a sailor who knows the sea.")
+    events = client.events("POST", f"/conversations/{cid}/messages",
+                           json={"content": "tell me about the sea", "model": ECHO})
+    names = [name for name, _ in events]
+    assert names[0] == "started" and names[-1] == "ended" and names.count("text") >= 2
+    started, ended = events[0][1], events[-1][1]
+    assert started["user_message"]["content"] == "tell me about the sea"
+    streamed = "".join(data["text"] for name, data in events if name == "text")
+    assert ended["reply"]["content"] == streamed and "sailor" in streamed  # the echo model repeats the system prompt
+    assert ended["reply"]["finish_reason"] in ("stop", "length")
+    stored = client.call("GET", f"/conversations/{cid}").json()
+    assert [(m["role"], m["content"]) for m in stored["messages"]] == [("user", "tell me about the sea"),
+                                                                       ("assistant", streamed)]
+    listed = client.call("GET", "/conversations").json()["conversations"]
+    assert listed[0]["id"] == cid and listed[0]["title"] == "tell me about the sea"
+
+
+def test_stop_ends_the_reply_from_another_request_and_keeps_what_was_written(local):
+    client = Client(local)
+    long_text = " ".join(f"word{i}" for i in range(400))  # echoed back from the system prompt: 8 s of reply
+    cid = client.new_conversation(system_prompt=long_text)
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(client.events(
+        "POST", f"/conversations/{cid}/messages", json={"content": "go", "model": ECHO})))
+    reader.start()
+    deadline = time.monotonic() + 30
+    while not any(name == "text" for name, _ in got) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        stored = client.call("GET", f"/conversations/{cid}").json()["messages"]
+        if stored and stored[-1]["content"]:
+            break
+    # a second writer in the same conversation is refused while the reply is written
+    r = client.call("POST", f"/conversations/{cid}/messages", json={"content": "again", "model": ECHO})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "reply_in_progress"
+    assert client.call("POST", f"/conversations/{cid}/stop").json() == {"stopped": True}
+    reader.join(30)
+    ended = got[-1]
+    assert ended[0] == "ended" and ended[1]["reply"]["finish_reason"] == "stopped"
+    reply = client.call("GET", f"/conversations/{cid}").json()["messages"][-1]
+    assert reply["finish_reason"] == "stopped" and 0 < len(reply["content"]) < len(long_text)
+    assert client.call("POST", f"/conversations/{cid}/stop").json() == {"stopped": False}
+
+
+def test_a_page_that_goes_away_loses_nothing_and_a_new_page_follows_the_reply(local):
+    client = Client(local)
+    cid = client.new_conversation(system_prompt=" ".join(f"w{i}" for i in range(120)))
+    with client.http.stream("POST", f"/conversations/{cid}/messages", headers={"X-CSRF-Token": client.csrf},
+                            json={"content": "go", "model": ECHO}) as r:
+        for line in r.iter_lines():
+            if line.startswith("event: text"):
+                break  # the page is closed after the first piece
+    events = client.events("GET", f"/conversations/{cid}/reply")  # another page opens the conversation
+    assert events[0][0] == "started" and events[-1][0] == "ended"
+    followed = "".join(d["text"] for n, d in events if n == "text")
+    final = events[-1][1]["reply"]
+    assert final["finish_reason"] in ("stop", "length") and final["content"] == followed
+    assert client.call("GET", f"/conversations/{cid}").json()["messages"][-1]["content"] == followed
+    assert client.call("GET", f"/conversations/{cid}/reply").status_code == 404  # nothing is being written now
+
+
+def test_a_refused_message_says_why_and_stores_nothing(local):
+    client = Client(local)
+    cid = client.new_conversation()
+    r = client.call("POST", f"/conversations/{cid}/messages", json={"content": "   ", "model": ECHO})
+    assert r.status_code == 400 and r.json()["error"]["message"] == "Type a message first."
+    r = client.call("POST", f"/conversations/{cid}/messages", json={"content": "x" * 9000, "model": ECHO})
+    assert r.status_code == 400 and "limit is 8000" in r.json()["error"]["message"]
+    r = client.call("POST", f"/conversations/{cid}/messages", json={"content": "hi", "model": ECHO,
+                                                                   "parameters": {"temperature": 9}})
+    assert r.status_code == 400 and r.json()["error"]["param"].endswith("temperature")
+    assert client.call("GET", f"/conversations/{cid}").json()["messages"] == []
+
+
+def test_a_model_that_is_not_served_fails_inline_and_regenerate_retries(local):
+    client = Client(local)
+    cid = client.new_conversation()
+    events = client.events("POST", f"/conversations/{cid}/messages", json={"content": "hello", "model": "gone-model"})
+    failed = events[-1][1]["reply"]
+    assert failed["finish_reason"] == "error" and "gone-model" in failed["error"]
+    events = client.events("POST", f"/conversations/{cid}/regenerate", json={"model": ECHO})
+    retried = events[-1][1]["reply"]
+    assert retried["id"] == failed["id"] and retried["finish_reason"] in ("stop", "length") and retried["content"]
+    roles = [m["role"] for m in client.call("GET", f"/conversations/{cid}").json()["messages"]]
+    assert roles == ["user", "assistant"]
+
+
+def test_rename_system_prompt_search_export_and_delete(local):
+    client = Client(local)
+    cid = client.new_conversation(system_prompt="You are an air-quality modelling expert.")
+    client.events("POST", f"/conversations/{cid}/messages", json={"content": "ozone levels", "model": ECHO})
+    changed = client.call("PATCH", f"/conversations/{cid}", json={"title": "Ozone", "system_prompt": "Be brief."})
+    assert changed.status_code == 200
+    assert changed.json()["title"] == "Ozone" and changed.json()["system_prompt"] == "Be brief."
+    assert client.call("PATCH", f"/conversations/{cid}", json={"title": "  "}).status_code == 400
+    assert [c["id"] for c in client.call("GET", "/conversations", params={"q": "ozone"}).json()["conversations"]] == [cid]
+    md = client.call("GET", f"/conversations/{cid}/export", params={"format": "markdown"})
+    assert md.status_code == 200 and md.text.startswith("# Ozone") and "ozone levels" in md.text
+    assert "attachment" in md.headers["content-disposition"]
+    assert client.call("DELETE", f"/conversations/{cid}").status_code == 204
+    assert client.call("GET", f"/conversations/{cid}").status_code == 404
+    assert cid not in [c["id"] for c in client.call("GET", "/conversations").json()["conversations"]]
+
+
+def test_the_model_list_is_live(cluster):
+    controller, web, _ = cluster
+    client = Client(web.url)
+    assert [m["name"] for m in client.call("GET", "/models").json()["models"]] == [ECHO]
+    late = start_worker(controller, names="late-model", echo=True)
+    try:
+        listed = client.call("GET", "/models").json()
+        assert [m["name"] for m in listed["models"]] == [ECHO, "late-model"] and listed["reachable"]
+    finally:
+        late.stop()
+    deadline = time.monotonic() + 30
+    while "late-model" in models_at(controller) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [m["name"] for m in client.call("GET", "/models").json()["models"]] == [ECHO]
+
+
+def test_with_auth_each_account_sees_only_its_own(cluster, tmp_path: Path):
+    controller = cluster[0]
+    db_url = f"sqlite:///{tmp_path / 'auth.db'}"
+    db = Database(db_url)
+    db.upgrade()
+    Accounts(db).create("alice", "alice-password-1")
+    Accounts(db).create("bob", "bob-password-12")
+    db.close()
+    web = start_web(controller, db_url, "--auth")
+    try:
+        anonymous = Client(web.url)
+        assert anonymous.http.get("/session").json()["signed_in"] is False
+        r = anonymous.call("GET", "/conversations")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "not_signed_in"
+        assert anonymous.login("alice", "wrong").status_code == 401
+        assert anonymous.login("nobody", "wrong").json()["error"]["message"] == "wrong username or password"
+
+        alice, bob = Client(web.url), Client(web.url)
+        assert alice.login("alice", "alice-password-1").status_code == 200
+        assert bob.login("bob", "bob-password-12").status_code == 200
+        cid = alice.new_conversation()
+        alice.events("POST", f"/conversations/{cid}/messages", json={"content": "alice's secret", "model": ECHO})
+        assert bob.call("GET", "/conversations").json()["conversations"] == []
+        for method, path, body in (("GET", f"/conversations/{cid}", None), ("DELETE", f"/conversations/{cid}", None),
+                                   ("PATCH", f"/conversations/{cid}", {"title": "mine"}),
+                                   ("POST", f"/conversations/{cid}/messages", {"content": "hi", "model": ECHO}),
+                                   ("GET", f"/conversations/{cid}/export", None)):
+            assert bob.call(method, path, json=body).status_code == 404, (method, path)
+        assert alice.call("GET", f"/conversations/{cid}").json()["messages"][0]["content"] == "alice's secret"
+        # the token of alice's session does not work with a session of its own
+        assert bob.http.post("/conversations", json={}, headers={"X-CSRF-Token": alice.csrf}).status_code == 403
+        alice.call("POST", "/logout")
+        assert alice.call("GET", "/conversations").status_code == 401
+    finally:
+        web.stop()

@@ -1,0 +1,171 @@
+// The JSON API of `parley web` (see /docs on the server): typed calls, the CSRF token, replies as events.
+
+import { SseParser } from "./sse";
+
+export interface Session {
+  signed_in: boolean;
+  username: string | null;
+  is_admin: boolean;
+  auth: boolean;
+  csrf_token: string;
+}
+
+export interface ModelEntry {
+  name: string;
+  description: string | null;
+  link: string | null;
+}
+
+export interface Parameters {
+  temperature: number;
+  top_p: number;
+  max_tokens: number;
+}
+
+export interface Message {
+  id: number;
+  position: number;
+  role: "system" | "user" | "assistant";
+  content: string;
+  model: string | null;
+  parameters: Parameters | null;
+  created_at: string;
+  finish_reason: string | null;
+  error: string | null;
+  completion_tokens: number | null;
+  latency_s: number | null;
+}
+
+export interface ConversationSummary {
+  id: string;
+  title: string;
+  model: string | null;
+  mode: string;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface Conversation extends ConversationSummary {
+  system_prompt: string | null;
+  messages: Message[];
+}
+
+export type ReplyEvent =
+  | { event: "started"; conversation: ConversationSummary; user_message: Message | null; reply: Message }
+  | { event: "text"; text: string }
+  | { event: "ended"; reply: Message };
+
+export class ApiError extends Error {
+  constructor(
+    public status: number,
+    message: string,
+    public code: string | null = null,
+  ) {
+    super(message);
+  }
+}
+
+async function errorOf(res: Response): Promise<ApiError> {
+  try {
+    const body = await res.json();
+    return new ApiError(res.status, body?.error?.message ?? res.statusText, body?.error?.code ?? null);
+  } catch {
+    return new ApiError(res.status, `${res.status} ${res.statusText}`);
+  }
+}
+
+export class Api {
+  csrf = "";
+
+  private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const res = await fetch(`/api${path}`, this.init(method, body));
+    if (!res.ok) throw await errorOf(res);
+    return (res.status === 204 ? undefined : await res.json()) as T;
+  }
+
+  private init(method: string, body?: unknown, signal?: AbortSignal): RequestInit {
+    const headers: Record<string, string> = { "X-CSRF-Token": this.csrf };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    return {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "same-origin",
+      signal,
+    };
+  }
+
+  async session(): Promise<Session> {
+    const s = await this.call<Session>("GET", "/session");
+    this.csrf = s.csrf_token;
+    return s;
+  }
+
+  async login(username: string, password: string): Promise<Session> {
+    const s = await this.call<Session>("POST", "/login", { username, password });
+    this.csrf = s.csrf_token;
+    return s;
+  }
+
+  async logout(): Promise<Session> {
+    const s = await this.call<Session>("POST", "/logout");
+    this.csrf = s.csrf_token;
+    return s;
+  }
+
+  models(): Promise<{ models: ModelEntry[]; reachable: boolean }> {
+    return this.call("GET", "/models");
+  }
+
+  conversations(q = ""): Promise<{ conversations: ConversationSummary[] }> {
+    return this.call("GET", `/conversations${q ? `?q=${encodeURIComponent(q)}` : ""}`);
+  }
+
+  conversation(id: string): Promise<Conversation> {
+    return this.call("GET", `/conversations/${encodeURIComponent(id)}`);
+  }
+
+  create(model: string | null, system_prompt: string | null): Promise<ConversationSummary> {
+    return this.call("POST", "/conversations", { model, system_prompt });
+  }
+
+  change(id: string, change: { title?: string; system_prompt?: string; model?: string }): Promise<Conversation> {
+    return this.call("PATCH", `/conversations/${encodeURIComponent(id)}`, change);
+  }
+
+  remove(id: string): Promise<void> {
+    return this.call("DELETE", `/conversations/${encodeURIComponent(id)}`);
+  }
+
+  stop(id: string): Promise<{ stopped: boolean }> {
+    return this.call("POST", `/conversations/${encodeURIComponent(id)}/stop`);
+  }
+
+  exportUrl(id: string, format: "json" | "markdown"): string {
+    return `/api/conversations/${encodeURIComponent(id)}/export?format=${format}`;
+  }
+
+  send(id: string, content: string, model: string, parameters: Parameters): AsyncGenerator<ReplyEvent> {
+    return this.events("POST", `/conversations/${encodeURIComponent(id)}/messages`, { content, model, parameters });
+  }
+
+  regenerate(id: string, model: string, parameters: Parameters): AsyncGenerator<ReplyEvent> {
+    return this.events("POST", `/conversations/${encodeURIComponent(id)}/regenerate`, { model, parameters });
+  }
+
+  follow(id: string): AsyncGenerator<ReplyEvent> {
+    return this.events("GET", `/conversations/${encodeURIComponent(id)}/reply`);
+  }
+
+  private async *events(method: string, path: string, body?: unknown): AsyncGenerator<ReplyEvent> {
+    const res = await fetch(`/api${path}`, this.init(method, body));
+    if (!res.ok || !res.body) throw await errorOf(res);
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    const parser = new SseParser();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      for (const e of parser.push(value)) yield { event: e.event, ...JSON.parse(e.data) } as ReplyEvent;
+    }
+  }
+}
