@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from parley.store.accounts import Accounts
-from parley.store.conversations import FAILED, INCOMPLETE, STOPPED, Conversations
+from parley.store.conversations import FAILED, INCOMPLETE, STOPPED, Conversations, NotFound
 from parley.store.database import Database
 from parley.web.replies import chat_messages
 from parley.web.reply_slots import Busy, ReplySlots
@@ -43,18 +43,53 @@ def test_a_failed_reply_keeps_the_question_and_the_conversation_goes_on(store):
     assert [m["role"] for m in shown] == ["user", "assistant", "user", "assistant"]
 
 
-def test_regenerate_resets_the_last_reply_in_place(store):
+def test_regenerate_keeps_the_earlier_reply_as_a_version(store):
     conversations, me = store
     cid = conversations.create(me, "m").id
     first = conversations.begin_reply(me, cid, "Q", model="m")
     conversations.update_reply(me, first.id, "partial", finish_reason=STOPPED)
     again = conversations.begin_reply(me, cid, None, model="m")
-    assert again.id == first.id and again.content == "" and again.finish_reason == INCOMPLETE
+    assert again.id != first.id and again.content == "" and again.finish_reason == INCOMPLETE
     assert roles(conversations, me, cid) == ["user", "assistant"]
-    assert conversations.get(me, cid).openai_messages(before=again.id) == [{"role": "user", "content": "Q"}]
+    view = conversations.get(me, cid)
+    assert view.openai_messages(before=again.id) == [{"role": "user", "content": "Q"}]
+    assert view.messages[-1].id == again.id and view.messages[-1].versions == [first.id, again.id]
+    conversations.update_reply(me, again.id, "complete", finish_reason="stop")
+    back = conversations.switch(me, cid, first.id)
+    assert [m.content for m in back.messages] == ["Q", "partial"]
+    assert [m.content for m in conversations.get(me, cid).messages] == ["Q", "partial"]  # the switch is stored
 
 
-def test_feedback_on_a_reply_goes_when_the_reply_is_regenerated(store):
+def test_a_reply_that_failed_with_nothing_written_is_replaced_in_place(store):
+    conversations, me = store
+    cid = conversations.create(me, "m").id
+    failed = conversations.begin_reply(me, cid, "Q", model="m")
+    conversations.update_reply(me, failed.id, "", finish_reason=FAILED, error="no worker")
+    again = conversations.begin_reply(me, cid, None, model="m")
+    assert again.id == failed.id and again.error is None
+    assert conversations.get(me, cid).messages[-1].versions == [failed.id]
+
+
+def test_edit_and_resend_branches_and_the_earlier_branch_stays_reachable(store):
+    conversations, me = store
+    cid = conversations.create(me, "m").id
+    a1 = conversations.begin_reply(me, cid, "first question", model="m")
+    conversations.update_reply(me, a1.id, "first answer", finish_reason="stop")
+    a2 = conversations.begin_reply(me, cid, "second question", model="m")
+    conversations.update_reply(me, a2.id, "second answer", finish_reason="stop")
+    q1 = conversations.get(me, cid).messages[0]
+    asked, reply = conversations.edit(me, cid, q1.id, "first question, edited", model="m")
+    view = conversations.get(me, cid)
+    assert [m.content for m in view.messages] == ["first question, edited", ""]
+    assert view.messages[0].versions == [q1.id, asked.id] and view.messages[1].id == reply.id
+    assert view.openai_messages(before=reply.id) == [{"role": "user", "content": "first question, edited"}]
+    old = conversations.switch(me, cid, q1.id)  # the whole earlier branch, down to its last message
+    assert [m.content for m in old.messages] == ["first question", "first answer", "second question", "second answer"]
+    with pytest.raises(NotFound):
+        conversations.edit(me, cid, old.messages[1].id, "not a question")  # only a user's message is edited
+
+
+def test_feedback_stays_with_the_version_it_rated(store):
     from parley.store.votes import Votes
 
     conversations, me = store
@@ -63,9 +98,8 @@ def test_feedback_on_a_reply_goes_when_the_reply_is_regenerated(store):
     conversations.update_reply(me, reply.id, "A bad answer", finish_reason="stop")
     votes = Votes(conversations.db)
     votes.feedback(me, reply.id, "downvote")
+    conversations.begin_reply(me, cid, None, model="m")  # a new version; the downvoted one is still there
     assert votes.stats().feedback == {"downvote": 1}
-    conversations.begin_reply(me, cid, None, model="m")  # the downvote was about the text replaced now
-    assert votes.stats().feedback == {}
 
 
 def test_a_conversation_stored_with_two_user_turns_in_a_row_can_still_be_continued(store):

@@ -59,7 +59,7 @@ def test_migrations_upgrade_an_empty_database_and_round_trip(db_url):
     database = Database(db_url)
     assert database.tables() == set() and database.revision() is None
     database.upgrade()
-    assert TABLES <= database.tables() and database.revision() == "0002"
+    assert TABLES <= database.tables() and database.revision() == "0003"
     with database.engine.connect() as connection:  # the migration and the models describe the same schema
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     database.downgrade()
@@ -249,3 +249,28 @@ def test_stored_votes_feed_ratings_and_export_as_fastchat_logs(db, db_url, tmp_p
     assert result.returncode == 0, result.stderr
     board = json.loads((out / "leaderboard.json").read_text())
     assert [r["model"] for r in board["rows"]] == ["strong", "weak"] and board["battles"] == 10
+
+
+def test_conversations_stored_before_branches_existed_upgrade_to_one_branch(db_url):
+    from sqlalchemy import text
+
+    database = Database(db_url)
+    database.upgrade("0002")
+    with database.engine.begin() as c:
+        c.execute(text("INSERT INTO users (id, username, is_admin, created_at) VALUES (1, 'old', false, '2026-01-01')"))
+        c.execute(text("INSERT INTO conversations (id, user_id, title, mode, created_at, updated_at) "
+                       "VALUES ('c1', 1, 'old chat', 'chat', '2026-01-01', '2026-01-01')"))
+        for position, (role, content) in enumerate([("user", "q1"), ("assistant", "a1"), ("user", "q2"),
+                                                    ("assistant", "a2")]):
+            c.execute(text("INSERT INTO messages (conversation_id, position, role, content, created_at) "
+                           "VALUES ('c1', :p, :r, :c, '2026-01-01')"), {"p": position, "r": role, "c": content})
+    database.upgrade()
+    conversations = Conversations(database)
+    view = conversations.get(1, "c1")
+    assert [m.content for m in view.messages] == ["q1", "a1", "q2", "a2"]
+    assert all(m.versions == [m.id] for m in view.messages)
+    reply = conversations.begin_reply(1, "c1", "q3", model="m")
+    assert [m.content for m in conversations.get(1, "c1").messages] == ["q1", "a1", "q2", "a2", "q3", ""]
+    assert reply.position == 5
+    database.downgrade("0002")  # and back: the branch shown survives
+    database.close()

@@ -244,3 +244,31 @@ def test_with_auth_each_account_sees_only_its_own(cluster, tmp_path: Path):
         assert alice.call("GET", "/conversations").status_code == 401
     finally:
         web.stop()
+
+
+def test_regenerate_keeps_versions_and_edit_branches_both_reachable_by_switching(local):
+    client = Client(local)
+    cid = client.new_conversation(system_prompt="Version one.")
+    first = client.events("POST", f"/conversations/{cid}/messages", json={"content": "q1", "model": ECHO})[-1][1]["reply"]
+    client.call("PATCH", f"/conversations/{cid}", json={"system_prompt": "Version two."})
+    second = client.events("POST", f"/conversations/{cid}/regenerate", json={"model": ECHO})[-1][1]["reply"]
+    assert "one" in first["content"] and "two" in second["content"]
+    assert second["versions"] == [first["id"], second["id"]]
+    view = client.call("POST", f"/conversations/{cid}/switch", json={"message_id": first["id"]}).json()
+    assert view["messages"][-1]["content"] == first["content"]  # < 1/2 >
+    assert client.call("GET", f"/conversations/{cid}").json()["messages"][-1]["id"] == first["id"]  # kept
+
+    question = view["messages"][0]
+    events = client.events("POST", f"/conversations/{cid}/messages/{question['id']}/edit",
+                           json={"content": "q1, edited", "model": ECHO})
+    started, ended = events[0][1], events[-1][1]
+    assert started["user_message"]["content"] == "q1, edited"
+    assert started["user_message"]["versions"] == [question["id"], started["user_message"]["id"]]
+    assert ended["reply"]["finish_reason"] in ("stop", "length")
+    shown = client.call("GET", f"/conversations/{cid}").json()["messages"]
+    assert [m["content"] for m in shown][0] == "q1, edited"
+    back = client.call("POST", f"/conversations/{cid}/switch", json={"message_id": question["id"]}).json()
+    assert [m["content"] for m in back["messages"]] == ["q1", first["content"]]
+    assert client.call("POST", f"/conversations/{cid}/messages/{first['id']}/edit",
+                       json={"content": "x", "model": ECHO}).status_code == 404  # a reply is not edited
+    assert client.call("POST", f"/conversations/{cid}/switch", json={"message_id": 10**9}).status_code == 404

@@ -294,3 +294,37 @@ def test_with_auth_each_account_signs_in_and_sees_only_its_own(stack, browser, t
         assert "alice" not in bob.inner_text("body").replace("Signed in as bob", "")
     finally:
         web.stop()
+
+
+def test_regenerate_keeps_versions_and_edit_makes_a_branch_with_the_old_one_reachable(stack, browser):
+    page = open_app(browser, stack.url)
+    pick(page, "echo-model")
+    page.fill("section.settings textarea", "Answer one.")
+    send(page, "first question")
+    assert "Answer one." in wait_done(page, 1)  # the echo model repeats the system prompt
+    page.fill("section.settings textarea", "Answer two.")
+    page.locator("section.settings textarea").blur()  # stored for the conversation
+    page.click(f"{REPLIES} .reply-actions button:has-text('Regenerate')")
+    wait_until(lambda: "Answer two." in " ".join(replies(page)) and page.is_visible("button.send"), "no new version")
+    assert page.locator(f"{REPLIES} .version-count").inner_text() == "2/2"
+    page.click(f"{REPLIES} button[aria-label='Previous version']")
+    wait_until(lambda: "Answer one." in replies(page)[0], "the earlier version was not shown")
+    assert page.locator(f"{REPLIES} .version-count").inner_text() == "1/2"
+
+    page.hover("article.message.user")
+    page.click("article.message.user button.edit")
+    page.fill("textarea[aria-label='Edit your message']", "first question, edited")
+    page.click("article.message.user .edit-box button:has-text('Send')")
+    wait_until(lambda: page.is_visible("button.send") and page.locator("article.message.user .bubble").inner_text()
+               == "first question, edited", "the edit was not sent")
+    assert page.locator("article.message.user .version-count").inner_text() == "2/2"
+    assert len(replies(page)) == 1
+    page.click("article.message.user button[aria-label='Previous version']")
+    wait_until(lambda: page.locator("article.message.user .bubble").inner_text() == "first question",
+               "the earlier branch was not shown")
+    assert "Answer one." in replies(page)[0]  # the branch as it was left: its first reply shown
+    page.screenshot(path=str(SHOTS / "app-versions.png"))
+    page.reload()
+    page.wait_for_selector("article.message.user .bubble:has-text('first question')")
+    assert page.locator("article.message.user .bubble").inner_text() == "first question"  # kept in the store
+    assert page.errors == []

@@ -11,8 +11,9 @@ import time
 from datetime import datetime
 
 from pydantic import BaseModel
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 
 from parley.errors import ParleyError
 from parley.store.database import Database
@@ -26,6 +27,10 @@ STOPPED = "stopped"  # the user pressed Stop
 FAILED = "error"  # the model could not answer; `error` says why
 
 
+class _Raced(Exception):
+    """Another writer changed the branch shown while this one wrote (retried)."""
+
+
 class NotFound(ParleyError):
     def __init__(self, what: str = "conversation"):
         super().__init__(f"no such {what}")
@@ -33,6 +38,7 @@ class NotFound(ParleyError):
 
 class MessageView(BaseModel):
     id: int
+    parent_id: int | None = None
     position: int
     role: str
     content: str
@@ -45,6 +51,9 @@ class MessageView(BaseModel):
     completion_tokens: int | None = None
     finish_reason: str | None = None
     error: str | None = None
+    # The versions at this point of the conversation (this message and its siblings: earlier questions that
+    # were edited, earlier replies that were regenerated), oldest first; one when there is no other.
+    versions: list[int] = []
 
 
 class ConversationSummary(BaseModel):
@@ -121,22 +130,58 @@ class Conversations:
         resets the last reply in place (or adds one after a trailing user message). Fill the reply in with
         `update_reply` as it streams."""
         def begin(s, c):
-            last = s.scalar(select(Message).where(Message.conversation_id == c.id).order_by(Message.position.desc()))
+            last = s.get(Message, c.current_message_id) if c.current_message_id else None
             if user_text is not None:
                 self._append(s, c, "user", user_text, {})
             elif last is None:
                 raise ParleyError("there is no message to reply to")
-            elif last.role == "assistant":
-                s.execute(delete(Feedback).where(Feedback.message_id == last.id))  # it rated the text replaced now
+            elif last.role == "assistant" and not last.content:  # nothing was written (it failed): replaced
+                s.execute(delete(Feedback).where(Feedback.message_id == last.id))
                 for key, value in {"content": "", "finish_reason": INCOMPLETE, "error": None, "created_at": utcnow(),
                                    "latency_s": None, "first_token_s": None, "prompt_tokens": None,
                                    "completion_tokens": None, **details}.items():
                     setattr(last, key, value)
                 s.flush()
                 return MessageView.model_validate(last, from_attributes=True)
+            elif last.role == "assistant":  # a new version beside it: the earlier one stays reachable
+                return self._add(s, c, last.parent_id, last.position, "assistant", "",
+                                 {**details, "finish_reason": INCOMPLETE})
             return self._append(s, c, "assistant", "", {**details, "finish_reason": INCOMPLETE})
 
         return self._appending(user_id, conversation_id, begin)
+
+    def edit(self, user_id: int, conversation_id: str, message_id: int, user_text: str,
+             **details) -> tuple[MessageView, MessageView]:
+        """Edit-and-resend: the edited question becomes a new version beside `message_id` (a user message of the
+        branch shown), with an empty reply to it, marked incomplete; the branch it replaces stays reachable.
+        Returns the question and the reply."""
+        def branch(s, c):
+            old = s.get(Message, message_id)
+            if old is None or old.conversation_id != c.id or old.role != "user":
+                raise NotFound("question")
+            asked = self._add(s, c, old.parent_id, old.position, "user", user_text, {})
+            return asked, self._append(s, c, "assistant", "", {**details, "finish_reason": INCOMPLETE})
+
+        return self._appending(user_id, conversation_id, branch)
+
+    def switch(self, user_id: int, conversation_id: str, message_id: int) -> ConversationView:
+        """Show the branch through `message_id`: below it, the newest version at each point."""
+        with self.db.session() as s:
+            c = self._owned(s, user_id, conversation_id, lock=True)
+            m = s.get(Message, message_id)
+            if m is None or m.conversation_id != c.id:
+                raise NotFound("message")
+            children: dict[int | None, list[Message]] = {}
+            by_id = {other.id: other for other in c.messages}
+            for other in c.messages:
+                children.setdefault(other.parent_id, []).append(other)
+            if m.parent_id is not None:
+                by_id[m.parent_id].shown_child_id = m.id
+            while children.get(m.id):  # down the versions last shown (the newest where none was)
+                below = {x.id: x for x in children[m.id]}
+                m = below.get(m.shown_child_id) or max(below.values(), key=lambda x: x.id)
+            c.current_message_id = m.id
+        return self.get(user_id, conversation_id)
 
     def update_reply(self, user_id: int, message_id: int, content: str, **details) -> None:
         """Store what a reply holds so far (or at its end: with its finish_reason, tokens and timings)."""
@@ -156,17 +201,38 @@ class Conversations:
                 with self.db.session() as s:
                     c = self._owned(s, user_id, conversation_id, lock=True)  # PostgreSQL: appenders take turns
                     return write(s, c)
-            except IntegrityError:  # SQLite has no row locks: another append took this position first
+            except (IntegrityError, _Raced):  # SQLite has no row locks: another writer came first
                 if attempt == APPEND_ATTEMPTS - 1:
                     raise
                 time.sleep(random.uniform(0.001, 0.02))
         raise AssertionError("unreachable")
 
+    @classmethod
+    def _append(cls, s, c: Conversation, role: str, content: str, details: dict) -> MessageView:
+        """A message after the last one of the branch shown."""
+        last = s.get(Message, c.current_message_id) if c.current_message_id else None
+        return cls._add(s, c, last.id if last else None, last.position + 1 if last else 0, role, content, details)
+
     @staticmethod
-    def _append(s, c: Conversation, role: str, content: str, details: dict) -> MessageView:
-        position = s.scalar(select(func.count()).where(Message.conversation_id == c.id))
-        m = Message(conversation_id=c.id, position=position, role=role, content=content, **details)
+    def _add(s, c: Conversation, parent_id: int | None, position: int, role: str, content: str,
+             details: dict) -> MessageView:
+        """A message under `parent_id`, shown from now on. Its branch is the next free one at its depth: two
+        writers taking the same one at once conflict (IntegrityError), and the loser retries."""
+        branch = s.scalar(select(func.count()).where(Message.conversation_id == c.id, Message.position == position))
+        m = Message(conversation_id=c.id, parent_id=parent_id, position=position, branch=branch, role=role,
+                    content=content, **details)
         s.add(m)
+        s.flush()
+        # The branch shown moves to it only if no other writer moved it meanwhile (SQLite has no row locks and
+        # reads outside the write transaction): else this attempt is retried from the branch as it is now.
+        moved = s.execute(update(Conversation).where(
+            Conversation.id == c.id, Conversation.current_message_id.is_not_distinct_from(c.current_message_id),
+        ).values(current_message_id=m.id))
+        if moved.rowcount != 1:
+            raise _Raced()
+        set_committed_value(c, "current_message_id", m.id)
+        if parent_id is not None:
+            s.execute(update(Message).where(Message.id == parent_id).values(shown_child_id=m.id))
         c.updated_at = utcnow()
         if role == "user" and c.title == "New chat":
             text = " ".join(content.split())
@@ -175,10 +241,24 @@ class Conversations:
         return MessageView.model_validate(m, from_attributes=True)
 
     def get(self, user_id: int, conversation_id: str) -> ConversationView:
+        """The conversation along the branch shown, each message with its versions."""
         with self.db.session() as s:
             c = self._owned(s, user_id, conversation_id)
-            return ConversationView(**_summary(c).model_dump(), system_prompt=c.system_prompt,
-                                    messages=[MessageView.model_validate(m, from_attributes=True) for m in c.messages])
+            by_id = {m.id: m for m in c.messages}
+            siblings: dict[int | None, list[int]] = {}
+            for m in sorted(c.messages, key=lambda m: m.id):
+                siblings.setdefault(m.parent_id, []).append(m.id)
+            path: list[Message] = []
+            m = by_id.get(c.current_message_id) if c.current_message_id else None
+            while m is not None:
+                path.append(m)
+                m = by_id.get(m.parent_id) if m.parent_id else None
+            shown = []
+            for m in reversed(path):
+                view = MessageView.model_validate(m, from_attributes=True)
+                view.versions = siblings[m.parent_id]
+                shown.append(view)
+            return ConversationView(**_summary(c).model_dump(), system_prompt=c.system_prompt, messages=shown)
 
     def list(self, user_id: int, search: str | None = None, limit: int = 200,
              modes: tuple[str, ...] = ("chat",)) -> list[ConversationSummary]:

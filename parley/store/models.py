@@ -49,6 +49,7 @@ class Conversation(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=random_id)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     title: Mapped[str] = mapped_column(String(200), default="New chat")
+    current_message_id: Mapped[int | None] = mapped_column(Integer)  # the last message of the branch shown
     model: Mapped[str | None] = mapped_column(String(200))
     mode: Mapped[str] = mapped_column(String(16), default="chat")  # chat | battle | side-by-side
     system_prompt: Mapped[str | None] = mapped_column(Text)
@@ -60,10 +61,16 @@ class Conversation(Base):
 
 class Message(Base):
     __tablename__ = "messages"
-    __table_args__ = (UniqueConstraint("conversation_id", "position"),)
+    # Messages form a tree: an edited question or a regenerated reply is a sibling of the one it replaces
+    # (same parent, same position, another branch), so earlier versions stay reachable.
+    __table_args__ = (UniqueConstraint("conversation_id", "position", "branch", name="uq_messages_position_branch"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
-    position: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE", name="fk_messages_parent_id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # depth in the tree: 0 for the first message
+    branch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # which message at this depth
+    shown_child_id: Mapped[int | None] = mapped_column(Integer)  # the version below it last shown
     role: Mapped[str] = mapped_column(String(16))  # system | user | assistant
     content: Mapped[str] = mapped_column(Text)
     model: Mapped[str | None] = mapped_column(String(200))

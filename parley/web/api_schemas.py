@@ -64,6 +64,14 @@ class SendMessage(Closed):
     parameters: ReplyParams = ReplyParams()
 
 
+class EditMessage(SendMessage):
+    """Edit-and-resend: the question edited becomes a new version beside the old one, answered anew."""
+
+
+class SwitchVersion(Closed):
+    message_id: int  # a message of this conversation: its branch is shown from now on
+
+
 class Regenerate(Closed):
     model: str = Field(min_length=1, max_length=200)
     parameters: ReplyParams = ReplyParams()
@@ -90,6 +98,6 @@ class Stopped(Closed):
 
 ExportFormat = Literal["json", "markdown"]
 
-__all__ = ["ConversationChange", "ConversationList", "ConversationView", "ExportFormat", "LoginRequest",
+__all__ = ["ConversationChange", "ConversationList", "ConversationView", "EditMessage", "ExportFormat", "LoginRequest",
            "ModelEntry", "ModelList", "NewConversation", "Regenerate", "ReplyEnded", "ReplyStarted", "ReplyText",
-           "SendMessage", "SessionInfo", "Stopped"]
+           "SendMessage", "SessionInfo", "Stopped", "SwitchVersion"]

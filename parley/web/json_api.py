@@ -30,6 +30,7 @@ from parley.store.models import User
 from parley.web.api_schemas import (
     ConversationChange,
     ConversationList,
+    EditMessage,
     ExportFormat,
     LoginRequest,
     ModelEntry,
@@ -42,6 +43,7 @@ from parley.web.api_schemas import (
     SendMessage,
     SessionInfo,
     Stopped,
+    SwitchVersion,
 )
 from parley.web.model_client import ReplyParams
 from parley.web.replies import StreamedReply
@@ -214,6 +216,38 @@ def build_router() -> APIRouter:
             raise APIError(400, "there is no message to answer yet", code="nothing_to_regenerate")
         return await _reply(services, user, conversation_id, None, body.model, body.parameters)
 
+    @router.post("/conversations/{conversation_id}/messages/{message_id}/edit", response_class=StreamingResponse,
+                 responses={200: {"content": {"text/event-stream": {}}}})
+    async def edit_message(conversation_id: str, message_id: int, body: EditMessage, request: Request,
+                           user: User = Depends(current_user)) -> StreamingResponse:
+        """Edit-and-resend: a new version of the question `message_id`, answered anew; the branch it replaces
+        stays reachable through the question's versions."""
+        services = _services(request)
+        conversation = await _conversation(services, user, conversation_id)
+        _refuse_while_writing(services, conversation_id)
+        index = next((i for i, m in enumerate(conversation.messages) if m.id == message_id and m.role == "user"), None)
+        if index is None:
+            raise APIError(404, "no such question in the branch shown", code="not_found", param="message_id")
+        turns = sum(1 for m in conversation.messages[:index] if m.role == "user")
+        problem = await asyncio.to_thread(check_input, body.content, turns, services.settings.limits,
+                                          services.moderator)
+        if problem:
+            raise APIError(400, problem, param="content", code="message_refused")
+        return await _reply(services, user, conversation_id, body.content, body.model, body.parameters,
+                            edits=message_id)
+
+    @router.post("/conversations/{conversation_id}/switch", response_model=ConversationView)
+    async def switch_version(conversation_id: str, body: SwitchVersion, request: Request,
+                             user: User = Depends(current_user)) -> ConversationView:
+        """Show another version: the branch through `message_id` (its newest continuation)."""
+        services = _services(request)
+        await _conversation(services, user, conversation_id)
+        _refuse_while_writing(services, conversation_id)
+        try:
+            return await asyncio.to_thread(services.conversations.switch, user.id, conversation_id, body.message_id)
+        except NotFound as exc:
+            raise APIError(404, str(exc), code="not_found", param="message_id") from None
+
     @router.get("/conversations/{conversation_id}/reply", response_class=StreamingResponse,
                 responses={200: {"content": {"text/event-stream": {}}}})
     async def follow_reply(conversation_id: str, request: Request, user: User = Depends(current_user)) -> StreamingResponse:
@@ -244,17 +278,23 @@ def _refuse_while_writing(services: WebServices, conversation_id: str) -> None:
 
 
 async def _reply(services: WebServices, user: User, conversation_id: str, text: str | None, model: str,
-                 params: ReplyParams) -> StreamingResponse:
-    """Store the user's message (None: regenerate the last reply) and an empty reply, start writing the
-    reply, and stream it."""
+                 params: ReplyParams, edits: int | None = None) -> StreamingResponse:
+    """Store the user's message (None: regenerate the last reply; `edits`: as a new version of that question)
+    and an empty reply, start writing the reply, and stream it."""
+    details = {"model": model, "parameters": params.model_dump()}
     try:
-        reply = await asyncio.to_thread(services.conversations.begin_reply, user.id, conversation_id, text,
-                                        model=model, parameters=params.model_dump())
+        if edits is not None:
+            _, reply = await asyncio.to_thread(services.conversations.edit, user.id, conversation_id, edits, text,
+                                               **details)
+        else:
+            reply = await asyncio.to_thread(services.conversations.begin_reply, user.id, conversation_id, text,
+                                            **details)
     except NotFound as exc:
         raise APIError(404, str(exc), code="not_found") from None
     conversation = await asyncio.to_thread(services.conversations.get, user.id, conversation_id)
     context = conversation.openai_messages(before=reply.id)
     index = next(i for i, m in enumerate(conversation.messages) if m.id == reply.id)
+    reply = conversation.messages[index]  # with its versions
     asked = conversation.messages[index - 1] if text is not None and index else None
 
     async def write(grew) -> None:

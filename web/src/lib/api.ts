@@ -34,6 +34,7 @@ export interface Message {
   error: string | null;
   completion_tokens: number | null;
   latency_s: number | null;
+  versions: number[];
 }
 
 export interface ConversationSummary {
@@ -151,6 +152,15 @@ export class Api {
 
   regenerate(id: string, model: string, parameters: Parameters): AsyncGenerator<ReplyEvent> {
     return this.events("POST", `/conversations/${encodeURIComponent(id)}/regenerate`, { model, parameters });
+  }
+
+  edit(id: string, messageId: number, content: string, model: string, parameters: Parameters): AsyncGenerator<ReplyEvent> {
+    return this.events("POST", `/conversations/${encodeURIComponent(id)}/messages/${messageId}/edit`,
+      { content, model, parameters });
+  }
+
+  switchTo(id: string, messageId: number): Promise<Conversation> {
+    return this.call("POST", `/conversations/${encodeURIComponent(id)}/switch`, { message_id: messageId });
   }
 
   follow(id: string): AsyncGenerator<ReplyEvent> {
