@@ -8,7 +8,13 @@ import asyncio
 import pytest
 
 from parley.store.accounts import Accounts
-from parley.store.conversations import FAILED, INCOMPLETE, STOPPED, Conversations, NotFound
+from parley.store.conversations import (
+    FAILED,
+    INCOMPLETE,
+    STOPPED,
+    Conversations,
+    NotFound,
+)
 from parley.store.database import Database
 from parley.web.replies import chat_messages
 from parley.web.reply_slots import Busy, ReplySlots
