@@ -75,10 +75,11 @@ def open_page(browser, url: str):
     return page
 
 
-def wait_until(condition, message: str, timeout: float = 30) -> None:
+def wait_until(condition, message, timeout: float = 30) -> None:
+    """Poll `condition`; `message` (or a function giving it, called on failure) says what did not happen."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, message
+        assert time.monotonic() < deadline, message() if callable(message) else message
         time.sleep(0.05)
 
 

@@ -264,3 +264,17 @@ def test_bench_measures_constrained_decoding_against_plain(engine_stack, tmp_pat
     runs = json.loads(out.read_text())
     assert [r["mode"] for r in runs] == ["plain", "json", "tools"]
     assert all(r["failed"] == 0 and r["output_tokens"] > 0 and r["ttft_ms"]["p50"] > 0 for r in runs)
+
+
+def test_continue_final_message_goes_on_with_the_assistant_text(client):
+    """vLLM's `continue_final_message`: a reply cut at max_tokens is continued, not restarted."""
+    ask = [{"role": "user", "content": "Count from one to twenty in words, separated by commas."}]
+    cut = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=10, temperature=0).choices[0]
+    assert cut.finish_reason == "length"
+    rest = client.chat.completions.create(
+        model=MODEL, messages=[*ask, {"role": "assistant", "content": cut.message.content}], max_tokens=12,
+        temperature=0, extra_body={"continue_final_message": True}).choices[0].message.content
+    assert rest and not rest.lstrip().startswith(cut.message.content.strip()[:8])
+    with pytest.raises(openai.BadRequestError, match="continue_final_message"):
+        client.chat.completions.create(model=MODEL, messages=ask, max_tokens=4,
+                                       extra_body={"continue_final_message": True})

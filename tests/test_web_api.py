@@ -272,3 +272,21 @@ def test_regenerate_keeps_versions_and_edit_branches_both_reachable_by_switching
     assert client.call("POST", f"/conversations/{cid}/messages/{first['id']}/edit",
                        json={"content": "x", "model": ECHO}).status_code == 404  # a reply is not edited
     assert client.call("POST", f"/conversations/{cid}/switch", json={"message_id": 10**9}).status_code == 404
+
+
+def test_continue_goes_on_with_a_reply_cut_at_its_token_limit(local):
+    client = Client(local)
+    cid = client.new_conversation(system_prompt="One two three four five six seven eight nine ten.")
+    cut = client.events("POST", f"/conversations/{cid}/messages",
+                        json={"content": "count", "model": ECHO, "parameters": {"max_tokens": 3}})[-1][1]["reply"]
+    assert cut["finish_reason"] == "length" and cut["content"]
+    events = client.events("POST", f"/conversations/{cid}/continue", json={"model": ECHO})
+    assert events[0][1]["reply"]["content"] == cut["content"]  # `started` carries the text continued
+    added = "".join(d["text"] for n, d in events if n == "text")
+    ended = events[-1][1]["reply"]
+    assert ended["id"] == cut["id"] and ended["content"] == cut["content"] + added and added
+    assert ended["finish_reason"] in ("stop", "length") and ended["versions"] == [cut["id"]]
+    assert client.call("GET", f"/conversations/{cid}").json()["messages"][-1]["content"] == ended["content"]
+    empty = client.new_conversation()
+    r = client.call("POST", f"/conversations/{empty}/continue", json={"model": ECHO})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "nothing_to_continue"

@@ -328,3 +328,20 @@ def test_regenerate_keeps_versions_and_edit_makes_a_branch_with_the_old_one_reac
     page.wait_for_selector("article.message.user .bubble:has-text('first question')")
     assert page.locator("article.message.user .bubble").inner_text() == "first question"  # kept in the store
     assert page.errors == []
+
+
+def test_a_reply_cut_at_the_token_limit_is_marked_and_continue_writes_on(stack, browser):
+    page = open_app(browser, stack.url)
+    pick(page, MODEL, max_tokens="12")
+    send(page, "Write a long story about a dragon who bakes bread.")
+    cut = wait_done(page, 1)
+    page.wait_for_selector(f"{REPLIES}[data-finish=length] .reply-mark:has-text('token limit')")
+    page.fill("section.settings input[type=number]", "48")
+    page.click(f"{REPLIES} button:has-text('Continue')")
+    wait_until(lambda: page.is_visible("button.send") and len(replies(page)[0]) > len(cut),
+               lambda: f"Continue wrote nothing: {page.inner_text('main.chat')}")
+    longer = replies(page)[0]
+    assert longer.startswith(cut) and len(replies(page)) == 1
+    stored = [m for m in stored_messages(stack.db_url) if m.role == "assistant" and m.content.strip() == longer]
+    assert stored and stored[0].finish_reason in ("stop", "length")
+    assert page.errors == []

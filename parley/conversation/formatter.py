@@ -101,9 +101,13 @@ class ChatFormatter:
         return self._model_template is not None and "tools" in self._model_template
 
     def render(self, messages: Sequence[Mapping | ChatMessage], add_generation_prompt: bool = True,
-               tools: Sequence[Mapping] | None = None) -> RenderedPrompt:
+               tools: Sequence[Mapping] | None = None, continue_final: bool = False) -> RenderedPrompt:
         """`tools` (OpenAI's tool objects) and messages carrying `tool_calls` or the `tool` role are
-        rendered by the template when it knows tools, else in the Hermes convention."""
+        rendered by the template when it knows tools, else in the Hermes convention. `continue_final`: the
+        prompt ends inside the last message (the assistant's), cut after its text, so that the reply goes on
+        with it."""
+        if continue_final:
+            return self._continuing(messages)
         raw = [m.model_dump() if isinstance(m, ChatMessage) else dict(m) for m in messages]
         if tools or any(m.get("role") == "tool" or m.get("tool_calls") for m in raw):
             functions = tool_calls.functions_of(tools or [])
@@ -124,6 +128,18 @@ class ChatFormatter:
             )[0][0]
             return RenderedPrompt(text=text, add_special_tokens=False, template="model")
         return self._render_named(self.named, parsed, add_generation_prompt)
+
+    def _continuing(self, messages: Sequence[Mapping | ChatMessage]) -> RenderedPrompt:
+        raw = [m.model_dump() if isinstance(m, ChatMessage) else dict(m) for m in messages]
+        final = str(raw[-1].get("content") or "").strip() if raw else ""
+        if not raw or raw[-1].get("role") != "assistant" or not final:
+            raise InvalidRequestError("continuing needs a last message from the assistant, with text")
+        rendered = self.render(raw, add_generation_prompt=False)
+        at = rendered.text.rfind(final)
+        if at < 0:
+            raise InvalidRequestError("this chat template changes the assistant's text, so a reply cannot be "
+                                      "continued with it")
+        return rendered.model_copy(update={"text": rendered.text[: at + len(final)]})
 
     @staticmethod
     def _render_named(t: NamedTemplate, parsed: list[ChatMessage], add_generation_prompt: bool) -> RenderedPrompt:

@@ -136,6 +136,9 @@ class GenerationRequest(BaseModel):
     response_format: dict | None = None
     tools: list[dict] | None = None
     tool_choice: str | dict | None = None
+    # The reply continues the last message (an assistant's, e.g. one cut at its token limit) instead of
+    # starting a new one: the prompt ends inside that message, without its end-of-turn.
+    continue_final_message: bool = False
     request_id: str = Field(default_factory=lambda: uuid.uuid4().hex, max_length=100)
 
     @model_validator(mode="after")
@@ -147,6 +150,10 @@ class GenerationRequest(BaseModel):
             raise ValueError("the prompt is empty")
         if self.tools and self.messages is None:
             raise ValueError("tools need messages, not a prompt")
+        if self.continue_final_message and not (self.messages and self.messages[-1].role == "assistant"):
+            raise ValueError("continue_final_message needs messages that end with the assistant's message")
+        if self.continue_final_message and self.tools:
+            raise ValueError("continue_final_message cannot be used with tools")
         return self
 
 

@@ -149,6 +149,8 @@ class OpenAIProxyEngine(Engine):
             common["max_tokens"] = p.max_new_tokens
         extra = {k: getattr(p, k) for k, off in (("top_k", 0), ("min_p", 0.0), ("repetition_penalty", 1.0),
                                                   ("ignore_eos", False), ("stop_token_ids", [])) if getattr(p, k) != off}
+        if request.continue_final_message:  # vLLM's name for it; an upstream without it refuses the request
+            extra["continue_final_message"], extra["add_generation_prompt"] = True, False
         if p.guided is not None:
             raise InvalidRequestError("the openai engine forwards response_format and tools, not a grammar")
         if request.prompt_token_ids is not None:

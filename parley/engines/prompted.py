@@ -91,11 +91,13 @@ class PromptEngine(Engine):
         if guided is not None and not self.supports_guided:
             raise InvalidRequestError(f"structured output and forced tool calls are not supported by the {self.name} engine")
         params = request.params if guided is request.params.guided else request.params.model_copy(update={"guided": guided})
-        update: dict = {"messages": None, "response_format": None, "tools": None, "tool_choice": None, "params": params}
+        update: dict = {"messages": None, "response_format": None, "tools": None, "tool_choice": None, "params": params,
+                        "continue_final_message": False}
         if request.messages is not None:
             offered = request.tools if plan is not None and plan.mode != "none" else None
             try:
-                rendered = self.formatter.render([m.model_dump(exclude_none=True) for m in request.messages], tools=offered)
+                rendered = self.formatter.render([m.model_dump(exclude_none=True) for m in request.messages], tools=offered,
+                                                 continue_final=request.continue_final_message)
             except TemplateError as exc:  # a template that refuses these messages (`raise_exception`)
                 raise InvalidPromptError(f"the chat template refused these messages: {exc}") from None
             except InvalidRequestError as exc:

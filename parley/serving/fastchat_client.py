@@ -33,7 +33,8 @@ def gen_params(info: WorkerInfo, request: GenerationRequest) -> dict:
     prompt = request.prompt
     if request.messages is not None:
         try:
-            rendered = info.formatter.render([m.model_dump(exclude_none=True) for m in request.messages])
+            rendered = info.formatter.render([m.model_dump(exclude_none=True) for m in request.messages],
+                                             continue_final=request.continue_final_message)
         except InvalidRequestError as exc:
             raise RequestRejected(str(exc), param="messages") from None
         prompt, p = rendered.text, p.with_stops(rendered.stop, rendered.stop_token_ids)

@@ -169,6 +169,8 @@ class ChatCompletionRequest(_GenerationRequest):
     functions: list[dict] | None = None
     function_call: Any = None
     response_format: dict | None = None
+    # vLLM's extension: the reply continues the last message (the assistant's) instead of starting a new one.
+    continue_final_message: bool = False
     # Accepted and ignored, as OpenAI does where they do not apply.
     metadata: dict | None = None
     store: bool | None = None
@@ -190,6 +192,9 @@ class ChatCompletionRequest(_GenerationRequest):
             raise UnsupportedField("top_logprobs", "top_logprobs needs logprobs set to true")
         if not self.tools and self.tool_choice not in (None, "none", "auto"):
             raise UnsupportedField("tool_choice", "tool_choice needs tools")
+        if self.continue_final_message and (self.messages[-1].role != "assistant" or self.tools):
+            raise UnsupportedField("continue_final_message", "continue_final_message needs messages that end with "
+                                                             "the assistant's message, and no tools")
         # The bounds of schemas and tools, checked before anything else touches them (a schema nested hundreds
         # deep must be a 400, not a serializer's recursion error).
         for field, check in (("response_format", lambda: guided_from_response_format(self.response_format)),
@@ -203,7 +208,7 @@ class ChatCompletionRequest(_GenerationRequest):
             model=self.model, messages=[m.to_message() for m in self.messages], request_id=request_id,
             params=self.sampling_params(self.max_completion_tokens or self.max_tokens, logprobs),
             response_format=self.response_format or None, tools=self.tools or None,
-            tool_choice=self.tool_choice if self.tools else None)
+            tool_choice=self.tool_choice if self.tools else None, continue_final_message=self.continue_final_message)
 
 
 class CompletionRequest(_GenerationRequest):

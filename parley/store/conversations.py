@@ -150,6 +150,21 @@ class Conversations:
 
         return self._appending(user_id, conversation_id, begin)
 
+    def continue_reply(self, user_id: int, conversation_id: str, **details) -> MessageView:
+        """Continue: the last reply of the branch shown (one with text) is written on, marked incomplete until
+        it ends; its text so far stays."""
+        def reopen(s, c):
+            last = s.get(Message, c.current_message_id) if c.current_message_id else None
+            if last is None or last.role != "assistant" or not last.content:
+                raise ParleyError("there is no reply to continue")
+            for key, value in {"finish_reason": INCOMPLETE, "error": None, **details}.items():
+                setattr(last, key, value)
+            c.updated_at = utcnow()
+            s.flush()
+            return MessageView.model_validate(last, from_attributes=True)
+
+        return self._appending(user_id, conversation_id, reopen)
+
     def edit(self, user_id: int, conversation_id: str, message_id: int, user_text: str,
              **details) -> tuple[MessageView, MessageView]:
         """Edit-and-resend: the edited question becomes a new version beside `message_id` (a user message of the

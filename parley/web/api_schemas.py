@@ -72,7 +72,8 @@ class SwitchVersion(Closed):
     message_id: int  # a message of this conversation: its branch is shown from now on
 
 
-class Regenerate(Closed):
+class ReplyOptions(Closed):
+    """Regenerate and Continue: which model writes, with which parameters."""
     model: str = Field(min_length=1, max_length=200)
     parameters: ReplyParams = ReplyParams()
 
@@ -99,5 +100,5 @@ class Stopped(Closed):
 ExportFormat = Literal["json", "markdown"]
 
 __all__ = ["ConversationChange", "ConversationList", "ConversationView", "EditMessage", "ExportFormat", "LoginRequest",
-           "ModelEntry", "ModelList", "NewConversation", "Regenerate", "ReplyEnded", "ReplyStarted", "ReplyText",
+           "ModelEntry", "ModelList", "NewConversation", "ReplyOptions", "ReplyEnded", "ReplyStarted", "ReplyText",
            "SendMessage", "SessionInfo", "Stopped", "SwitchVersion"]

@@ -36,8 +36,8 @@ from parley.web.api_schemas import (
     ModelEntry,
     ModelList,
     NewConversation,
-    Regenerate,
     ReplyEnded,
+    ReplyOptions,
     ReplyStarted,
     ReplyText,
     SendMessage,
@@ -207,7 +207,7 @@ def build_router() -> APIRouter:
 
     @router.post("/conversations/{conversation_id}/regenerate", response_class=StreamingResponse,
                  responses={200: {"content": {"text/event-stream": {}}}})
-    async def regenerate(conversation_id: str, body: Regenerate, request: Request,
+    async def regenerate(conversation_id: str, body: ReplyOptions, request: Request,
                          user: User = Depends(current_user)) -> StreamingResponse:
         services = _services(request)
         conversation = await _conversation(services, user, conversation_id)
@@ -248,6 +248,19 @@ def build_router() -> APIRouter:
         except NotFound as exc:
             raise APIError(404, str(exc), code="not_found", param="message_id") from None
 
+    @router.post("/conversations/{conversation_id}/continue", response_class=StreamingResponse,
+                 responses={200: {"content": {"text/event-stream": {}}}})
+    async def continue_reply(conversation_id: str, body: ReplyOptions, request: Request,
+                             user: User = Depends(current_user)) -> StreamingResponse:
+        """Continue the last reply (one cut at its token limit): the model goes on with its text."""
+        services = _services(request)
+        conversation = await _conversation(services, user, conversation_id)
+        _refuse_while_writing(services, conversation_id)
+        last = conversation.messages[-1] if conversation.messages else None
+        if last is None or last.role != "assistant" or not last.content:
+            raise APIError(400, "there is no reply to continue", code="nothing_to_continue")
+        return await _reply(services, user, conversation_id, None, body.model, body.parameters, continuing=True)
+
     @router.get("/conversations/{conversation_id}/reply", response_class=StreamingResponse,
                 responses={200: {"content": {"text/event-stream": {}}}})
     async def follow_reply(conversation_id: str, request: Request, user: User = Depends(current_user)) -> StreamingResponse:
@@ -258,7 +271,7 @@ def build_router() -> APIRouter:
         live = services.live.get(conversation_id)
         if live is None:
             raise APIError(404, "no reply is being written in this conversation", code="no_reply")
-        reply = next(m for m in conversation.messages if m.id == live.reply_id)
+        reply = next(m for m in conversation.messages if m.id == live.reply_id).model_copy(update={"content": live.base})
         started = ReplyStarted(conversation=conversation, user_message=None, reply=reply)
         return _stream(services, user, conversation_id, started, live)
 
@@ -278,12 +291,15 @@ def _refuse_while_writing(services: WebServices, conversation_id: str) -> None:
 
 
 async def _reply(services: WebServices, user: User, conversation_id: str, text: str | None, model: str,
-                 params: ReplyParams, edits: int | None = None) -> StreamingResponse:
+                 params: ReplyParams, edits: int | None = None, continuing: bool = False) -> StreamingResponse:
     """Store the user's message (None: regenerate the last reply; `edits`: as a new version of that question)
-    and an empty reply, start writing the reply, and stream it."""
+    and an empty reply (`continuing`: reopen the last reply), start writing the reply, and stream it."""
     details = {"model": model, "parameters": params.model_dump()}
     try:
-        if edits is not None:
+        if continuing:
+            reply = await asyncio.to_thread(services.conversations.continue_reply, user.id, conversation_id,
+                                            **details)
+        elif edits is not None:
             _, reply = await asyncio.to_thread(services.conversations.edit, user.id, conversation_id, edits, text,
                                                **details)
         else:
@@ -292,13 +308,14 @@ async def _reply(services: WebServices, user: User, conversation_id: str, text: 
     except NotFound as exc:
         raise APIError(404, str(exc), code="not_found") from None
     conversation = await asyncio.to_thread(services.conversations.get, user.id, conversation_id)
-    context = conversation.openai_messages(before=reply.id)
+    context = conversation.openai_messages(before=None if continuing else reply.id)
+    base = reply.content if continuing else ""
     index = next(i for i, m in enumerate(conversation.messages) if m.id == reply.id)
     reply = conversation.messages[index]  # with its versions
     asked = conversation.messages[index - 1] if text is not None and index else None
 
     async def write(grew) -> None:
-        streamed = StreamedReply(services, user.id, reply.id, model, params)
+        streamed = StreamedReply(services, user.id, reply.id, model, params, base=base)
         try:
             async with contextlib.aclosing(streamed.stream(context)) as texts:
                 async for so_far in texts:
@@ -306,7 +323,7 @@ async def _reply(services: WebServices, user: User, conversation_id: str, text: 
         finally:
             await streamed.save_final()
 
-    live = services.live.start(conversation_id, reply.id, write)
+    live = services.live.start(conversation_id, reply.id, write, base=base)
     started = ReplyStarted(conversation=conversation, user_message=asked, reply=reply)
     return _stream(services, user, conversation_id, started, live)
 
@@ -314,7 +331,7 @@ async def _reply(services: WebServices, user: User, conversation_id: str, text: 
 def _stream(services: WebServices, user: User, conversation_id: str, started: ReplyStarted, live) -> StreamingResponse:
     async def events() -> AsyncIterator[str]:
         yield _sse("started", started)
-        sent = 0
+        sent = len(live.base)
         async for text in live.follow():
             yield _sse("text", ReplyText(text=text[sent:]))
             sent = len(text)

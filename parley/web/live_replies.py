@@ -19,9 +19,10 @@ Writer = Callable[[Callable[[str], None]], Awaitable[None]]
 
 
 class LiveReply:
-    def __init__(self, reply_id: int):
+    def __init__(self, reply_id: int, base: str = ""):
         self.reply_id = reply_id
-        self.text = ""
+        self.base = base  # the text it continues (Continue); listeners get it in the `started` event
+        self.text = base
         self.done = asyncio.Event()
         self._listeners: set[asyncio.Queue[str | None]] = set()
         self.task: asyncio.Task | None = None
@@ -41,7 +42,7 @@ class LiveReply:
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._listeners.add(queue)
         try:
-            if self.text:
+            if self.text != self.base:
                 yield self.text
             if self.done.is_set():
                 return
@@ -58,9 +59,9 @@ class LiveReplies:
     def get(self, conversation_id: str) -> LiveReply | None:
         return self._by_conversation.get(conversation_id)
 
-    def start(self, conversation_id: str, reply_id: int, write: Writer) -> LiveReply:
+    def start(self, conversation_id: str, reply_id: int, write: Writer, base: str = "") -> LiveReply:
         """Run `write` as the conversation's reply; it is given the function to call as the text grows."""
-        live = LiveReply(reply_id)
+        live = LiveReply(reply_id, base)
         self._by_conversation[conversation_id] = live
 
         async def run() -> None:

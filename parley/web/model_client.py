@@ -50,13 +50,15 @@ class ModelClient:
         except (ClusterError, httpx.HTTPError):
             return [], False
 
-    async def stream(self, model: str, messages: list[dict], params: ReplyParams) -> AsyncIterator[ReplyProgress]:
-        """Progress of one reply: the text so far, then a last item with `done` (and `error`, if it failed)."""
+    async def stream(self, model: str, messages: list[dict], params: ReplyParams,
+                     continue_final: bool = False) -> AsyncIterator[ReplyProgress]:
+        """Progress of one reply: the text so far, then a last item with `done` (and `error`, if it failed).
+        `continue_final`: the reply goes on with the last message (the assistant's), which the text excludes."""
         started = time.perf_counter()
         progress = ReplyProgress()
         request = ChatCompletionRequest.model_validate({
             "model": model, "messages": messages, "temperature": params.temperature, "top_p": params.top_p,
-            "max_tokens": params.max_tokens}).to_generation_request(new_id("web"))
+            "max_tokens": params.max_tokens, "continue_final_message": continue_final}).to_generation_request(new_id("web"))
         try:
             async for chunk in self.cluster.generate_stream(model, request):
                 if chunk.text and progress.first_token_s is None:

@@ -47,9 +47,11 @@ class StreamedReply:
     """One reply being written: streamed from the model within a reply slot, saved to the store as it grows
     (at most every SAVE_EVERY_S) and once more at its end, whatever the end is (done, an error, Stop, busy)."""
 
-    def __init__(self, services: WebServices, user_id: int, reply_id: int, model: str, params: ReplyParams):
+    def __init__(self, services: WebServices, user_id: int, reply_id: int, model: str, params: ReplyParams,
+                 base: str = ""):
         self._services, self._user_id, self.reply_id, self.model, self.params = services, user_id, reply_id, model, params
-        self.text = ""
+        self.base = base  # the text it continues (Continue), else ""
+        self.text = base
         self.finish_reason = STOPPED  # until the stream ends by itself, the user stopped it
         self.error: str | None = None
         self.progress: ReplyProgress | None = None
@@ -60,13 +62,14 @@ class StreamedReply:
         """The reply's text so far, each time it grows."""
         try:
             async with self._services.reply_slots.hold():
-                async for progress in self._services.client.stream(self.model, messages, self.params):
+                async for progress in self._services.client.stream(self.model, messages, self.params,
+                                                                   continue_final=bool(self.base)):
                     self.progress = progress
                     if progress.error:
                         self.error = progress.error
                         break
-                    if progress.text != self.text:
-                        self.text = progress.text
+                    if self.base + progress.text != self.text:
+                        self.text = self.base + progress.text
                         if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
                             self._save(finish_reason=INCOMPLETE)  # runs beside the stream; saves keep their order
                         yield self.text

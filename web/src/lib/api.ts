@@ -163,6 +163,10 @@ export class Api {
     return this.call("POST", `/conversations/${encodeURIComponent(id)}/switch`, { message_id: messageId });
   }
 
+  continueReply(id: string, model: string, parameters: Parameters): AsyncGenerator<ReplyEvent> {
+    return this.events("POST", `/conversations/${encodeURIComponent(id)}/continue`, { model, parameters });
+  }
+
   follow(id: string): AsyncGenerator<ReplyEvent> {
     return this.events("GET", `/conversations/${encodeURIComponent(id)}/reply`);
   }
