@@ -86,6 +86,6 @@ def wait_until(condition, message, timeout: float = 30) -> None:
 def stored_messages(db_url: str) -> list[Message]:
     db = Database(db_url)
     with db.session() as s:
-        rows = s.query(Message).order_by(Message.conversation_id, Message.position).all()
+        rows = s.query(Message).order_by(Message.conversation_id, Message.position, Message.id).all()
     db.close()
     return rows

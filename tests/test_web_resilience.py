@@ -84,12 +84,12 @@ def test_a_reply_with_no_worker_fails_then_the_same_conversation_goes_on_and_reg
                    "the third reply was not stored")
         third = last_reply_is(page, lambda t: t == " ".join(stored_messages(db_url)[-1].content.split()))
         assert "alternate" not in third and "⚠" not in third
-        replaced = stored_messages(db_url)[-1].created_at
-        page.click("#chat-regenerate")
-        wait_until(lambda: (rows := stored_messages(db_url))[-1].created_at != replaced and len(rows) == 6
-                   and rows[-1].finish_reason == "stop", "the regenerated reply was not stored")
+        page.click("#chat-regenerate")  # a new version of the third reply; the earlier one is kept
+        wait_until(lambda: len(rows := stored_messages(db_url)) == 7 and rows[-1].finish_reason == "stop",
+                   "the regenerated reply was not stored")
         rows = stored_messages(db_url)
-        assert [m.role for m in rows] == ["user", "assistant"] * 3
+        assert [m.role for m in rows] == ["user", "assistant"] * 3 + ["assistant"]
+        assert rows[-1].parent_id == rows[-2].parent_id == rows[-3].id
 
         page.reload()  # reopened from the history: the failure is shown where it happened
         wait_text(page, "#history", lambda t: "First question" in t)
