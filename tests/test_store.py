@@ -59,7 +59,7 @@ def test_migrations_upgrade_an_empty_database_and_round_trip(db_url):
     database = Database(db_url)
     assert database.tables() == set() and database.revision() is None
     database.upgrade()
-    assert TABLES <= database.tables() and database.revision() == "0003"
+    assert TABLES <= database.tables() and database.revision() == "0004"
     with database.engine.connect() as connection:  # the migration and the models describe the same schema
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     database.downgrade()

@@ -290,3 +290,66 @@ def test_continue_goes_on_with_a_reply_cut_at_its_token_limit(local):
     empty = client.new_conversation()
     r = client.call("POST", f"/conversations/{empty}/continue", json={"model": ECHO})
     assert r.status_code == 400 and r.json()["error"]["code"] == "nothing_to_continue"
+
+
+def test_an_anonymous_arena_round_hides_the_names_until_the_vote(cluster):
+    controller, web, tmp = cluster
+    two = start_worker(controller, names="echo-two", echo=True, delay_s=0.01)
+    try:
+        client = Client(web.url)
+        r = client.call("POST", "/arena/battles", json={})
+        assert r.status_code == 201, r.text
+        battle = r.json()
+        assert battle["anonymous"] and [s["model"] for s in battle["sides"]] == [None, None]
+        events = client.events("POST", f"/arena/battles/{battle['id']}/messages", json={"content": "hello both"})
+        assert {(name, data.get("side")) for name, data in events if name in ("started", "ended")} == {
+            ("started", 0), ("started", 1), ("ended", 0), ("ended", 1)}
+        assert all(data["data"]["reply"]["model"] is None for name, data in events if name in ("started", "ended"))
+        assert "echo" not in json.dumps([d for n, d in events if n in ("started", "ended")])  # nothing gives them away
+        assert events[-1] == ("turn", {"can_vote": True, "why_no_vote": None})
+        texts = ["".join(d["data"]["text"] for n, d in events if n == "text" and d["side"] == side) for side in (0, 1)]
+        assert all(texts)
+        assert client.call("GET", f"/arena/battles/{battle['id']}").json()["sides"][0]["model"] is None
+        voted = client.call("POST", f"/arena/battles/{battle['id']}/vote", json={"kind": "model_a"}).json()
+        assert voted["vote"] == "model_a" and {s["model"] for s in voted["sides"]} == {ECHO, "echo-two"}
+        again = client.call("POST", f"/arena/battles/{battle['id']}/vote", json={"kind": "tie"})
+        assert again.status_code == 409 and "voted" in again.json()["error"]["message"]
+        assert client.call("POST", f"/arena/battles/{battle['id']}/messages",
+                           json={"content": "more"}).status_code == 409
+        db = Database(f"sqlite:///{tmp / 'local.db'}")
+        with db.session() as s:
+            from parley.store.models import Vote
+            votes = s.query(Vote).all()
+            assert [(v.kind, v.anony, v.conversation_a_id) for v in votes] == [
+                ("model_a", True, voted["sides"][0]["conversation_id"])]
+        db.close()
+        assert client.call("GET", "/conversations").json()["conversations"] == [] or all(
+            c["mode"] == "chat" for c in client.call("GET", "/conversations").json()["conversations"])
+
+        named = client.call("POST", "/arena/battles", json={"models": [ECHO, "echo-two"]}).json()
+        assert [s["model"] for s in named["sides"]] == [ECHO, "echo-two"] and not named["anonymous"]
+        assert named["why_no_vote"] == "send a message first"
+        r = client.call("POST", f"/arena/battles/{named['id']}/vote", json={"kind": "tie"})
+        assert r.status_code == 409
+        assert client.call("POST", "/arena/battles", json={"models": [ECHO, ECHO]}).status_code == 400
+        assert client.call("POST", "/arena/battles", json={"models": [ECHO]}).status_code == 400
+        assert client.call("GET", "/arena/battles/nope").status_code == 404
+    finally:
+        two.stop()
+
+
+def test_a_round_side_by_side_of_up_to_four_models_is_not_voted_on(cluster):
+    controller, web, _ = cluster
+    extra = [start_worker(controller, names=name, echo=True) for name in ("echo-three", "echo-four")]
+    try:
+        client = Client(web.url)
+        r = client.call("POST", "/arena/battles", json={"models": [ECHO, "echo-three", "echo-four"]})
+        assert r.status_code == 201, r.text
+        battle = r.json()
+        events = client.events("POST", f"/arena/battles/{battle['id']}/messages", json={"content": "three at once"})
+        assert sorted(d["side"] for n, d in events if n == "ended") == [0, 1, 2]
+        assert events[-1][1] == {"can_vote": False, "why_no_vote": "votes are for two models side by side"}
+        assert client.call("POST", "/arena/battles", json={"models": [ECHO, "a", "b", "c", "d"]}).status_code == 400
+    finally:
+        for worker in extra:
+            worker.stop()

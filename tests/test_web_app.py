@@ -345,3 +345,36 @@ def test_a_reply_cut_at_the_token_limit_is_marked_and_continue_writes_on(stack, 
     stored = [m for m in stored_messages(stack.db_url) if m.role == "assistant" and m.content.strip() == longer]
     assert stored and stored[0].finish_reason in ("stop", "length")
     assert page.errors == []
+
+
+def test_arena_side_by_side_vote_reveals_and_is_stored(stack, browser):
+    page = open_app(browser, stack.url)
+    page.wait_for_selector(f"select[aria-label=Model] option[value='{MODEL}']", state="attached")
+    page.click("nav.pages a:has-text('Arena')")
+    page.click("button:has-text('Side by side')")
+    page.select_option("select[aria-label='Model A']", "echo-model")
+    page.select_option("select[aria-label='Model B']", MODEL)
+    page.fill("textarea[aria-label='Message to every model']", "What is the capital of France?")
+    page.press("textarea[aria-label='Message to every model']", "Enter")
+    wait_until(lambda: page.is_enabled(".votes button:has-text('A is better')"), "the vote never opened", 180)
+    texts = page.locator(".side .markdown").all_inner_texts()
+    assert len(texts) == 2 and all(t.strip() for t in texts)
+    page.click(".votes button:has-text('B is better')")
+    page.wait_for_selector(".votes [role=status]:has-text('Thanks for your vote')")
+    assert page.locator(".side h2").all_inner_texts() == ["Model A: echo-model", f"Model B: {MODEL}"]
+    page.screenshot(path=str(SHOTS / "app-arena.png"))
+    if AXE.exists():
+        assert axe_violations(page) == []
+    votes = [v for v in _votes(stack.db_url) if v.model_a == "echo-model" and v.model_b == MODEL]
+    assert [(v.kind, v.anony) for v in votes] == [("model_b", False)]
+    assert page.errors == []
+
+
+def _votes(db_url: str):
+    from parley.store.models import Vote
+
+    db = Database(db_url)
+    with db.session() as s:
+        rows = s.query(Vote).all()
+    db.close()
+    return rows

@@ -17,7 +17,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from parley.errors import ParleyError
 from parley.store.database import Database
-from parley.store.models import Conversation, Feedback, Message, utcnow
+from parley.store.models import Conversation, Feedback, Message, random_id, utcnow
 
 TITLE_CHARS = 60
 APPEND_ATTEMPTS = 50
@@ -114,6 +114,23 @@ class Conversations:
             s.add(c)
             s.flush()
             return _summary(c)
+
+    def create_battle(self, user_id: int, models: list[str], anonymous: bool) -> str:
+        """An Arena round: one conversation per model, in this order, sharing the round's id (returned)."""
+        battle_id = random_id()
+        with self.db.session() as s:
+            for side, model in enumerate(models):
+                s.add(Conversation(user_id=user_id, model=model, mode="battle" if anonymous else "side-by-side",
+                                   battle_id=battle_id, side=side, title="Arena round"))
+        return battle_id
+
+    def battle(self, user_id: int, battle_id: str) -> list[ConversationView]:
+        """The sides of an Arena round of this user, in order; none when there is no such round."""
+        with self.db.session() as s:
+            ids = s.scalars(select(Conversation.id).where(Conversation.battle_id == battle_id,
+                                                          Conversation.user_id == user_id)
+                            .order_by(Conversation.side)).all()
+        return [self.get(user_id, cid) for cid in ids]
 
     def add_message(self, user_id: int, conversation_id: str, role: str, content: str, **details) -> MessageView:
         """Append a message; the first user message also titles a conversation that has no title yet.

@@ -52,6 +52,8 @@ class Conversation(Base):
     current_message_id: Mapped[int | None] = mapped_column(Integer)  # the last message of the branch shown
     model: Mapped[str | None] = mapped_column(String(200))
     mode: Mapped[str] = mapped_column(String(16), default="chat")  # chat | battle | side-by-side
+    battle_id: Mapped[str | None] = mapped_column(String(32), index=True)  # an Arena round's sides share it
+    side: Mapped[int | None] = mapped_column(Integer)  # 0 for model A, 1 for B...
     system_prompt: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

@@ -50,6 +50,12 @@ class Votes:
             s.flush()
             return vote.id
 
+    def kind_for(self, user_id: int, conversation_a_id: str) -> str | None:
+        """The user's vote on the round whose first side is this conversation, if any."""
+        with self.db.session() as s:
+            return s.scalar(select(Vote.kind).where(Vote.user_id == user_id,
+                                                    Vote.conversation_a_id == conversation_a_id).limit(1))
+
     def feedback(self, user_id: int, message_id: int, kind: str, comment: str | None = None) -> int:
         if kind not in FEEDBACK_KINDS:
             raise ParleyError(f"feedback is one of {', '.join(FEEDBACK_KINDS)}, not {kind!r}")

@@ -93,12 +93,52 @@ class ReplyEnded(Closed):
     reply: MessageView  # as stored: finish_reason stop | length | stopped | error (with `error`)
 
 
+class NewBattle(Closed):
+    models: list[str] | None = Field(None, min_length=2, max_length=4)  # None: an anonymous battle of two
+
+
+class ArenaMessage(Closed):
+    content: str = Field(max_length=1_000_000)
+    parameters: ReplyParams = ReplyParams()
+
+
+class BattleVote(Closed):
+    kind: Literal["model_a", "model_b", "tie", "tie (bothbad)"]
+
+
+class BattleSide(Closed):
+    label: str  # A, B, C, D
+    model: str | None  # None in an anonymous battle until the vote
+    conversation_id: str
+    messages: list[MessageView]
+
+
+class BattleView(Closed):
+    id: str
+    anonymous: bool
+    vote: str | None  # the user's vote, once given
+    why_no_vote: str | None  # None: the round can be voted on now
+    sides: list[BattleSide]
+
+
+class SideEvent(Closed):
+    """An Arena reply's event: which side, and the event as a chat reply's stream has it."""
+    side: int
+    data: ReplyStarted | ReplyText | ReplyEnded
+
+
+class TurnEnded(Closed):
+    can_vote: bool
+    why_no_vote: str | None
+
+
 class Stopped(Closed):
     stopped: bool  # False: no reply was being written
 
 
 ExportFormat = Literal["json", "markdown"]
 
-__all__ = ["ConversationChange", "ConversationList", "ConversationView", "EditMessage", "ExportFormat", "LoginRequest",
-           "ModelEntry", "ModelList", "NewConversation", "ReplyOptions", "ReplyEnded", "ReplyStarted", "ReplyText",
-           "SendMessage", "SessionInfo", "Stopped", "SwitchVersion"]
+__all__ = ["ArenaMessage", "BattleSide", "BattleView", "BattleVote", "ConversationChange", "ConversationList",
+           "ConversationView", "EditMessage", "ExportFormat", "LoginRequest", "ModelEntry", "ModelList", "NewBattle",
+           "NewConversation", "ReplyEnded", "ReplyOptions", "ReplyStarted", "ReplyText", "SendMessage", "SessionInfo",
+           "SideEvent", "Stopped", "SwitchVersion", "TurnEnded"]

@@ -23,6 +23,7 @@ from starlette.middleware.sessions import SessionMiddleware  # noqa: E402
 from parley.serving.api_errors import install_error_handlers  # noqa: E402
 from parley.store.database import Database  # noqa: E402
 from parley.web import arena_tab, chat_tab, leaderboard_tab  # noqa: E402
+from parley.web.arena_api import build_arena_router  # noqa: E402
 from parley.web.json_api import build_router  # noqa: E402
 from parley.web.model_client import ModelClient  # noqa: E402
 from parley.web.model_descriptions import ModelDescriptions  # noqa: E402
@@ -108,6 +109,7 @@ def create_app(settings: WebSettings) -> FastAPI:
     app.add_middleware(SessionMiddleware, secret_key=session_key(settings),
                        session_cookie="parley_session", max_age=SESSION_DAYS * 86400, same_site="strict")
     app.include_router(build_router())
+    app.include_router(build_arena_router())
     if (APP_DIST / "index.html").is_file():
         app.mount("/app", StaticFiles(directory=APP_DIST, html=True), name="app")
     else:

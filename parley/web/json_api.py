@@ -45,6 +45,7 @@ from parley.web.api_schemas import (
     Stopped,
     SwitchVersion,
 )
+from parley.web.live_replies import LiveReply
 from parley.web.model_client import ReplyParams
 from parley.web.replies import StreamedReply
 from parley.web.services import WebServices
@@ -292,8 +293,16 @@ def _refuse_while_writing(services: WebServices, conversation_id: str) -> None:
 
 async def _reply(services: WebServices, user: User, conversation_id: str, text: str | None, model: str,
                  params: ReplyParams, edits: int | None = None, continuing: bool = False) -> StreamingResponse:
+    """Start the reply (`start_reply`) and stream it."""
+    started, live = await start_reply(services, user, conversation_id, text, model, params, edits, continuing)
+    return _stream(services, user, conversation_id, started, live)
+
+
+async def start_reply(services: WebServices, user: User, conversation_id: str, text: str | None, model: str,
+                      params: ReplyParams, edits: int | None = None,
+                      continuing: bool = False) -> tuple[ReplyStarted, LiveReply]:
     """Store the user's message (None: regenerate the last reply; `edits`: as a new version of that question)
-    and an empty reply (`continuing`: reopen the last reply), start writing the reply, and stream it."""
+    and an empty reply (`continuing`: reopen the last reply), and start writing the reply."""
     details = {"model": model, "parameters": params.model_dump()}
     try:
         if continuing:
@@ -324,11 +333,11 @@ async def _reply(services: WebServices, user: User, conversation_id: str, text: 
             await streamed.save_final()
 
     live = services.live.start(conversation_id, reply.id, write, base=base)
-    started = ReplyStarted(conversation=conversation, user_message=asked, reply=reply)
-    return _stream(services, user, conversation_id, started, live)
+    return ReplyStarted(conversation=conversation, user_message=asked, reply=reply), live
 
 
-def _stream(services: WebServices, user: User, conversation_id: str, started: ReplyStarted, live) -> StreamingResponse:
+def _stream(services: WebServices, user: User, conversation_id: str, started: ReplyStarted,
+            live: LiveReply) -> StreamingResponse:
     async def events() -> AsyncIterator[str]:
         yield _sse("started", started)
         sent = len(live.base)
@@ -336,7 +345,7 @@ def _stream(services: WebServices, user: User, conversation_id: str, started: Re
             yield _sse("text", ReplyText(text=text[sent:]))
             sent = len(text)
         await live.done.wait()
-        ended = await _stored_reply(services, user, conversation_id, live.reply_id)
+        ended = await stored_reply(services, user, conversation_id, live.reply_id)
         if ended is not None:
             yield _sse("ended", ReplyEnded(reply=ended))
 
@@ -344,7 +353,7 @@ def _stream(services: WebServices, user: User, conversation_id: str, started: Re
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-async def _stored_reply(services: WebServices, user: User, conversation_id: str, reply_id: int) -> MessageView | None:
+async def stored_reply(services: WebServices, user: User, conversation_id: str, reply_id: int) -> MessageView | None:
     try:
         conversation = await asyncio.to_thread(services.conversations.get, user.id, conversation_id)
     except NotFound:  # deleted while the reply was written

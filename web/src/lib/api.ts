@@ -56,6 +56,28 @@ export type ReplyEvent =
   | { event: "text"; text: string }
   | { event: "ended"; reply: Message };
 
+export interface BattleSide {
+  label: string;
+  model: string | null; // null in an anonymous battle until the vote
+  conversation_id: string;
+  messages: Message[];
+}
+
+export interface Battle {
+  id: string;
+  anonymous: boolean;
+  vote: string | null;
+  why_no_vote: string | null;
+  sides: BattleSide[];
+}
+
+type Started = { conversation: ConversationSummary; user_message: Message | null; reply: Message };
+export type ArenaEvent =
+  | { event: "started"; side: number; data: Started }
+  | { event: "text"; side: number; data: { text: string } }
+  | { event: "ended"; side: number; data: { reply: Message } }
+  | { event: "turn"; can_vote: boolean; why_no_vote: string | null };
+
 export class ApiError extends Error {
   constructor(
     public status: number,
@@ -171,7 +193,23 @@ export class Api {
     return this.events("GET", `/conversations/${encodeURIComponent(id)}/reply`);
   }
 
-  private async *events(method: string, path: string, body?: unknown): AsyncGenerator<ReplyEvent> {
+  newBattle(models: string[] | null): Promise<Battle> {
+    return this.call("POST", "/arena/battles", { models });
+  }
+
+  arenaSend(id: string, content: string, parameters: Parameters): AsyncGenerator<ArenaEvent> {
+    return this.events<ArenaEvent>("POST", `/arena/battles/${encodeURIComponent(id)}/messages`, { content, parameters });
+  }
+
+  arenaStop(id: string): Promise<{ stopped: boolean }> {
+    return this.call("POST", `/arena/battles/${encodeURIComponent(id)}/stop`);
+  }
+
+  vote(id: string, kind: string): Promise<Battle> {
+    return this.call("POST", `/arena/battles/${encodeURIComponent(id)}/vote`, { kind });
+  }
+
+  private async *events<E = ReplyEvent>(method: string, path: string, body?: unknown): AsyncGenerator<E> {
     const res = await fetch(`/api${path}`, this.init(method, body));
     if (!res.ok || !res.body) throw await errorOf(res);
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -179,7 +217,7 @@ export class Api {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
-      for (const e of parser.push(value)) yield { event: e.event, ...JSON.parse(e.data) } as ReplyEvent;
+      for (const e of parser.push(value)) yield { event: e.event, ...JSON.parse(e.data) } as E;
     }
   }
 }
