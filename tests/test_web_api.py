@@ -353,3 +353,45 @@ def test_a_round_side_by_side_of_up_to_four_models_is_not_voted_on(cluster):
     finally:
         for worker in extra:
             worker.stop()
+
+
+def test_the_leaderboard_rates_anonymous_votes_says_which_were_not_counted_and_shows_mt_bench(cluster, tmp_path):
+    controller = cluster[0]
+    mt = tmp_path / "mt_bench"
+    (mt / "model_judgment").mkdir(parents=True)
+    (mt / "question.jsonl").write_text("".join(json.dumps({"question_id": i, "category": c, "turns": ["q"]}) + "\n"
+                                               for i, c in ((1, "writing"), (2, "math"), (3, "coding"))))
+    (mt / "model_judgment" / "gpt-4_single.jsonl").write_text("".join(
+        json.dumps({"model": m, "question_id": q, "turn": 1, "score": s}) + "\n"
+        for m, scores in (("gpt-4", (9, 7, 8)), (ECHO, (2, 1, 3))) for q, s in zip((1, 2, 3), scores)))
+    web = start_web(controller, f"sqlite:///{tmp_path / 'lb.db'}", "--leaderboard-file", str(tmp_path / "lb.json"),
+                    "--mt-bench-judgments", str(mt / "model_judgment" / "gpt-4_single.jsonl"))
+    two = start_worker(controller, names="echo-two", echo=True)
+    try:
+        client = Client(web.url)
+        board = client.call("GET", "/leaderboard").json()
+        assert board["status"].startswith("No Arena ratings yet") and board["can_recompute"]
+        assert [(r["model"], r["mt_bench"], r["rating"]) for r in board["rows"]] == [("gpt-4", 8.0, None), (ECHO, 2.0, None)]
+        assert board["mt_bench"]["categories"] == ["coding", "math", "writing"]
+        assert board["mt_bench"]["scores"]["gpt-4"] == {"writing": 9.0, "math": 7.0, "coding": 8.0}
+        deadline = time.monotonic() + 30  # workers of earlier tests have left: a battle is these two
+        while sorted(models_at(controller)) != [ECHO, "echo-two"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for kind in ("model_a", "model_b", "tie", "model_a"):
+            battle = client.call("POST", "/arena/battles", json={}).json()
+            client.events("POST", f"/arena/battles/{battle['id']}/messages", json={"content": "hi"})
+            assert client.call("POST", f"/arena/battles/{battle['id']}/vote", json={"kind": kind}).status_code == 200
+        named = client.call("POST", "/arena/battles", json={"models": [ECHO, "echo-two"]}).json()
+        client.events("POST", f"/arena/battles/{named['id']}/messages", json={"content": "hi"})
+        client.call("POST", f"/arena/battles/{named['id']}/vote", json={"kind": "model_a"})
+        board = client.call("POST", "/leaderboard/recompute").json()
+        assert board["status"].startswith("Recomputed from 4 battles")
+        rated = {r["model"]: r for r in board["rows"] if r["rank"] is not None}
+        assert set(rated) == {ECHO, "echo-two"} and all(r["votes"] == 4 for r in rated.values())
+        assert all(r["lower"] <= r["rating"] <= r["upper"] for r in rated.values())
+        assert rated[ECHO]["mt_bench"] == 2.0 and board["not_counted"] == {"named (not anonymous) battle": 1}
+        again = client.call("POST", "/leaderboard/recompute")
+        assert again.status_code == 429 and "again in" in again.json()["error"]["message"]
+    finally:
+        two.stop()
+        web.stop()

@@ -4,6 +4,7 @@ Screenshots go to test-artifacts/screens/."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -378,3 +379,36 @@ def _votes(db_url: str):
         rows = s.query(Vote).all()
     db.close()
     return rows
+
+
+def test_the_leaderboard_shows_ratings_with_intervals_and_mt_bench_by_category(stack, browser):
+    from parley.arena_record import Battle
+    from parley.eval import arena_leaderboard
+    from parley.eval.arena_battles import Cleaning
+
+    results = ["model_a"] * 6 + ["model_b"] * 3 + ["tie"] * 2
+    battles = [Battle(model_a="strong-model", model_b="weak-model", winner=w, tstamp=i)
+               for i, w in enumerate(results)]
+    board = arena_leaderboard.build(battles, Cleaning(records=12, battles=11, dropped={"identity revealed": 1}),
+                                    rounds=50, elo_rounds=5)
+    arena_leaderboard.write(board, stack.data_home / "arena_ratings", plots=False)
+    mt = stack.data_home / "mt_bench"
+    (mt / "model_judgment").mkdir(parents=True, exist_ok=True)
+    (mt / "question.jsonl").write_text("".join(json.dumps({"question_id": i, "category": c, "turns": ["q"]}) + "\n"
+                                               for i, c in enumerate(["writing", "math", "coding", "reasoning"])))
+    (mt / "model_judgment" / "gpt-4_single.jsonl").write_text("".join(
+        json.dumps({"model": m, "question_id": i, "turn": 1, "score": s}) + "\n"
+        for m, scores in (("strong-model", (9, 6, 8, 7)), ("weak-model", (4, 2, 3, 5))) for i, s in enumerate(scores)))
+    page = open_app(browser, stack.url)
+    page.click("nav.pages a:has-text('Leaderboard')")
+    page.wait_for_selector("#leaderboard-status:has-text('battles')")
+    rows = page.locator(".leaderboard tbody tr").all_inner_texts()
+    assert rows[0].split("\t")[:2] == ["1", "strong-model"] and "weak-model" in rows[1]
+    assert "7.50" in rows[0]  # its MT-bench average
+    assert page.locator("svg.intervals line.range").count() == 2
+    assert "identity revealed: 1" in page.inner_text(".not-counted")
+    assert page.locator("svg.radar polygon.model").count() == 2
+    page.screenshot(path=str(SHOTS / "app-leaderboard.png"), full_page=True)
+    if AXE.exists():
+        assert axe_violations(page) == []
+    assert page.errors == []

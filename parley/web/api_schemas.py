@@ -132,6 +132,29 @@ class TurnEnded(Closed):
     why_no_vote: str | None
 
 
+class LeaderboardRow(Closed):
+    rank: int | None  # None: a model with MT-bench scores only
+    model: str
+    rating: float | None  # None: the votes do not pin it down yet (provisional), or MT-bench only
+    lower: float | None
+    upper: float | None
+    votes: int
+    mt_bench: float | None
+
+
+class MTBenchCategories(Closed):
+    categories: list[str]
+    scores: dict[str, dict[str, float]]  # model -> category -> mean score (1-10)
+
+
+class LeaderboardView(Closed):
+    status: str  # what the ratings are, or why there are none
+    rows: list[LeaderboardRow]
+    not_counted: dict[str, int]  # votes left out of the ratings, by reason (e.g. "identity revealed")
+    mt_bench: MTBenchCategories | None
+    can_recompute: bool  # an admin, who may recompute from the stored votes
+
+
 class Stopped(Closed):
     stopped: bool  # False: no reply was being written
 
@@ -139,6 +162,6 @@ class Stopped(Closed):
 ExportFormat = Literal["json", "markdown"]
 
 __all__ = ["ArenaMessage", "BattleSide", "BattleView", "BattleVote", "ConversationChange", "ConversationList",
-           "ConversationView", "EditMessage", "ExportFormat", "LoginRequest", "ModelEntry", "ModelList", "NewBattle",
+           "ConversationView", "EditMessage", "ExportFormat", "LeaderboardRow", "LeaderboardView", "LoginRequest", "MTBenchCategories", "ModelEntry", "ModelList", "NewBattle",
            "NewConversation", "ReplyEnded", "ReplyOptions", "ReplyStarted", "ReplyText", "SendMessage", "SessionInfo",
            "SideEvent", "Stopped", "SwitchVersion", "TurnEnded"]

@@ -25,6 +25,7 @@ from parley.store.database import Database  # noqa: E402
 from parley.web import arena_tab, chat_tab, leaderboard_tab  # noqa: E402
 from parley.web.arena_api import build_arena_router  # noqa: E402
 from parley.web.json_api import build_router  # noqa: E402
+from parley.web.leaderboard_api import build_leaderboard_router  # noqa: E402
 from parley.web.model_client import ModelClient  # noqa: E402
 from parley.web.model_descriptions import ModelDescriptions  # noqa: E402
 from parley.web.services import WebServices, WebSettings  # noqa: E402
@@ -110,6 +111,7 @@ def create_app(settings: WebSettings) -> FastAPI:
                        session_cookie="parley_session", max_age=SESSION_DAYS * 86400, same_site="strict")
     app.include_router(build_router())
     app.include_router(build_arena_router())
+    app.include_router(build_leaderboard_router())
     if (APP_DIST / "index.html").is_file():
         app.mount("/app", StaticFiles(directory=APP_DIST, html=True), name="app")
     else:

@@ -71,6 +71,24 @@ export interface Battle {
   sides: BattleSide[];
 }
 
+export interface LeaderboardRow {
+  rank: number | null;
+  model: string;
+  rating: number | null;
+  lower: number | null;
+  upper: number | null;
+  votes: number;
+  mt_bench: number | null;
+}
+
+export interface Leaderboard {
+  status: string;
+  rows: LeaderboardRow[];
+  not_counted: Record<string, number>;
+  mt_bench: { categories: string[]; scores: Record<string, Record<string, number>> } | null;
+  can_recompute: boolean;
+}
+
 type Started = { conversation: ConversationSummary; user_message: Message | null; reply: Message };
 export type ArenaEvent =
   | { event: "started"; side: number; data: Started }
@@ -191,6 +209,14 @@ export class Api {
 
   follow(id: string): AsyncGenerator<ReplyEvent> {
     return this.events("GET", `/conversations/${encodeURIComponent(id)}/reply`);
+  }
+
+  leaderboard(): Promise<Leaderboard> {
+    return this.call("GET", "/leaderboard");
+  }
+
+  recomputeLeaderboard(): Promise<Leaderboard> {
+    return this.call("POST", "/leaderboard/recompute");
   }
 
   newBattle(models: string[] | null): Promise<Battle> {
