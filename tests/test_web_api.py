@@ -395,3 +395,20 @@ def test_the_leaderboard_rates_anonymous_votes_says_which_were_not_counted_and_s
     finally:
         two.stop()
         web.stop()
+
+
+def test_a_reply_is_upvoted_downvoted_or_flagged_and_only_a_reply_of_ones_own(local):
+    client = Client(local)
+    cid = client.new_conversation()
+    reply = client.events("POST", f"/conversations/{cid}/messages", json={"content": "rate me", "model": ECHO})[-1][1]
+    reply_id = reply["reply"]["id"]
+    for kind in ("upvote", "flag"):
+        r = client.call("POST", f"/conversations/{cid}/messages/{reply_id}/feedback", json={"kind": kind})
+        assert r.status_code == 201, r.text
+    assert client.call("POST", f"/conversations/{cid}/messages/{reply_id}/feedback",
+                       json={"kind": "love"}).status_code == 400
+    question = client.call("GET", f"/conversations/{cid}").json()["messages"][0]["id"]
+    assert client.call("POST", f"/conversations/{cid}/messages/{question}/feedback",
+                       json={"kind": "upvote"}).status_code == 404
+    stats = client.call("GET", "/leaderboard").json()["vote_stats"]  # the local user is an admin
+    assert stats["feedback"]["upvote"] >= 1 and stats["feedback"]["flag"] >= 1

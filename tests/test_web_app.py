@@ -412,3 +412,14 @@ def test_the_leaderboard_shows_ratings_with_intervals_and_mt_bench_by_category(s
     if AXE.exists():
         assert axe_violations(page) == []
     assert page.errors == []
+
+
+def test_latex_in_a_reply_is_typeset_once_katex_loads(stack, browser):
+    page = open_app(browser, stack.url)
+    pick(page, "echo-model")
+    page.fill("section.settings textarea", "Energy: $E = mc^2$ and $$\\int_0^1 x\\,dx = \\frac{1}{2}$$")
+    send(page, "a formula please")
+    wait_done(page, 1)
+    page.wait_for_selector(f"{REPLIES} .katex")  # the echo model repeats the system prompt, formulas included
+    assert page.locator(f"{REPLIES} .katex-display").count() == 1
+    assert page.errors == []

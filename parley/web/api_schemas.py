@@ -93,6 +93,15 @@ class ReplyEnded(Closed):
     reply: MessageView  # as stored: finish_reason stop | length | stopped | error (with `error`)
 
 
+class FeedbackIn(Closed):
+    kind: Literal["upvote", "downvote", "flag"]
+    comment: str | None = Field(None, max_length=4000)
+
+
+class FeedbackSaved(Closed):
+    id: int
+
+
 class NewBattle(Closed):
     models: list[str] | None = Field(None, min_length=2, max_length=4)  # None: an anonymous battle of two
 
@@ -153,6 +162,7 @@ class LeaderboardView(Closed):
     not_counted: dict[str, int]  # votes left out of the ratings, by reason (e.g. "identity revealed")
     mt_bench: MTBenchCategories | None
     can_recompute: bool  # an admin, who may recompute from the stored votes
+    vote_stats: dict | None = None  # for admins: votes by kind and model, feedback, users voting
 
 
 class Stopped(Closed):
@@ -162,6 +172,6 @@ class Stopped(Closed):
 ExportFormat = Literal["json", "markdown"]
 
 __all__ = ["ArenaMessage", "BattleSide", "BattleView", "BattleVote", "ConversationChange", "ConversationList",
-           "ConversationView", "EditMessage", "ExportFormat", "LeaderboardRow", "LeaderboardView", "LoginRequest", "MTBenchCategories", "ModelEntry", "ModelList", "NewBattle",
+           "ConversationView", "EditMessage", "ExportFormat", "FeedbackIn", "FeedbackSaved", "LeaderboardRow", "LeaderboardView", "LoginRequest", "MTBenchCategories", "ModelEntry", "ModelList", "NewBattle",
            "NewConversation", "ReplyEnded", "ReplyOptions", "ReplyStarted", "ReplyText", "SendMessage", "SessionInfo",
            "SideEvent", "Stopped", "SwitchVersion", "TurnEnded"]

@@ -32,6 +32,8 @@ from parley.web.api_schemas import (
     ConversationList,
     EditMessage,
     ExportFormat,
+    FeedbackIn,
+    FeedbackSaved,
     LoginRequest,
     ModelEntry,
     ModelList,
@@ -236,6 +238,18 @@ def build_router() -> APIRouter:
             raise APIError(400, problem, param="content", code="message_refused")
         return await _reply(services, user, conversation_id, body.content, body.model, body.parameters,
                             edits=message_id)
+
+    @router.post("/conversations/{conversation_id}/messages/{message_id}/feedback", response_model=FeedbackSaved,
+                 status_code=201)
+    async def feedback(conversation_id: str, message_id: int, body: FeedbackIn, request: Request,
+                       user: User = Depends(current_user)) -> FeedbackSaved:
+        """Upvote, downvote or flag a reply (stored with the reply, for review and `parley db stats`)."""
+        services = _services(request)
+        conversation = await _conversation(services, user, conversation_id)
+        if not any(m.id == message_id and m.role == "assistant" for m in conversation.messages):
+            raise APIError(404, "no such reply in the branch shown", code="not_found", param="message_id")
+        saved = await asyncio.to_thread(services.votes.feedback, user.id, message_id, body.kind, body.comment)
+        return FeedbackSaved(id=saved)
 
     @router.post("/conversations/{conversation_id}/switch", response_model=ConversationView)
     async def switch_version(conversation_id: str, body: SwitchVersion, request: Request,

@@ -75,7 +75,8 @@ def leaderboard(services: WebServices, user: User, status: str | None = None) ->
     rows += [LeaderboardRow(rank=None, model=m, rating=None, lower=None, upper=None, votes=0, mt_bench=s)
              for m, s in sorted(mt.items(), key=lambda kv: -kv[1]) if m not in rated]
     return LeaderboardView(status=f"{status} {line}" if status else line, rows=rows, not_counted=not_counted,
-                           mt_bench=_categories(services), can_recompute=user.is_admin)
+                           mt_bench=_categories(services), can_recompute=user.is_admin,
+                           vote_stats=services.votes.stats().model_dump() if user.is_admin else None)
 
 
 def build_leaderboard_router() -> APIRouter:

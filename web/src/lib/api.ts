@@ -199,6 +199,10 @@ export class Api {
       { content, model, parameters });
   }
 
+  feedback(id: string, messageId: number, kind: "upvote" | "downvote" | "flag"): Promise<{ id: number }> {
+    return this.call("POST", `/conversations/${encodeURIComponent(id)}/messages/${messageId}/feedback`, { kind });
+  }
+
   switchTo(id: string, messageId: number): Promise<Conversation> {
     return this.call("POST", `/conversations/${encodeURIComponent(id)}/switch`, { message_id: messageId });
   }

@@ -23,6 +23,22 @@ const marked = new Marked({
   },
 });
 
-export function renderMarkdown(text: string): string {
+// LaTeX between $…$ (inline) and $$…$$ (display), rendered by KaTeX, which is loaded the first time a reply has
+// a formula (it is most of the app's size otherwise); a formula that does not parse stays as its source.
+let math: Promise<void> | null = null;
+
+export function hasMath(text: string): boolean {
+  return /\$[^$\n]+\$/.test(text);
+}
+
+export function loadMath(): Promise<void> {
+  math ??= Promise.all([import("marked-katex-extension"), import("katex/dist/katex.min.css")]).then(([ext]) => {
+    marked.use(ext.default({ throwOnError: false, nonStandard: true }));
+  });
+  return math;
+}
+
+/** `_mathReady` only makes a reactive caller render again once KaTeX has loaded. */
+export function renderMarkdown(text: string, _mathReady = false): string {
   return DOMPurify.sanitize(marked.parse(text, { async: false }) as string);
 }
