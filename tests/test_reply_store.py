@@ -16,7 +16,6 @@ from parley.store.conversations import (
     NotFound,
 )
 from parley.store.database import Database
-from parley.web.replies import chat_messages
 from parley.web.reply_slots import Busy, ReplySlots
 
 
@@ -44,9 +43,10 @@ def test_a_failed_reply_keeps_the_question_and_the_conversation_goes_on(store):
     view = conversations.get(me, cid)
     # the model is asked the new question; the unanswered one is shown to the user, not given to the model
     assert view.openai_messages(before=second.id) == [{"role": "user", "content": "Second question?"}]
-    shown = chat_messages(view)
-    assert shown[1]["content"] == "⚠ no worker is serving the model"  # the failure is shown where it happened
-    assert [m["role"] for m in shown] == ["user", "assistant", "user", "assistant"]
+    # the failure stays where it happened, with why
+    assert [(m.role, m.finish_reason) for m in view.messages] == [("user", None), ("assistant", FAILED),
+                                                                  ("user", None), ("assistant", INCOMPLETE)]
+    assert view.messages[1].error == "no worker is serving the model"
 
 
 def test_regenerate_keeps_the_earlier_reply_as_a_version(store):

@@ -1,8 +1,5 @@
-"""The web UI when things fail, in a real browser (Playwright, Debian's headless Chromium): a reply whose
-worker is gone, a web process killed mid-reply, an arena side that fails. Whatever happens, the conversation can
-be continued and regenerated, what is shown is what is stored, and a failed side cannot be voted on.
-
-The models here are echo workers (the layers above the engine are what is tested; inference is tested elsewhere)."""
+"""The web app when things fail, in a real browser: the model's worker gone, the web process killed mid-reply, an
+Arena side that fails. Echo workers (these are about what is stored and shown, not about inference)."""
 
 from __future__ import annotations
 
@@ -13,17 +10,12 @@ import httpx
 import pytest
 
 from parley.store.conversations import FAILED, INCOMPLETE
+from tests.browser import browser, stored_messages, wait_until  # noqa: F401 - the browser fixture
 from tests.servers import Server, models_at, start_controller, start_worker
-from tests.test_web_ui import (  # noqa: F401
-    assistant_texts,
-    browser,
-    open_page,
-    stored_messages,
-    wait_text,
-    wait_until,
-)
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="Debian's chromium is not installed")
+MESSAGE = "textarea[aria-label=Message]"
+REPLIES = "article.message.assistant"
 
 
 def start_web(controller: Server, db_url: str, port: int | None = None) -> Server:
@@ -31,25 +23,25 @@ def start_web(controller: Server, db_url: str, port: int | None = None) -> Serve
     return web.wait_until(lambda: httpx.get(web.url + "/health", timeout=1).status_code == 200, "web UI")
 
 
+def open_app(browser, web: Server):
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.set_default_timeout(60_000)
+    page.goto(web.url + "/")  # redirected to /app/
+    return page
+
+
 def pick_model(page, name: str) -> None:
-    wait_until(lambda: page.input_value("#chat-model input") != "", "no model was listed")
-    page.click("#chat-model input")
-    page.get_by_role("option", name=name).click()
+    page.wait_for_selector(f"select[aria-label=Model] option[value='{name}']", state="attached")
+    page.select_option("select[aria-label=Model]", name)
 
 
 def send(page, text: str) -> None:
-    page.fill("#chat-input textarea", text)
-    page.click("#chat-send")
+    page.fill(MESSAGE, text)
+    page.press(MESSAGE, "Enter")
 
 
-def last_reply_is(page, predicate, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        replies = assistant_texts(page, "#chatbot")
-        if replies and predicate(replies[-1]):
-            return replies[-1]
-        assert time.monotonic() < deadline, f"replies shown: {replies}"
-        time.sleep(0.1)
+def replies(page) -> list[str]:
+    return [t.strip() for t in page.locator(f"{REPLIES} .markdown").all_inner_texts()]
 
 
 @pytest.fixture
@@ -65,38 +57,34 @@ def test_a_reply_with_no_worker_fails_then_the_same_conversation_goes_on_and_reg
     worker = start_worker(controller, names="echo-model", echo=True)
     web = start_web(controller, db_url)
     try:
-        page = open_page(browser, web.url + "/")
+        page = open_app(browser, web)
         pick_model(page, "echo-model")
         send(page, "First question")
         wait_until(lambda: [m.finish_reason for m in stored_messages(db_url)] == [None, "stop"], "no first reply")
         worker.kill()  # the model's only worker is gone, unannounced
 
         send(page, "Second question")
-        failed = last_reply_is(page, lambda t: "⚠" in t)
-        assert "Second question" in page.inner_text("#chatbot")  # the user's message stays
+        page.wait_for_selector(f"{REPLIES} .reply-error")
+        assert "Second question" in page.inner_text("section.thread")  # the user's message stays
         rows = stored_messages(db_url)
         assert [m.role for m in rows] == ["user", "assistant", "user", "assistant"]
-        assert rows[3].finish_reason == FAILED and rows[3].error and rows[3].error in failed
+        assert rows[3].finish_reason == FAILED and rows[3].error
+        assert rows[3].error in page.inner_text(f"{REPLIES} .reply-error")
 
         worker = start_worker(controller, names="echo-model", echo=True)  # a replacement registers
         send(page, "Third question")
         wait_until(lambda: len(rows := stored_messages(db_url)) == 6 and rows[-1].finish_reason == "stop",
                    "the third reply was not stored")
-        third = last_reply_is(page, lambda t: t == " ".join(stored_messages(db_url)[-1].content.split()))
-        assert "alternate" not in third and "⚠" not in third
-        page.click("#chat-regenerate")  # a new version of the third reply; the earlier one is kept
+        wait_until(lambda: page.is_visible("button.send"), "the reply never ended")
+        page.click(f"{REPLIES} >> nth=-1 >> button:has-text('Regenerate')")  # a new version; the earlier one kept
         wait_until(lambda: len(rows := stored_messages(db_url)) == 7 and rows[-1].finish_reason == "stop",
                    "the regenerated reply was not stored")
-        rows = stored_messages(db_url)
-        assert [m.role for m in rows] == ["user", "assistant"] * 3 + ["assistant"]
-        assert rows[-1].parent_id == rows[-2].parent_id == rows[-3].id
 
-        page.reload()  # reopened from the history: the failure is shown where it happened
-        wait_text(page, "#history", lambda t: "First question" in t)
-        page.locator("#history label", has_text="First question").click()
-        wait_text(page, "#chatbot", lambda t: "Third question" in t)
-        shown = assistant_texts(page, "#chatbot")
-        assert len(shown) == 3 and "⚠" in shown[1] and "⚠" not in shown[0] + shown[2]
+        page.reload()  # reopened: the failure is shown where it happened
+        page.wait_for_selector(f"{REPLIES} .version-count:has-text('2/2')")
+        assert page.locator(f"{REPLIES}").count() == 3
+        assert page.locator(f"{REPLIES} >> nth=1 >> .reply-error").count() == 1
+        assert page.locator(f"{REPLIES} .reply-error").count() == 1
     finally:
         web.stop()
         worker.stop()
@@ -109,7 +97,7 @@ def test_the_web_process_killed_mid_reply_keeps_the_partial_reply_marked_and_the
     web = start_web(controller, db_url)
     port = web.port
     try:
-        page = open_page(browser, web.url + "/")
+        page = open_app(browser, web)
         pick_model(page, "echo-model")
         send(page, "Please repeat all of this slowly, word by word, so that it takes a while to finish")
         # kill when the stored reply has text (it is written as it streams, not only at the end)
@@ -118,14 +106,15 @@ def test_the_web_process_killed_mid_reply_keeps_the_partial_reply_marked_and_the
         web.kill()
         [_, partial] = stored_messages(db_url)
         assert partial.finish_reason == INCOMPLETE and partial.content
-        page.close()
+        page.context.close()
 
         web = start_web(controller, db_url, port=port)
-        page = open_page(browser, web.url + "/")
-        wait_text(page, "#history", lambda t: "Please repeat" in t)
-        page.locator("#history label", has_text="Please repeat").click()
-        shown = wait_text(page, "#chatbot", lambda t: "incomplete" in t)
-        assert " ".join(partial.content.split()[:3]) in shown
+        page = open_app(browser, web)
+        page.click("nav.history a:has-text('Please repeat')")  # reopened from the history
+        wait_until(lambda: page.locator(f"{REPLIES} .reply-mark:has-text('Interrupted')").count() == 1,
+                   lambda: f"not marked: {page.url} {page.inner_text('body')}")
+        assert " ".join(partial.content.split()[:3]) in replies(page)[0]
+        pick_model(page, "echo-model")
         send(page, "Done?")
         wait_until(lambda: len(stored_messages(db_url)) == 4 and stored_messages(db_url)[-1].finish_reason == "stop",
                    "the next reply did not complete", timeout=90)
@@ -137,56 +126,55 @@ def test_the_web_process_killed_mid_reply_keeps_the_partial_reply_marked_and_the
         worker.stop()
 
 
-def test_an_arena_side_that_failed_cannot_be_voted_on_and_the_buttons_say_why(controller, browser, tmp_path):
+def test_an_arena_side_that_failed_cannot_be_voted_on_and_the_page_says_why(controller, browser, tmp_path):
     db_url = f"sqlite:///{tmp_path / 'p.db'}"
     good = start_worker(controller, names="echo-a", echo=True)
     bad = start_worker(controller, names="echo-b", echo=True)
     web = start_web(controller, db_url)
     try:
         assert set(models_at(controller)) == {"echo-a", "echo-b"}
-        page = open_page(browser, web.url + "/")
-        page.get_by_role("tab", name="Arena (side-by-side)").click()
-        for box, name in (("#side-model-a", "echo-a"), ("#side-model-b", "echo-b")):  # the first two listed
-            wait_until(lambda: page.input_value(f"{box} input") == name, f"{box} is not {name}")
+        page = open_app(browser, web)
+        pick_model(page, "echo-a")
+        page.click("nav.pages a:has-text('Arena')")
+        page.click("button:has-text('Side by side')")
+        page.select_option("select[aria-label='Model A']", "echo-a")
+        page.select_option("select[aria-label='Model B']", "echo-b")
         bad.kill()
-        page.fill("#side-input textarea", "Name a color.")
-        page.click("#side-send")
-        vote = page.locator("#side-vote-model_a")
-        wait_until(lambda: "no vote" in vote.inner_text(), "the vote buttons never said why", timeout=60)
-        assert not vote.is_enabled() and "model B failed" in vote.inner_text()
-        assert "⚠" in assistant_texts(page, "#side-b")[-1]
-        assert assistant_texts(page, "#side-a")[-1] and "⚠" not in assistant_texts(page, "#side-a")[-1]
+        page.fill("textarea[aria-label='Message to every model']", "Name a color.")
+        page.press("textarea[aria-label='Message to every model']", "Enter")
+        page.wait_for_selector(".votes [role=status]:has-text('model B failed to answer')")
+        assert not page.is_enabled(".votes button:has-text('A is better')")
+        assert page.locator(".side[data-side=B] .reply-error").count() == 1
+        assert page.locator(".side[data-side=A] .reply-error").count() == 0
         rows = stored_messages(db_url)
         assert sorted(m.finish_reason for m in rows if m.role == "assistant") == [FAILED, "stop"]
-        page.screenshot(path=str(tmp_path / "arena-failed.png"))
     finally:
         web.stop()
         good.stop()
         bad.stop()
 
 
-def test_the_chatbots_own_clear_icon_starts_a_new_chat_instead_of_hiding_the_stored_one(controller, browser,
-                                                                                        tmp_path):
+def test_new_chat_starts_a_new_conversation_and_the_old_one_stays_in_the_history(controller, browser, tmp_path):
     """Gradio's trash icon used to clear the screen only: the next reply continued the hidden conversation."""
     db_url = f"sqlite:///{tmp_path / 'p.db'}"
     worker = start_worker(controller, names="echo-model", echo=True)
     web = start_web(controller, db_url)
     try:
-        page = open_page(browser, web.url + "/")
+        page = open_app(browser, web)
         pick_model(page, "echo-model")
         send(page, "The secret word is banana")
         wait_until(lambda: [m.finish_reason for m in stored_messages(db_url)] == [None, "stop"], "no first reply")
-        page.locator("#chatbot button[aria-label='Clear']").click()
-        wait_until(lambda: not assistant_texts(page, "#chatbot"), "the screen was not cleared")
+        page.click("button:has-text('+ New chat')")
+        wait_until(lambda: not replies(page), "the screen was not cleared")
+        time.sleep(0.2)
         send(page, "What is the secret word?")
-        wait_until(lambda: len(rows := stored_messages(db_url)) == 4 and rows[-1].finish_reason is not None
-                   and rows[0].finish_reason is None, "no second reply", timeout=60)
-        rows = stored_messages(db_url)
-        by_conversation = {}
-        for m in rows:
+        wait_until(lambda: len(rows := stored_messages(db_url)) == 4 and rows[-1].finish_reason is not None,
+                   "no second reply", timeout=60)
+        by_conversation: dict[str, list[str]] = {}
+        for m in stored_messages(db_url):
             by_conversation.setdefault(m.conversation_id, []).append(m.content)
-        assert len(by_conversation) == 2  # a new conversation, not a continuation of the hidden one
-        assert all(len(contents) == 2 for contents in by_conversation.values())
+        assert len(by_conversation) == 2 and all(len(c) == 2 for c in by_conversation.values())
+        page.wait_for_selector("nav.history a:has-text('The secret word is banana')")
     finally:
         web.stop()
         worker.stop()

@@ -19,7 +19,7 @@ from parley.serving.api_errors import APIError
 from parley.store.models import User
 from parley.web.api_schemas import LeaderboardRow, LeaderboardView, MTBenchCategories
 from parley.web.json_api import _services, check_csrf, current_user
-from parley.web.leaderboard_tab import (
+from parley.web.leaderboard import (
     NO_RATINGS,
     UNREADABLE,
     RecomputeGate,

@@ -1,5 +1,4 @@
-"""How a stored conversation is shown: each reply with a mark when it is not a complete answer, so that what a
-user sees is what is stored (and what the model will be given as context)."""
+"""A reply being written for the web app: streamed from the workers within a reply slot, and stored as it grows."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ from parley.store.conversations import (
     FAILED,
     INCOMPLETE,
     STOPPED,
-    ConversationView,
     NotFound,
 )
 from parley.web.model_client import ReplyParams, ReplyProgress
@@ -26,21 +24,6 @@ log = logging.getLogger(__name__)
 
 # At most this often a streaming reply's text is written to the store (a crash loses at most this much).
 SAVE_EVERY_S = 0.5
-
-
-def shown_reply(content: str, finish_reason: str | None, error: str | None = None) -> str:
-    mark = {FAILED: f"⚠ {error or 'the reply failed'}",
-            STOPPED: "⏹ stopped",
-            INCOMPLETE: "⚠ incomplete: the reply was interrupted"}.get(finish_reason or "")
-    if mark is None:
-        return content
-    return f"{content}\n\n{mark}" if content else mark
-
-
-def chat_messages(conversation: ConversationView) -> list[dict]:
-    """The user and assistant turns, as a Gradio chatbot shows them."""
-    return [{"role": m.role, "content": shown_reply(m.content, m.finish_reason, m.error) if m.role == "assistant"
-             else m.content} for m in conversation.messages if m.role in ("user", "assistant")]
 
 
 class StreamedReply:
@@ -82,9 +65,6 @@ class StreamedReply:
             self.finish_reason = FAILED
         elif self.progress is not None and self.progress.done:
             self.finish_reason = self.progress.finish_reason or "stop"
-
-    def shown(self) -> str:
-        return shown_reply(self.text, self.finish_reason, self.error)
 
     async def save_final(self) -> None:
         """Store the reply as it ended, after any save still running; it completes even if the handler is

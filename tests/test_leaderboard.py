@@ -1,10 +1,10 @@
-"""The leaderboard tab at the level of its handlers (no browser): a torn or missing leaderboard file, its atomic
-writes, who may recompute it and how often, and the `--leaderboard-interval` schedule (once per process)."""
+"""The leaderboard behind the web app: the ratings file read, written whole and recomputed from the stored votes
+(by admins, at most once in 30 s; on a schedule, once per process however many pages are open), and what a torn
+file shows. In-process: the JSON API through httpx's ASGI transport."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import threading
@@ -12,19 +12,16 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import gradio as gr
+import httpx
 import pytest
-from starlette.routing import Mount
 
 from parley.store.database import Database
-from parley.web import leaderboard_tab
-from parley.web.app import build_blocks, create_app
+from parley.web import leaderboard
+from parley.web.app import create_app
 from parley.web.model_client import ModelClient
 from parley.web.model_descriptions import ModelDescriptions
 from parley.web.services import WebServices, WebSettings
 from tests.servers import free_port
-
-LOCAL = SimpleNamespace(username=None)  # a gr.Request as the handlers see it without --auth
 
 
 def settings_for(tmp_path: Path, **changes) -> WebSettings:
@@ -61,49 +58,32 @@ def vote(services: WebServices, user_id: int | None = None, n: int = 6) -> None:
         services.votes.record(me, "model_b" if i % 3 == 2 else "model_a", "strong", "weak", True, a.id, b.id)
 
 
-def handlers(blocks: gr.Blocks, event: str, elem_id: str | None = None) -> list:
-    """The functions wired to `event` (of the component with `elem_id`, or of any component / the page)."""
-    ids = {i for i, b in blocks.blocks.items() if elem_id is None or getattr(b, "elem_id", None) == elem_id}
-    if elem_id is None:
-        ids.add(blocks._id)
-    return [f.fn for f in blocks.fns.values() if any(t[0] in ids and t[1] == event for t in f.targets)]
+async def client_for(app) -> httpx.AsyncClient:
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://web/api")
+    client.headers["X-CSRF-Token"] = (await client.get("/session")).json()["csrf_token"]
+    return client
 
 
-async def call(fn, *args):
-    result = fn(*args)
-    return await result if inspect.isawaitable(result) else result
-
-
-def text(outputs) -> str:
-    return " ".join(str(o) for o in outputs)
-
-
-def recompute_button(services: WebServices):
-    with gr.Blocks() as blocks:
-        leaderboard_tab.build(services)
-    [click] = handlers(blocks, "click", "leaderboard-recompute")
-    return click
-
-
-async def test_a_torn_or_missing_leaderboard_file_does_not_break_the_page(make_services, caplog):
-    services = make_services()
-    [load] = handlers(build_blocks(services), "load")
-    assert "No Arena ratings yet" in text(await load(LOCAL))
-    path = services.settings.leaderboard_file
+async def test_a_torn_or_missing_leaderboard_file_does_not_break_the_page(tmp_path, caplog):
+    settings = settings_for(tmp_path)
+    client = await client_for(create_app(settings))
+    assert (await client.get("/leaderboard")).json()["status"].startswith("No Arena ratings yet")
+    path = settings.leaderboard_file
     path.parent.mkdir(parents=True)
     for torn in ('{"generated": 1700000000.0, "method": "bradley-te', "[1, 2]", ""):  # cut short, not a board, empty
         path.write_text(torn)
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            shown = text(await load(LOCAL))
-        assert "leaderboard file is unreadable" in shown and "press Recompute" in shown
-        assert any(str(path) in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+            shown = (await client.get("/leaderboard")).json()
+        assert "leaderboard file is unreadable" in shown["status"] and "press Recompute" in shown["status"]
+        assert shown["rows"] == []
+        assert any("unreadable" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
 def test_the_leaderboard_file_is_replaced_whole_never_written_in_place(make_services, monkeypatch):
     services = make_services()
     vote(services)
-    assert leaderboard_tab.recompute(services).startswith("Recomputed from 6 battles")
+    assert leaderboard.recompute(services).startswith("Recomputed from 6 battles")
     path = services.settings.leaderboard_file
     before = {p.name: p.read_text() for p in path.parent.iterdir()}
     vote(services, n=3)
@@ -116,56 +96,55 @@ def test_the_leaderboard_file_is_replaced_whole_never_written_in_place(make_serv
 
     monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(Killed):
-        leaderboard_tab.recompute(services)
+        leaderboard.recompute(services)
     monkeypatch.undo()
     assert {p.name: p.read_text() for p in path.parent.iterdir()} == before  # the old files, whole; no temp file left
-    assert leaderboard_tab.recompute(services).startswith("Recomputed from 9 battles")
+    assert leaderboard.recompute(services).startswith("Recomputed from 9 battles")
     assert '"battles": 9' in path.read_text()
 
 
-def test_recompute_writes_the_leaderboard_file_the_tab_reads_whatever_its_name(make_services, tmp_path):
-    services = make_services(leaderboard_file=tmp_path / "boards" / "arena.json")
-    vote(services)
-    leaderboard_tab.recompute(services)
-    rows, line = leaderboard_tab.table(services)
-    assert [r[1] for r in rows] == ["strong", "weak"] and line.startswith("bradley-terry, 6 battles")
+async def test_recompute_writes_the_file_the_page_reads_whatever_its_name(tmp_path):
+    settings = settings_for(tmp_path, leaderboard_file=tmp_path / "boards" / "arena.json")
+    app = create_app(settings)
+    vote(app.state.services)
+    client = await client_for(app)
+    board = (await client.post("/leaderboard/recompute")).json()  # the local user is an admin
+    assert [r["model"] for r in board["rows"]] == ["strong", "weak"]
+    assert board["status"].startswith("Recomputed from 6 battles. bradley-terry, 6 battles")
+    assert (tmp_path / "boards" / "arena.json").is_file()
 
 
-async def test_only_admins_may_recompute_the_leaderboard(make_services):
-    services = make_services(auth=True)
+async def test_only_admins_may_recompute_and_at_most_once_in_30_seconds(tmp_path, monkeypatch):
+    app = create_app(settings_for(tmp_path, auth=True))
+    services = app.state.services
     alice = services.accounts.create("alice", "a long enough password", is_admin=True)
     services.accounts.create("bob", "another long password")
     vote(services, alice.id)
-    click = recompute_button(services)
-    refused = text(await call(click, SimpleNamespace(username="bob")))
-    assert "Only admins can recompute" in refused and not services.settings.leaderboard_file.exists()
-    assert "Recomputed from 6 battles" in text(await call(click, SimpleNamespace(username="alice")))
-    assert services.settings.leaderboard_file.is_file()
-
-
-async def test_recompute_from_the_ui_runs_at_most_once_in_30_seconds(make_services, monkeypatch):
-    services = make_services()
-    vote(services)
     runs: list[int] = []
-    real = leaderboard_tab.recompute
+    real = leaderboard.recompute
 
     def counted(s: WebServices) -> str:
         runs.append(threading.get_ident())
         return real(s)
 
-    monkeypatch.setattr(leaderboard_tab, "recompute", counted)
-    click = recompute_button(services)
-    first = text(await call(click, LOCAL))
-    second = text(await call(click, LOCAL))
-    assert "Recomputed from 6 battles" in first and len(runs) == 1
-    assert "recomputed 0 s ago" in second and "can be recomputed again in 30 s" in second
-    assert "bradley-terry, 6 battles" in second  # the table is still shown
-    assert runs[0] != threading.get_ident()  # the work ran in a worker thread, not on the event loop
+    monkeypatch.setattr("parley.web.leaderboard_api.recompute", counted)
+    bob, alice_client = await client_for(app), await client_for(app)
+    for client, name, password in ((bob, "bob", "another long password"), (alice_client, "alice", "a long enough password")):
+        r = await client.post("/login", json={"username": name, "password": password})
+        client.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+    refused = await bob.post("/leaderboard/recompute")
+    assert refused.status_code == 403 and "Only admins can recompute" in refused.json()["error"]["message"]
+    assert not services.settings.leaderboard_file.exists() and (await bob.get("/leaderboard")).json()["vote_stats"] is None
+    first = await alice_client.post("/leaderboard/recompute")
+    assert first.json()["status"].startswith("Recomputed from 6 battles") and len(runs) == 1
+    second = await alice_client.post("/leaderboard/recompute")
+    assert second.status_code == 429 and "can be recomputed again in 30 s" in second.json()["error"]["message"]
+    assert len(runs) == 1 and runs[0] != threading.get_ident()  # the work ran in a worker thread
 
 
 def test_the_recompute_gate_opens_again_after_its_interval():
     now = [100.0]
-    gate = leaderboard_tab.RecomputeGate(every_s=30.0, clock=lambda: now[0])
+    gate = leaderboard.RecomputeGate(every_s=30.0, clock=lambda: now[0])
     admin, user = SimpleNamespace(is_admin=True), SimpleNamespace(is_admin=False)
     assert gate.refusal(user) == "Only admins can recompute the leaderboard."
     assert gate.refusal(admin) is None
@@ -183,18 +162,15 @@ async def test_the_interval_recompute_runs_once_per_process_however_many_pages_l
         runs.append((time.monotonic(), threading.get_ident()))
         return "Recomputed from 0 battles."
 
-    monkeypatch.setattr(leaderboard_tab, "recompute", counted)
+    monkeypatch.setattr(leaderboard, "recompute", counted)
     app = create_app(settings_for(tmp_path, leaderboard_interval_s=0.3))
-    blocks = next(r.app for r in app.routes if isinstance(r, Mount) and hasattr(r.app, "get_blocks")).get_blocks()
-    [load] = handlers(blocks, "load")
-    for _ in range(5):  # five browser tabs open the page; their timers tick
-        await load(LOCAL)
-        for tick in handlers(blocks, "tick"):
-            await call(tick, *[LOCAL][:len(inspect.signature(tick).parameters)])
-    assert runs == []  # pages and their timers only read the file
+    client = await client_for(app)
+    for _ in range(5):  # five open pages read the leaderboard
+        await client.get("/leaderboard")
+    assert runs == []  # pages only read the file
     async with app.router.lifespan_context(app):
         for _ in range(3):
-            await load(LOCAL)
+            await client.get("/leaderboard")
         await asyncio.sleep(1.65)
     started = len(runs)
     await asyncio.sleep(0.5)

@@ -1,9 +1,9 @@
-"""The leaderboard: Arena ratings with intervals and votes (the ratings JSON of `parley eval ratings`,
-recomputed from the stored votes on demand or on a schedule), with MT-bench scores beside them.
+"""The leaderboard's data: Arena ratings (the ratings JSON of `parley eval ratings`, recomputed from the stored
+votes on demand or on a schedule) and MT-bench scores beside them.
 
-Recomputing from the UI is for admins (the local user is one), at most once in RECOMPUTE_EVERY_S per process;
-`--leaderboard-interval` runs one schedule per process, started with the app (`schedule`), and each open page
-only re-reads the file. The work runs in a thread, off the event loop. The file is replaced whole
+Recomputing from the web app is for admins (the local user is one), at most once in RECOMPUTE_EVERY_S per
+process; `--leaderboard-interval` runs one schedule per process, started with the app (`schedule`), and each
+open page only re-reads the file. The work runs in a thread, off the event loop. The file is replaced whole
 (`arena_leaderboard.write`); a torn or foreign one is reported on the page, never an error.
 """
 
@@ -17,8 +17,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import gradio as gr
-
 from parley.eval import arena_leaderboard
 from parley.eval.arena_battles import load_battles
 from parley.eval.atomic import write_text_atomic
@@ -29,7 +27,6 @@ from parley.store.models import User
 from parley.web.services import WebServices
 
 log = logging.getLogger(__name__)
-COLUMNS = ["rank", "model", "rating", "95% interval", "votes", "MT-bench"]
 RECOMPUTE_EVERY_S = 30.0  # the most often one web process recomputes when an admin presses the button
 NO_RATINGS = "No Arena ratings yet: vote in the Arena, then press Recompute."
 UNREADABLE = ("The leaderboard file is unreadable (cut short, or not a leaderboard), so no Arena ratings are shown; "
@@ -63,21 +60,6 @@ def recompute(services: WebServices) -> str:
     if path.name != "leaderboard.json":  # --leaderboard-file with a name of its own: that is the file shown
         write_text_atomic(path, board.model_dump_json(indent=1))
     return f"Recomputed from {board.battles} battles."
-
-
-def table(services: WebServices) -> tuple[list[list], str]:
-    path = leaderboard_file(services)
-    mt = mt_bench_scores(services)
-    mt_only = [["", m, "", "", "", f"{s:.2f}"] for m, s in sorted(mt.items(), key=lambda kv: -kv[1])]
-    try:
-        board = arena_leaderboard.read(path)
-    except FileNotFoundError:
-        return mt_only, NO_RATINGS
-    except (OSError, ValueError) as exc:  # torn JSON (JSONDecodeError), not a leaderboard (ValidationError)
-        log.warning("leaderboard file %s is unreadable: %s", path, str(exc).splitlines()[0] if str(exc) else exc)
-        return mt_only, UNREADABLE
-    rows = [[*arena_leaderboard.cells(r)[:5], f"{mt[r.model]:.2f}" if r.model in mt else ""] for r in board.rows]
-    return rows, f"{board.method}, {board.battles} battles, {board.bootstrap_rounds} bootstrap rounds."
 
 
 class RecomputeGate:
@@ -129,40 +111,3 @@ async def schedule(services: WebServices) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def build(services: WebServices) -> dict:
-    gr.Markdown("Arena ratings on the Elo scale (Bradley–Terry, 95% bootstrap intervals) from anonymous battles; "
-                "MT-bench averages where judgments exist.")
-    board = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="leaderboard", wrap=True)
-    status = gr.Markdown(elem_id="leaderboard-status")
-    refresh = gr.Button("Recompute from votes", elem_id="leaderboard-recompute")
-    with gr.Accordion("Vote statistics (admins)", open=False, visible=False) as admin:
-        stats = gr.JSON(elem_id="vote-stats")
-    gate = RecomputeGate()
-
-    def show(request: gr.Request):
-        rows, line = table(services)
-        user = services.user(request)
-        return rows, line, gr.update(visible=user.is_admin), services.votes.stats().model_dump() if user.is_admin else {}
-
-    async def redo(request: gr.Request):
-        user = await asyncio.to_thread(services.user, request)
-        line = gate.refusal(user)
-        if line is None:
-            try:
-                line = await asyncio.to_thread(recompute, services)
-            except Exception as exc:  # noqa: BLE001 - said on the page, logged with its traceback
-                log.exception("recomputing the leaderboard")
-                line = f"Recomputing failed: {exc}."
-        rows, info = await asyncio.to_thread(table, services)
-        vote_stats = (await asyncio.to_thread(services.votes.stats)).model_dump() if user.is_admin else {}
-        return rows, f"{line} {info}", gr.update(visible=user.is_admin), vote_stats
-
-    def reread():
-        return table(services)
-
-    refresh.click(redo, None, [board, status, admin, stats])
-    if services.settings.leaderboard_interval_s > 0:  # the schedule writes the file; each open page re-reads it
-        gr.Timer(services.settings.leaderboard_interval_s).tick(reread, None, [board, status])
-    return {"show": show, "outputs": [board, status, admin, stats]}
