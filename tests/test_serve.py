@@ -53,8 +53,8 @@ def test_serve_answers_through_the_sdk_stops_on_sigterm_and_restarts_at_once(tmp
                                            messages=[{"role": "user", "content": "What is the capital of France?"}])
     assert "Paris" in reply.choices[0].message.content
     assert f"web UI       http://127.0.0.1:{web_port}" in log.read_text()
-    page = httpx.get(f"http://127.0.0.1:{web_port}/", timeout=30)
-    assert page.status_code == 200 and "parley" in page.text
+    page = httpx.get(f"http://127.0.0.1:{web_port}/", timeout=30, follow_redirects=True)  # / leads to /app/
+    assert page.status_code == 200 and "<title>parley</title>" in page.text and str(page.url).endswith("/app/")
     stop_serve(proc, log)
     assert "web UI stopped" in log.read_text()
 

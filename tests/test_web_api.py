@@ -310,6 +310,9 @@ def test_an_anonymous_arena_round_hides_the_names_until_the_vote(cluster):
         texts = ["".join(d["data"]["text"] for n, d in events if n == "text" and d["side"] == side) for side in (0, 1)]
         assert all(texts)
         assert client.call("GET", f"/arena/battles/{battle['id']}").json()["sides"][0]["model"] is None
+        side = battle["sides"][0]["conversation_id"]  # nor do the chat routes give the names away
+        for path in (f"/conversations/{side}", f"/conversations/{side}/export", f"/conversations/{side}/reply"):
+            assert client.call("GET", path).status_code == 404, path
         voted = client.call("POST", f"/arena/battles/{battle['id']}/vote", json={"kind": "model_a"}).json()
         assert voted["vote"] == "model_a" and {s["model"] for s in voted["sides"]} == {ECHO, "echo-two"}
         again = client.call("POST", f"/arena/battles/{battle['id']}/vote", json={"kind": "tie"})

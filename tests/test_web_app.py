@@ -423,3 +423,35 @@ def test_latex_in_a_reply_is_typeset_once_katex_loads(stack, browser):
     page.wait_for_selector(f"{REPLIES} .katex")  # the echo model repeats the system prompt, formulas included
     assert page.locator(f"{REPLIES} .katex-display").count() == 1
     assert page.errors == []
+
+
+def test_an_anonymous_battle_hides_the_names_until_the_vote_then_reveals_them(browser, tmp_path: Path):
+    controller = start_controller(secret="web-app-battle-cluster-secret-1")
+    workers = [start_worker(controller, names=name, echo=True) for name in ("left-model", "right-model")]
+    web = start_web(controller, f"sqlite:///{tmp_path / 'battle.db'}")
+    try:
+        page = open_app(browser, web.url)
+        page.wait_for_selector("select[aria-label=Model] option[value='right-model']", state="attached")
+        page.click("nav.pages a:has-text('Arena')")
+        page.fill("textarea[aria-label='Message to every model']", "Say something.")
+        page.press("textarea[aria-label='Message to every model']", "Enter")
+        wait_until(lambda: page.is_enabled(".votes button:has-text('Tie')"), "the vote never opened", 60)
+        assert page.locator(".side h2").all_inner_texts() == ["Model A", "Model B"]
+        assert "left-model" not in page.inner_text("section.arena") and "right-model" not in page.inner_text(
+            "section.arena")
+        page.click(".votes button:has-text('Tie')")
+        page.wait_for_selector(".votes [role=status]:has-text('Thanks for your vote')")
+        names = sorted(t.split(": ")[1] for t in page.locator(".side h2").all_inner_texts())
+        assert names == ["left-model", "right-model"]
+        db = Database(f"sqlite:///{tmp_path / 'battle.db'}")
+        from parley.store.models import Vote
+
+        with db.session() as s:
+            assert [(v.kind, v.anony) for v in s.query(Vote).all()] == [("tie", True)]
+        db.close()
+        assert page.errors == []
+    finally:
+        web.stop()
+        for worker in workers:
+            worker.stop()
+        controller.stop()

@@ -95,10 +95,16 @@ def _sse(event: str, data: BaseModel) -> str:
 
 
 async def _conversation(services: WebServices, user: User, conversation_id: str) -> ConversationView:
+    """A chat conversation of the user's. An Arena side is "not found" here: it is read through the Arena's
+    routes, which keep an anonymous battle's names hidden until the vote."""
     try:
-        return await asyncio.to_thread(services.conversations.get, user.id, conversation_id)
+        conversation = await asyncio.to_thread(services.conversations.get, user.id, conversation_id)
     except NotFound as exc:
         raise APIError(404, str(exc), code="not_found", param="conversation_id") from None
+    if conversation.mode != "chat":
+        raise APIError(404, "no such conversation (an Arena round's sides are under /api/arena)", code="not_found",
+                       param="conversation_id")
+    return conversation
 
 
 def build_router() -> APIRouter:
