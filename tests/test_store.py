@@ -274,3 +274,34 @@ def test_conversations_stored_before_branches_existed_upgrade_to_one_branch(db_u
     assert reply.position == 5
     database.downgrade("0002")  # and back: the branch shown survives
     database.close()
+
+
+def test_migrations_keep_feedback_and_a_downgrade_keeps_the_branch_shown(db_url):
+    from sqlalchemy import text
+
+    database = Database(db_url)
+    database.upgrade("0002")
+    with database.engine.begin() as c:
+        c.execute(text("INSERT INTO users (id, username, is_admin, created_at) VALUES (1, 'old', false, '2026-01-01')"))
+        c.execute(text("INSERT INTO conversations (id, user_id, title, mode, created_at, updated_at) "
+                       "VALUES ('c1', 1, 'old chat', 'chat', '2026-01-01', '2026-01-01')"))
+        for position, (role, content) in enumerate([("user", "q1"), ("assistant", "a1")]):
+            c.execute(text("INSERT INTO messages (id, conversation_id, position, role, content, created_at) "
+                           "VALUES (:i, 'c1', :p, :r, :c, '2026-01-01')"),
+                      {"i": 10 + position, "p": position, "r": role, "c": content})
+        c.execute(text("INSERT INTO feedback (user_id, message_id, kind, created_at) "
+                       "VALUES (1, 11, 'upvote', '2026-01-01')"))
+    database.upgrade()  # SQLite rebuilds the tables: their foreign-key actions must not run
+    with database.engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM feedback")).scalar() == 1
+    conversations = Conversations(database)
+    again = conversations.begin_reply(1, "c1", None, model="m")  # a new version of a1, shown from now on
+    conversations.update_reply(1, again.id, "a1 again", finish_reason="stop")
+    database.downgrade("0002")
+    with database.engine.connect() as c:
+        kept = c.execute(text("SELECT content FROM messages WHERE conversation_id = 'c1' ORDER BY position")).scalars()
+        assert list(kept) == ["q1", "a1 again"]  # the branch shown, not the first one
+        assert c.execute(text("SELECT count(*) FROM conversations")).scalar() == 1
+    database.upgrade()
+    assert [m.content for m in Conversations(database).get(1, "c1").messages] == ["q1", "a1 again"]
+    database.close()

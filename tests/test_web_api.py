@@ -281,10 +281,11 @@ def test_continue_goes_on_with_a_reply_cut_at_its_token_limit(local):
                         json={"content": "count", "model": ECHO, "parameters": {"max_tokens": 3}})[-1][1]["reply"]
     assert cut["finish_reason"] == "length" and cut["content"]
     events = client.events("POST", f"/conversations/{cid}/continue", json={"model": ECHO})
-    assert events[0][1]["reply"]["content"] == cut["content"]  # `started` carries the text continued
+    base = cut["content"].rstrip()  # the prompt ends at the text, and so does the reply continued
+    assert events[0][1]["reply"]["content"] == base  # `started` carries the text continued
     added = "".join(d["text"] for n, d in events if n == "text")
     ended = events[-1][1]["reply"]
-    assert ended["id"] == cut["id"] and ended["content"] == cut["content"] + added and added
+    assert ended["id"] == cut["id"] and ended["content"] == base + added and added
     assert ended["finish_reason"] in ("stop", "length") and ended["versions"] == [cut["id"]]
     assert client.call("GET", f"/conversations/{cid}").json()["messages"][-1]["content"] == ended["content"]
     empty = client.new_conversation()
@@ -415,3 +416,41 @@ def test_a_reply_is_upvoted_downvoted_or_flagged_and_only_a_reply_of_ones_own(lo
                        json={"kind": "upvote"}).status_code == 404
     stats = client.call("GET", "/leaderboard").json()["vote_stats"]  # the local user is an admin
     assert stats["feedback"]["upvote"] >= 1 and stats["feedback"]["flag"] >= 1
+
+
+def test_two_sends_at_once_to_one_conversation_write_one_reply_and_refuse_the_other(local):
+    client = Client(local)
+    cid = client.new_conversation(system_prompt=" ".join(f"w{i}" for i in range(60)))
+    results: list = [None, None]
+    barrier = threading.Barrier(2)
+
+    def send(i: int) -> None:
+        barrier.wait()
+        with client.http.stream("POST", f"/conversations/{cid}/messages", headers={"X-CSRF-Token": client.csrf},
+                                json={"content": f"message {i}", "model": ECHO}) as r:
+            results[i] = (r.status_code, parse_sse(r.iter_lines()) if r.status_code == 200 else r.read())
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(code for code, _ in results) == [200, 409], results
+    stored = client.call("GET", f"/conversations/{cid}").json()["messages"]
+    assert [m["role"] for m in stored] == ["user", "assistant"] and stored[1]["finish_reason"] in ("stop", "length")
+
+
+def test_an_anonymous_side_that_fails_does_not_name_its_model_in_the_error(cluster):
+    controller, web, _ = cluster
+    doomed = start_worker(controller, names="doomed-model", echo=True)
+    client = Client(web.url)
+    deadline = time.monotonic() + 30  # workers of earlier tests have left: a battle is these two
+    while sorted(models_at(controller)) != [ECHO, "doomed-model"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    battle = client.call("POST", "/arena/battles", json={}).json()
+    doomed.kill()
+    events = client.events("POST", f"/arena/battles/{battle['id']}/messages", json={"content": "hello"})
+    errors = [d["data"]["reply"]["error"] for n, d in events if n == "ended" and d["data"]["reply"]["error"]]
+    assert errors and "doomed" not in json.dumps(events)
+    view = client.call("GET", f"/arena/battles/{battle['id']}").json()
+    assert "doomed" not in json.dumps(view) and "failed to answer" in view["why_no_vote"]

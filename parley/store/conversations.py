@@ -174,7 +174,9 @@ class Conversations:
             last = s.get(Message, c.current_message_id) if c.current_message_id else None
             if last is None or last.role != "assistant" or not last.content:
                 raise ParleyError("there is no reply to continue")
-            for key, value in {"finish_reason": INCOMPLETE, "error": None, **details}.items():
+            # the prompt ends at its text (a chat template strips trailing space), and so does the reply
+            for key, value in {"content": last.content.rstrip(), "finish_reason": INCOMPLETE, "error": None,
+                               **details}.items():
                 setattr(last, key, value)
             c.updated_at = utcnow()
             s.flush()

@@ -99,6 +99,22 @@ class Database:
     def _migrating(self) -> Iterator[Connection]:
         """A transaction that no other process migrates the same database during; the lock is released after
         the transaction ends (committed or rolled back), so the next process finds the schema it left."""
+        if self.is_sqlite:
+            with self._file_lock(), self.engine.connect() as connection:
+                # Alembic's batch mode rebuilds a table (copy, DROP, rename); with foreign keys on, the DROP
+                # would run the ON DELETE actions of the tables that point at it (feedback, messages, votes).
+                # The pragma is a no-op inside a transaction: set it first, check the keys before committing.
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()
+                try:
+                    with connection.begin():
+                        yield connection
+                        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                        if broken:
+                            raise ParleyError(f"the migration left {len(broken)} rows pointing nowhere: {broken[:3]}")
+                finally:
+                    connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            return
         with self._file_lock(), self.engine.begin() as connection:
             if not self.is_sqlite:
                 # Transaction-scoped: PostgreSQL releases it at commit or rollback, also when this process dies,

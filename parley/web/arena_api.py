@@ -6,6 +6,7 @@ own, as conversations are."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
@@ -37,8 +38,14 @@ SIDES = "ABCD"
 MAX_SIDES = 4
 
 
+HIDDEN_ERROR = "this model failed to answer (its error names it, so it is shown after the vote)"
+
+
 def _hidden(m: MessageView, anonymous: bool) -> MessageView:
-    return m.model_copy(update={"model": None}) if anonymous else m
+    """The message without what names its model, while the names are hidden: errors name models too."""
+    if not anonymous:
+        return m
+    return m.model_copy(update={"model": None, "error": HIDDEN_ERROR if m.error else None})
 
 
 async def _sides(services: WebServices, user: User, battle_id: str) -> list[ConversationView]:
@@ -78,6 +85,7 @@ def build_arena_router() -> APIRouter:
     from parley.web.json_api import check_csrf
 
     router = APIRouter(prefix="/api/arena", dependencies=[Depends(check_csrf)])
+    voting: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()  # a lock per round
 
     @router.post("/battles", response_model=BattleView, status_code=201)
     async def new_battle(body: NewBattle, request: Request, user: User = Depends(current_user)) -> BattleView:
@@ -113,7 +121,7 @@ def build_arena_router() -> APIRouter:
         vote = await asyncio.to_thread(services.votes.kind_for, user.id, sides[0].id)
         if vote is not None:
             raise APIError(409, "you voted on this round: start a new one", code="round_voted")
-        if any(services.live.get(c.id) for c in sides):
+        if any(services.live.busy(c.id) for c in sides):
             raise APIError(409, "the replies are still being written: stop them or wait", code="reply_in_progress")
         turns = sum(1 for m in sides[0].messages if m.role == "user")
         problem = await asyncio.to_thread(check_input, body.content, turns, services.settings.limits,
@@ -121,7 +129,16 @@ def build_arena_router() -> APIRouter:
         if problem:
             raise APIError(400, problem, param="content", code="message_refused")
         anonymous = sides[0].mode == "battle"
-        started = [await start_reply(services, user, c.id, body.content, c.model, body.parameters) for c in sides]
+        claimed = [c.id for c in sides if services.live.claim(c.id)]
+        if len(claimed) < len(sides):
+            for cid in claimed:
+                services.live.release(cid)
+            raise APIError(409, "the replies are still being written: stop them or wait", code="reply_in_progress")
+        try:
+            started = [await start_reply(services, user, c.id, body.content, c.model, body.parameters) for c in sides]
+        finally:
+            for cid in claimed:
+                services.live.release(cid)
 
         async def events() -> AsyncIterator[str]:
             queue: asyncio.Queue[tuple[int, str | None]] = asyncio.Queue()
@@ -172,15 +189,17 @@ def build_arena_router() -> APIRouter:
     async def vote(battle_id: str, body: BattleVote, request: Request, user: User = Depends(current_user)) -> BattleView:
         """Vote on a round of two (once, after a turn both models answered); the names are revealed."""
         services = _services(request)
-        view = await _view(services, user, battle_id)
-        if view.why_no_vote is not None:
-            raise APIError(409, f"this round cannot be voted on now: {view.why_no_vote}", code="no_vote")
-        sides = await _sides(services, user, battle_id)
-        try:
-            await asyncio.to_thread(services.votes.record, user.id, body.kind, sides[0].model or "",
-                                    sides[1].model or "", view.anonymous, sides[0].id, sides[1].id)
-        except NotFound:
-            raise APIError(404, "no such Arena round", code="not_found") from None
-        return await _view(services, user, battle_id)
+        lock = voting.setdefault(battle_id, asyncio.Lock())
+        async with lock:  # two clicks at once: the second finds the first's vote
+            view = await _view(services, user, battle_id)
+            if view.why_no_vote is not None:
+                raise APIError(409, f"this round cannot be voted on now: {view.why_no_vote}", code="no_vote")
+            sides = await _sides(services, user, battle_id)
+            try:
+                await asyncio.to_thread(services.votes.record, user.id, body.kind, sides[0].model or "",
+                                        sides[1].model or "", view.anonymous, sides[0].id, sides[1].id)
+            except NotFound:
+                raise APIError(404, "no such Arena round", code="not_found") from None
+            return await _view(services, user, battle_id)
 
     return router

@@ -212,6 +212,7 @@ def build_router() -> APIRouter:
                                           services.moderator)
         if problem:
             raise APIError(400, problem, param="content", code="message_refused")
+        claim(services, conversation_id)
         return await _reply(services, user, conversation_id, body.content, body.model, body.parameters)
 
     @router.post("/conversations/{conversation_id}/regenerate", response_class=StreamingResponse,
@@ -223,6 +224,7 @@ def build_router() -> APIRouter:
         _refuse_while_writing(services, conversation_id)
         if not any(m.role == "user" for m in conversation.messages):
             raise APIError(400, "there is no message to answer yet", code="nothing_to_regenerate")
+        claim(services, conversation_id)
         return await _reply(services, user, conversation_id, None, body.model, body.parameters)
 
     @router.post("/conversations/{conversation_id}/messages/{message_id}/edit", response_class=StreamingResponse,
@@ -242,6 +244,7 @@ def build_router() -> APIRouter:
                                           services.moderator)
         if problem:
             raise APIError(400, problem, param="content", code="message_refused")
+        claim(services, conversation_id)
         return await _reply(services, user, conversation_id, body.content, body.model, body.parameters,
                             edits=message_id)
 
@@ -280,6 +283,7 @@ def build_router() -> APIRouter:
         last = conversation.messages[-1] if conversation.messages else None
         if last is None or last.role != "assistant" or not last.content:
             raise APIError(400, "there is no reply to continue", code="nothing_to_continue")
+        claim(services, conversation_id)
         return await _reply(services, user, conversation_id, None, body.model, body.parameters, continuing=True)
 
     @router.get("/conversations/{conversation_id}/reply", response_class=StreamingResponse,
@@ -306,9 +310,16 @@ def build_router() -> APIRouter:
 
 
 def _refuse_while_writing(services: WebServices, conversation_id: str) -> None:
-    if services.live.get(conversation_id) is not None:
+    if services.live.busy(conversation_id):
         raise APIError(409, "a reply is still being written in this conversation: stop it or wait for it",
                        code="reply_in_progress")
+
+
+def claim(services: WebServices, conversation_id: str) -> None:
+    """Take the conversation for a new reply (409 when one is being written); `start_reply` ends the claim."""
+    if not services.live.claim(conversation_id):
+        _refuse_while_writing(services, conversation_id)
+        raise AssertionError("unreachable")
 
 
 async def _reply(services: WebServices, user: User, conversation_id: str, text: str | None, model: str,
@@ -322,7 +333,16 @@ async def start_reply(services: WebServices, user: User, conversation_id: str, t
                       params: ReplyParams, edits: int | None = None,
                       continuing: bool = False) -> tuple[ReplyStarted, LiveReply]:
     """Store the user's message (None: regenerate the last reply; `edits`: as a new version of that question)
-    and an empty reply (`continuing`: reopen the last reply), and start writing the reply."""
+    and an empty reply (`continuing`: reopen the last reply), and start writing the reply. The conversation
+    must be claimed (`claim`); the claim ends here, whatever happens."""
+    try:
+        return await _start_reply(services, user, conversation_id, text, model, params, edits, continuing)
+    finally:
+        services.live.release(conversation_id)
+
+
+async def _start_reply(services: WebServices, user: User, conversation_id: str, text: str | None, model: str,
+                       params: ReplyParams, edits: int | None, continuing: bool) -> tuple[ReplyStarted, LiveReply]:
     details = {"model": model, "parameters": params.model_dump()}
     try:
         if continuing:
@@ -338,7 +358,7 @@ async def start_reply(services: WebServices, user: User, conversation_id: str, t
         raise APIError(404, str(exc), code="not_found") from None
     conversation = await asyncio.to_thread(services.conversations.get, user.id, conversation_id)
     context = conversation.openai_messages(before=None if continuing else reply.id)
-    base = reply.content if continuing else ""
+    base = reply.content if continuing else ""  # continue_reply stored it without trailing space
     index = next(i for i, m in enumerate(conversation.messages) if m.id == reply.id)
     reply = conversation.messages[index]  # with its versions
     asked = conversation.messages[index - 1] if text is not None and index else None

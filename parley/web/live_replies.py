@@ -55,13 +55,29 @@ class LiveReply:
 class LiveReplies:
     def __init__(self) -> None:
         self._by_conversation: dict[str, LiveReply] = {}
+        self._claimed: set[str] = set()  # a reply is being set up (stored, then started)
 
     def get(self, conversation_id: str) -> LiveReply | None:
         return self._by_conversation.get(conversation_id)
 
+    def busy(self, conversation_id: str) -> bool:
+        return conversation_id in self._by_conversation or conversation_id in self._claimed
+
+    def claim(self, conversation_id: str) -> bool:
+        """Take the conversation for a new reply, before anything is awaited: False when a reply is being
+        written or set up there already. `start` (or `release`, when setting up fails) ends the claim."""
+        if self.busy(conversation_id):
+            return False
+        self._claimed.add(conversation_id)
+        return True
+
+    def release(self, conversation_id: str) -> None:
+        self._claimed.discard(conversation_id)
+
     def start(self, conversation_id: str, reply_id: int, write: Writer, base: str = "") -> LiveReply:
         """Run `write` as the conversation's reply; it is given the function to call as the text grows."""
         live = LiveReply(reply_id, base)
+        self._claimed.discard(conversation_id)
         self._by_conversation[conversation_id] = live
 
         async def run() -> None:
@@ -71,12 +87,14 @@ class LiveReplies:
                 pass  # Stop, or shutdown: the writer has stored the reply as stopped
             except Exception:  # noqa: BLE001 - the writer stores its own failures; this is a bug
                 log.exception("reply %d failed", reply_id)
-            finally:
-                if self._by_conversation.get(conversation_id) is live:
-                    del self._by_conversation[conversation_id]
-                live.finished()
+
+        def ended(_task: asyncio.Task) -> None:  # also for a task cancelled before it ran at all
+            if self._by_conversation.get(conversation_id) is live:
+                del self._by_conversation[conversation_id]
+            live.finished()
 
         live.task = asyncio.create_task(run(), name=f"reply-{reply_id}")
+        live.task.add_done_callback(ended)
         return live
 
     async def stop(self, conversation_id: str) -> bool:

@@ -115,8 +115,19 @@ async function errorOf(res: Response): Promise<ApiError> {
   }
 }
 
+export function isAbort(e: unknown): boolean {
+  return e instanceof DOMException && e.name === "AbortError";
+}
+
 export class Api {
   csrf = "";
+  private streams = new Set<AbortController>();
+
+  /** Stop listening to every reply stream of this page (the replies go on being written on the server). */
+  abortStreams(): void {
+    for (const controller of this.streams) controller.abort();
+    this.streams.clear();
+  }
 
   private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
     const res = await fetch(`/api${path}`, this.init(method, body));
@@ -240,14 +251,23 @@ export class Api {
   }
 
   private async *events<E = ReplyEvent>(method: string, path: string, body?: unknown): AsyncGenerator<E> {
-    const res = await fetch(`/api${path}`, this.init(method, body));
-    if (!res.ok || !res.body) throw await errorOf(res);
-    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-    const parser = new SseParser();
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      for (const e of parser.push(value)) yield { event: e.event, ...JSON.parse(e.data) } as E;
+    const controller = new AbortController();
+    this.streams.add(controller);
+    try {
+      const res = await fetch(`/api${path}`, this.init(method, body, controller.signal));
+      if (!res.ok || !res.body) throw await errorOf(res);
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      const parser = new SseParser();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        for (const e of parser.push(value)) {
+          if (controller.signal.aborted) return;
+          yield { event: e.event, ...JSON.parse(e.data) } as E;
+        }
+      }
+    } finally {
+      this.streams.delete(controller);
     }
   }
 }

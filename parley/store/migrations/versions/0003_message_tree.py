@@ -48,8 +48,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Only the branch shown survives a downgrade.
-    op.execute("DELETE FROM messages WHERE branch > 0")
+    # Only the branch shown survives a downgrade: the path from each conversation's current message up.
+    op.execute("WITH RECURSIVE shown(id, parent_id) AS ("
+               "SELECT m.id, m.parent_id FROM messages AS m JOIN conversations AS c ON m.id = c.current_message_id "
+               "UNION ALL SELECT m.id, m.parent_id FROM messages AS m JOIN shown ON m.id = shown.parent_id) "
+               "DELETE FROM feedback WHERE message_id NOT IN (SELECT id FROM shown)")
+    op.execute("WITH RECURSIVE shown(id, parent_id) AS ("
+               "SELECT m.id, m.parent_id FROM messages AS m JOIN conversations AS c ON m.id = c.current_message_id "
+               "UNION ALL SELECT m.id, m.parent_id FROM messages AS m JOIN shown ON m.id = shown.parent_id) "
+               "DELETE FROM messages WHERE id NOT IN (SELECT id FROM shown)")
     with op.batch_alter_table("conversations") as batch:
         batch.drop_column("current_message_id")
     with op.batch_alter_table("messages", naming_convention=NAMING) as batch:
