@@ -32,12 +32,10 @@ import openai
 from rich.console import Console
 from rich.table import Table
 from serve_stack import REPO, cpu_model, free_port, start_serve
+from vs_fastchat import TOPICS
 
 DIST = REPO / "parley" / "web" / "dist"
 CHROMIUM = Path("/usr/bin/chromium")
-TOPICS = ["a lighthouse", "a baker dragon", "a city under the sea", "a lost robot", "two chess rivals",
-          "a river uphill", "the last winter", "a clockmaker", "a desert race", "a moving library",
-          "a crownless king", "paper birds", "glass trees", "a ship in a bottle", "the stars going out", "a fox"]
 
 
 def asset_sizes() -> dict[str, int]:

@@ -251,7 +251,9 @@ def test_stored_votes_feed_ratings_and_export_as_fastchat_logs(db, db_url, tmp_p
     assert [r["model"] for r in board["rows"]] == ["strong", "weak"] and board["battles"] == 10
 
 
-def test_conversations_stored_before_branches_existed_upgrade_to_one_branch(db_url):
+def database_at_0002(db_url: str, contents: list[str]) -> Database:
+    """A database at revision 0002 (before branches) with user 1 and conversation c1 of these messages (ids from
+    10, user and assistant in turn)."""
     from sqlalchemy import text
 
     database = Database(db_url)
@@ -260,10 +262,15 @@ def test_conversations_stored_before_branches_existed_upgrade_to_one_branch(db_u
         c.execute(text("INSERT INTO users (id, username, is_admin, created_at) VALUES (1, 'old', false, '2026-01-01')"))
         c.execute(text("INSERT INTO conversations (id, user_id, title, mode, created_at, updated_at) "
                        "VALUES ('c1', 1, 'old chat', 'chat', '2026-01-01', '2026-01-01')"))
-        for position, (role, content) in enumerate([("user", "q1"), ("assistant", "a1"), ("user", "q2"),
-                                                    ("assistant", "a2")]):
-            c.execute(text("INSERT INTO messages (conversation_id, position, role, content, created_at) "
-                           "VALUES ('c1', :p, :r, :c, '2026-01-01')"), {"p": position, "r": role, "c": content})
+        for position, content in enumerate(contents):
+            c.execute(text("INSERT INTO messages (id, conversation_id, position, role, content, created_at) "
+                           "VALUES (:i, 'c1', :p, :r, :c, '2026-01-01')"),
+                      {"i": 10 + position, "p": position, "r": ("user", "assistant")[position % 2], "c": content})
+    return database
+
+
+def test_conversations_stored_before_branches_existed_upgrade_to_one_branch(db_url):
+    database = database_at_0002(db_url, ["q1", "a1", "q2", "a2"])
     database.upgrade()
     conversations = Conversations(database)
     view = conversations.get(1, "c1")
@@ -279,16 +286,8 @@ def test_conversations_stored_before_branches_existed_upgrade_to_one_branch(db_u
 def test_migrations_keep_feedback_and_a_downgrade_keeps_the_branch_shown(db_url):
     from sqlalchemy import text
 
-    database = Database(db_url)
-    database.upgrade("0002")
+    database = database_at_0002(db_url, ["q1", "a1"])  # message ids 10 and 11
     with database.engine.begin() as c:
-        c.execute(text("INSERT INTO users (id, username, is_admin, created_at) VALUES (1, 'old', false, '2026-01-01')"))
-        c.execute(text("INSERT INTO conversations (id, user_id, title, mode, created_at, updated_at) "
-                       "VALUES ('c1', 1, 'old chat', 'chat', '2026-01-01', '2026-01-01')"))
-        for position, (role, content) in enumerate([("user", "q1"), ("assistant", "a1")]):
-            c.execute(text("INSERT INTO messages (id, conversation_id, position, role, content, created_at) "
-                           "VALUES (:i, 'c1', :p, :r, :c, '2026-01-01')"),
-                      {"i": 10 + position, "p": position, "r": role, "c": content})
         c.execute(text("INSERT INTO feedback (user_id, message_id, kind, created_at) "
                        "VALUES (1, 11, 'upvote', '2026-01-01')"))
     database.upgrade()  # SQLite rebuilds the tables: their foreign-key actions must not run

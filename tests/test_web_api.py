@@ -52,6 +52,13 @@ class Client:
         return r.json()["id"]
 
 
+def wait_for_models(controller: Server, names: list[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while sorted(models_at(controller)) != sorted(names):
+        assert time.monotonic() < deadline, f"the controller lists {models_at(controller)}, not {names}"
+        time.sleep(0.2)
+
+
 def parse_sse(lines) -> list[tuple[str, dict]]:
     events, name = [], None
     for line in lines:
@@ -378,9 +385,7 @@ def test_the_leaderboard_rates_anonymous_votes_says_which_were_not_counted_and_s
         assert [(r["model"], r["mt_bench"], r["rating"]) for r in board["rows"]] == [("gpt-4", 8.0, None), (ECHO, 2.0, None)]
         assert board["mt_bench"]["categories"] == ["coding", "math", "writing"]
         assert board["mt_bench"]["scores"]["gpt-4"] == {"writing": 9.0, "math": 7.0, "coding": 8.0}
-        deadline = time.monotonic() + 30  # workers of earlier tests have left: a battle is these two
-        while sorted(models_at(controller)) != [ECHO, "echo-two"] and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for_models(controller, [ECHO, "echo-two"])  # workers of earlier tests have left: a battle is these two
         for kind in ("model_a", "model_b", "tie", "model_a"):
             battle = client.call("POST", "/arena/battles", json={}).json()
             client.events("POST", f"/arena/battles/{battle['id']}/messages", json={"content": "hi"})
@@ -444,9 +449,7 @@ def test_an_anonymous_side_that_fails_does_not_name_its_model_in_the_error(clust
     controller, web, _ = cluster
     doomed = start_worker(controller, names="doomed-model", echo=True)
     client = Client(web.url)
-    deadline = time.monotonic() + 30  # workers of earlier tests have left: a battle is these two
-    while sorted(models_at(controller)) != [ECHO, "doomed-model"] and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for_models(controller, [ECHO, "doomed-model"])  # workers of earlier tests have left: a battle is these two
     battle = client.call("POST", "/arena/battles", json={}).json()
     doomed.kill()
     events = client.events("POST", f"/arena/battles/{battle['id']}/messages", json={"content": "hello"})

@@ -86,7 +86,7 @@ class ReplyStarted(Closed):
 
 
 class ReplyText(Closed):
-    text: str  # the whole reply so far
+    text: str  # what the reply gained since the last event
 
 
 class ReplyEnded(Closed):

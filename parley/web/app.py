@@ -32,7 +32,7 @@ SESSION_DAYS = 14
 
 
 def session_key(settings: WebSettings) -> str:
-    """What signs the session cookies: --session-secret if given, else derived from the cluster secret (so every
+    """What signs the session cookies: `WebSettings.session_secret` if set, else derived from the cluster secret (so every
     web process of a cluster, and a restarted one, accepts the same sessions), else random for this process."""
     if settings.session_secret:
         return settings.session_secret

@@ -60,7 +60,7 @@ def _why_no_vote(services: WebServices, sides: list[ConversationView], vote: str
         return "you voted on this round: start a new one"
     if len(sides) != 2:
         return "votes are for two models side by side"
-    if any(services.live.get(c.id) for c in sides):
+    if any(services.live.busy(c.id) for c in sides):
         return "the replies are still being written"
     if not sides[0].messages:
         return "send a message first"

@@ -205,8 +205,7 @@ def build_router() -> APIRouter:
     async def send_message(conversation_id: str, body: SendMessage, request: Request,
                            user: User = Depends(current_user)) -> StreamingResponse:
         services = _services(request)
-        conversation = await _conversation(services, user, conversation_id)
-        _refuse_while_writing(services, conversation_id)
+        conversation = await _writable(services, user, conversation_id)
         turns = sum(1 for m in conversation.messages if m.role == "user")
         problem = await asyncio.to_thread(check_input, body.content, turns, services.settings.limits,
                                           services.moderator)
@@ -220,8 +219,7 @@ def build_router() -> APIRouter:
     async def regenerate(conversation_id: str, body: ReplyOptions, request: Request,
                          user: User = Depends(current_user)) -> StreamingResponse:
         services = _services(request)
-        conversation = await _conversation(services, user, conversation_id)
-        _refuse_while_writing(services, conversation_id)
+        conversation = await _writable(services, user, conversation_id)
         if not any(m.role == "user" for m in conversation.messages):
             raise APIError(400, "there is no message to answer yet", code="nothing_to_regenerate")
         claim(services, conversation_id)
@@ -234,8 +232,7 @@ def build_router() -> APIRouter:
         """Edit-and-resend: a new version of the question `message_id`, answered anew; the branch it replaces
         stays reachable through the question's versions."""
         services = _services(request)
-        conversation = await _conversation(services, user, conversation_id)
-        _refuse_while_writing(services, conversation_id)
+        conversation = await _writable(services, user, conversation_id)
         index = next((i for i, m in enumerate(conversation.messages) if m.id == message_id and m.role == "user"), None)
         if index is None:
             raise APIError(404, "no such question in the branch shown", code="not_found", param="message_id")
@@ -265,8 +262,7 @@ def build_router() -> APIRouter:
                              user: User = Depends(current_user)) -> ConversationView:
         """Show another version: the branch through `message_id` (its newest continuation)."""
         services = _services(request)
-        await _conversation(services, user, conversation_id)
-        _refuse_while_writing(services, conversation_id)
+        await _writable(services, user, conversation_id)
         try:
             return await asyncio.to_thread(services.conversations.switch, user.id, conversation_id, body.message_id)
         except NotFound as exc:
@@ -278,8 +274,7 @@ def build_router() -> APIRouter:
                              user: User = Depends(current_user)) -> StreamingResponse:
         """Continue the last reply (one cut at its token limit): the model goes on with its text."""
         services = _services(request)
-        conversation = await _conversation(services, user, conversation_id)
-        _refuse_while_writing(services, conversation_id)
+        conversation = await _writable(services, user, conversation_id)
         last = conversation.messages[-1] if conversation.messages else None
         if last is None or last.role != "assistant" or not last.content:
             raise APIError(400, "there is no reply to continue", code="nothing_to_continue")
@@ -309,17 +304,21 @@ def build_router() -> APIRouter:
     return router
 
 
-def _refuse_while_writing(services: WebServices, conversation_id: str) -> None:
+IN_PROGRESS = "a reply is still being written in this conversation: stop it or wait for it"
+
+
+async def _writable(services: WebServices, user: User, conversation_id: str) -> ConversationView:
+    """The conversation, refused (409) while a reply is being written in it."""
+    conversation = await _conversation(services, user, conversation_id)
     if services.live.busy(conversation_id):
-        raise APIError(409, "a reply is still being written in this conversation: stop it or wait for it",
-                       code="reply_in_progress")
+        raise APIError(409, IN_PROGRESS, code="reply_in_progress")
+    return conversation
 
 
 def claim(services: WebServices, conversation_id: str) -> None:
     """Take the conversation for a new reply (409 when one is being written); `start_reply` ends the claim."""
     if not services.live.claim(conversation_id):
-        _refuse_while_writing(services, conversation_id)
-        raise AssertionError("unreachable")
+        raise APIError(409, IN_PROGRESS, code="reply_in_progress")
 
 
 async def _reply(services: WebServices, user: User, conversation_id: str, text: str | None, model: str,
