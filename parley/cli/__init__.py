@@ -16,6 +16,7 @@ from parley.cli import (
     data_cmd,
     db_cmd,
     eval_cmd,
+    knowledge_cmd,
     serve_cmd,
     test_message_cmd,
     train_cmd,
@@ -25,7 +26,7 @@ from parley.cli import (
 from parley.errors import ParleyError
 
 SUBCOMMANDS = (chat_cmd, controller_cmd, worker_cmd, api_cmd, test_message_cmd, serve_cmd, bench_cmd, eval_cmd, db_cmd, web_cmd,
-               train_cmd, data_cmd)
+               train_cmd, data_cmd, knowledge_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,8 +7,10 @@ import argparse
 from parley.cli.secret_args import (
     add_api_key_arguments,
     add_cluster_secret_argument,
+    add_db_url_arguments,
     api_keys,
     cluster_secret,
+    db_url,
 )
 from parley.serving.request_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_SEND_TIMEOUT_S
 
@@ -28,6 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("--worker-timeout", type=float, default=120.0,
                    help="seconds of silence from a worker mid-reply before the reply fails (default %(default)s)")
     add_cluster_secret_argument(p)
+    add_db_url_arguments(p)
+    p.add_argument("--no-assistants", action="store_true",
+                   help="serve no assistants (and open no database): only the models the controller lists")
     p.set_defaults(run=run, default_log_level="INFO")
 
 
@@ -39,10 +44,12 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from parley.serving.api import APISettings, create_app
+    from parley.store.database import default_url
 
     app = create_app(APISettings(controller_address=args.controller_address, api_keys=api_keys(args),
                                  allowed_origins=split_list(args.allowed_origins), worker_timeout_s=args.worker_timeout,
                                  cluster_secret=cluster_secret(args), max_body_bytes=args.max_request_bytes,
-                                 send_timeout_s=args.stream_send_timeout))
+                                 send_timeout_s=args.stream_send_timeout,
+                                 db_url=None if args.no_assistants else (db_url(args) or default_url())))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
     return 0

@@ -31,6 +31,7 @@ from parley.cli.secret_args import (
 )
 from parley.cli.supervisor import Child, RestartPolicy, Supervisor, describe_exit
 from parley.errors import ParleyError
+from parley.models.bundled import BUNDLED_EMBEDDING_NAME
 from parley.models.source import resolve_model_source
 from parley.serving.cluster_auth import auth_headers, new_secret
 
@@ -45,6 +46,9 @@ def add_parser(sub) -> None:
     p.add_argument("--worker-port", type=int, default=None, help="first worker's port (default: controller port + 1)")
     p.add_argument("--web-port", type=int, default=7860, help="web UI port (listens on --host, like the API)")
     p.add_argument("--no-web", action="store_true", help="do not start the web UI")
+    p.add_argument("--embedding-model", default=BUNDLED_EMBEDDING_NAME, metavar="PATH",
+                   help="the embedding model served beside the chat models, for assistants' knowledge (default: the "
+                        "bundled all-MiniLM-L6-v2, engine sentence-transformers); 'none' serves none")
     add_db_url_arguments(p)
     p.add_argument("--auth", action="store_true", help="the web UI requires login (see `parley db create-user`)")
     p.add_argument("--max-concurrent-replies", type=int, default=None,
@@ -85,8 +89,13 @@ def run(args: argparse.Namespace) -> int:
     ports = {"controller": (local, args.controller_port), "api": (args.host, args.port)}
     if not args.no_web:
         ports["web UI"] = (args.host, args.web_port)
+    embedding = None if args.embedding_model.lower() == "none" else resolve_model_source(args.embedding_model)
+    if embedding is not None and embedding.name in names:
+        raise ParleyError(f"the embedding model would be served under a chat model's name: {embedding.name}")
     for i in range(len(sources)):
         ports[f"worker {names[i]}"] = (local, worker_port + i)
+    if embedding is not None:
+        ports[f"worker {embedding.name}"] = (local, worker_port + len(sources))
     for what, (host, port) in ports.items():
         if not _port_free(host, port):
             raise ParleyError(f"port {port} ({what}) is in use; stop what uses it or choose another port")
@@ -124,11 +133,21 @@ def run(args: argparse.Namespace) -> int:
             ready=serves(name))
         for i, (name, source) in enumerate(zip(names, sources))
     ]
+    if embedding is not None:
+        port = worker_port + len(sources)
+        workers.append(Child(f"worker {embedding.name}", base + [
+            "worker", "--model-path", embedding.location, "--model-names", embedding.name,
+            "--engine", "sentence-transformers", "--host", local, "--port", str(port),
+            "--controller-address", controller_url,
+        ], env=cluster_env, address=f"http://{local}:{port}", on_death=drop_from_controller,
+            ready=serves(embedding.name)))
+    served = names + ([embedding.name] if embedding is not None else [])
     api = Child("api", base + ["api", "--host", args.host, "--port", str(args.port),
                                "--controller-address", controller_url],
-                env=cluster_env | {API_KEYS_ENV: ",".join(keys)})
+                env=cluster_env | {API_KEYS_ENV: ",".join(keys)} | ({DB_URL_ENV: database} if database else {}))
     web = Child("web UI", base + ["web", "--host", args.host, "--port", str(args.web_port),
                                   "--controller-address", controller_url,
+                                  "--embedding-model", embedding.name if embedding is not None else "none",
                                   *(["--auth"] if args.auth else []),
                                   *(["--max-concurrent-replies", str(args.max_concurrent_replies)]
                                     if args.max_concurrent_replies else [])],
@@ -147,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
                   lambda: httpx.get(controller_url + "/health", timeout=2).json()["status"] == "ok", args.startup_timeout)
         for w in workers:
             w.start()
-        for w, name in zip(workers, names):
+        for w, name in zip(workers, served):
             _wait_for(console, f"worker for {name} (loading the model)", w,
                       lambda name=name: name in models_served(2),
                       args.startup_timeout)

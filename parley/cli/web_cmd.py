@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
     p.add_argument("--mt-bench-judgments", type=Path, default=None,
                    help="MT-bench single judgments shown beside the ratings (default: ~/.local/share/parley/"
                         "mt_bench/model_judgment/gpt-4_single.jsonl)")
+    p.add_argument("--embedding-model", default="all-minilm-l6-v2",
+                   help="the served model that embeds new knowledge collections (default %(default)s, which "
+                        "`parley serve` serves); 'none': no knowledge uploads")
     add_cluster_secret_argument(p)
     p.set_defaults(run=run, default_log_level="INFO")
 
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         moderation=args.moderation, limits=Limits(max_input_chars=args.max_input_chars, max_turns=args.max_turns),
         leaderboard_file=args.leaderboard_file, leaderboard_interval_s=args.leaderboard_interval,
         mt_bench_judgments=args.mt_bench_judgments, max_concurrent_replies=args.max_concurrent_replies,
-        max_waiting_replies=args.max_waiting_replies)
+        max_waiting_replies=args.max_waiting_replies,
+        embedding_model=None if args.embedding_model.lower() == "none" else args.embedding_model)
     if args.log_level != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)
     app = create_app(settings)

@@ -7,6 +7,7 @@ errors it answers with (OpenAI's error body), and `text/event-stream` for stream
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -17,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel, Field
 
 from parley.serving.api_errors import APIError, install_error_handlers
+from parley.serving.assistant_requests import AssistantRequests
 from parley.serving.cluster_auth import auth_headers
 from parley.serving.cluster_client import ClusterClient
 from parley.serving.cluster_errors import ClusterError
@@ -33,6 +35,7 @@ from parley.serving.openai_schemas import (
     ModelList,
 )
 from parley.serving.openai_serving import OpenAIServing
+from parley.store.database import Database
 from parley.serving.request_limits import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_SEND_TIMEOUT_S,
@@ -71,6 +74,9 @@ class APISettings(BaseModel):
     cluster_secret: str | None = None  # sent to the controller and workers
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)  # a bigger request body is a 413
     send_timeout_s: float = Field(DEFAULT_SEND_TIMEOUT_S, gt=0)  # a client that reads nothing this long is dropped
+    # The store of assistants and knowledge (the web UI's database); None: no assistants (`parley api` passes
+    # the default database unless told --no-assistants).
+    db_url: str | None = None
 
 
 # -- the app ----------------------------------------------------------------------------------
@@ -83,15 +89,22 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
                                      limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
                                      headers=auth_headers(settings.cluster_secret))
 
+    db = Database(settings.db_url) if settings.db_url else None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        log.info("API up; controller %s; %s", settings.controller_address,
-                 f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key needed")
+        if db is not None:
+            await asyncio.to_thread(db.upgrade)
+        log.info("API up; controller %s; %s; assistants from %s", settings.controller_address,
+                 f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key needed",
+                 db.display_url if db is not None else "nowhere (off)")
         try:
             yield
         finally:
             if own_http:
                 await http.aclose()
+            if db is not None:
+                db.close()
             log.info("API stopped")
 
     app = FastAPI(title="parley OpenAI-compatible API", lifespan=lifespan)
@@ -104,7 +117,8 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
     cluster = app.state.cluster = ClusterClient(http, settings.controller_address)
-    serving = OpenAIServing(cluster, metrics)
+    assistants = AssistantRequests(db, cluster, keyed=bool(settings.api_keys)) if db is not None else None
+    serving = OpenAIServing(cluster, metrics, assistants)
 
     known_keys = [k.encode() for k in settings.api_keys]
 
@@ -124,13 +138,11 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
 
     @app.get("/v1/models", dependencies=auth, responses=_ERRORS)
     async def list_models() -> ModelList:
-        return ModelList(data=[ModelCard(id=m) for m in await serving.model_names()])
+        return ModelList(data=await serving.model_cards())
 
     @app.get("/v1/models/{model_id:path}", dependencies=auth, responses=_ERRORS)
     async def get_model(model_id: str) -> ModelCard:
-        if model_id not in await serving.model_names():
-            raise APIError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
-        return ModelCard(id=model_id)
+        return await serving.model_card(model_id)
 
     @app.post("/v1/chat/completions", dependencies=auth, response_model=ChatCompletion,
               responses=_responses("chat.completion.chunk"))

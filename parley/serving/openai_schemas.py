@@ -274,6 +274,15 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "parley"
+    # parley's extension, for assistants only (omitted for plain models): what the picker of a client shows.
+    name: str | None = None
+    description: str | None = None
+    base_model: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omitting(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None or k not in ("name", "description",
+                                                                                     "base_model")}
 
 
 class ModelList(BaseModel):
@@ -358,7 +367,34 @@ class _Generated(BaseModel):
     system_fingerprint: None = None
 
 
-class ChatCompletion(_Generated):
+class SourceOut(BaseModel):
+    """A chunk of an assistant's knowledge that the reply was given, as `[n]` (parley's extension)."""
+
+    n: int
+    filename: str
+    page: int | None = None
+    heading: str | None = None
+    text: str
+    score: float | None = None
+    document_id: int
+    collection_id: str
+
+
+class _WithSources(BaseModel):
+    """`sources`: parley's extension for replies of an assistant with knowledge; absent otherwise, so that OpenAI's
+    clients see exactly OpenAI's shape (the openai SDK keeps it in `model_extra`)."""
+
+    sources: list[SourceOut] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omitting_sources(self, handler):
+        data = handler(self)
+        if data.get("sources") is None:
+            data.pop("sources", None)
+        return data
+
+
+class ChatCompletion(_WithSources, _Generated):
     object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
     usage: UsageInfo
@@ -379,7 +415,7 @@ class ChatChunkChoice(BaseModel):
     finish_reason: FinishReason | None = None
 
 
-class ChatCompletionChunk(_Generated):
+class ChatCompletionChunk(_WithSources, _Generated):
     """One event of a streamed chat completion; with stream_options.include_usage every chunk has `usage`
     (null until the last, which has no choices)."""
 

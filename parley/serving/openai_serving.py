@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from parley.engines.base import GenerationRequest, TokenLogprob, ToolCallsSoFar
 from parley.serving.api_errors import APIError, bad_request
+from parley.serving.assistant_requests import AssistantRequests, is_assistant_id
 from parley.serving.cluster_client import ClusterClient
 from parley.serving.cluster_errors import ClusterError
 from parley.serving.metrics import ServerMetrics
@@ -42,6 +43,8 @@ from parley.serving.openai_schemas import (
     EmbeddingRequest,
     EmbeddingUsage,
     FunctionCall,
+    ModelCard,
+    SourceOut,
     ToolCall,
     UsageInfo,
     new_id,
@@ -98,15 +101,42 @@ class Choice:
 class OpenAIServing:
     """The API's work, apart from its routes: requests in, OpenAI's responses out."""
 
-    def __init__(self, cluster: ClusterClient, metrics: ServerMetrics):
+    def __init__(self, cluster: ClusterClient, metrics: ServerMetrics, assistants: AssistantRequests | None = None):
         self.cluster = cluster
         self.metrics = metrics
+        self.assistants = assistants
 
     async def model_names(self) -> list[str]:
         try:
             return await self.cluster.list_models()
         except ClusterError as exc:
             raise api_error(exc) from None
+
+    async def model_cards(self) -> list[ModelCard]:
+        """The served models, then the assistants the caller may use."""
+        cards = [ModelCard(id=m) for m in await self.model_names()]
+        if self.assistants is not None:
+            cards += await self.assistants.cards()
+        return cards
+
+    async def model_card(self, model_id: str) -> ModelCard:
+        if self.assistants is not None and is_assistant_id(model_id):
+            a = await self.assistants.get(model_id)
+            return ModelCard(id=a.id, owned_by=a.owner, name=a.name, description=a.description,
+                             base_model=a.base_model)
+        if model_id not in await self.model_names():
+            raise APIError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
+        return ModelCard(id=model_id)
+
+    async def _with_assistant(self, body: ChatCompletionRequest) -> tuple[ChatCompletionRequest, list[SourceOut] | None]:
+        """A request to an assistant, as its base model gets it, and the sources it cites (None: no assistant)."""
+        if self.assistants is None or not is_assistant_id(body.model):
+            return body, None
+        try:
+            body, sources = await self.assistants.apply(body)
+        except ClusterError as exc:  # the embedding model could not be reached
+            raise api_error(exc) from None
+        return body, [SourceOut(**s.model_dump(include=set(SourceOut.model_fields))) for s in sources]
 
     # -- the shared path -----------------------------------------------------------------
 
@@ -202,10 +232,12 @@ class OpenAIServing:
         started = time.perf_counter()
         endpoint = "/v1/chat/completions"
         cid, created = new_id("chatcmpl"), int(time.time())
+        asked = body.model  # an assistant's id, or a model's name: what the reply names
+        body, sources = await self._with_assistant(body)
         request = body.to_generation_request(cid)  # an UnsupportedField is the API's 400 (api_errors)
         n = body.n or 1
         requests = [with_seed(request, s) for s in seeds(body.seed, n)]
-        head = {"id": cid, "created": created, "model": body.model}
+        head = {"id": cid, "created": created, "model": asked}
         if body.stream:
             def chunk(choice: ChatChunkChoice) -> ChatCompletionChunk:
                 return ChatCompletionChunk(**head, choices=[choice])
@@ -225,6 +257,8 @@ class OpenAIServing:
                 return events
 
             prelude = [chunk(ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))) for i in range(n)]
+            if sources is not None:  # the first event says what the reply may cite
+                prelude[0].sources = sources
             return await self._stream(endpoint, body.model, requests, [0] * n, started, prelude, render,
                                       lambda usage: ChatCompletionChunk(**head, choices=[], usage=usage),
                                       body.include_usage)
@@ -237,7 +271,7 @@ class OpenAIServing:
             out.append(ChatChoice(index=i, message=message, finish_reason=c.last.chunk.finish_reason,
                                   logprobs=ChatLogprobs(content=c.logprobs) if request.params.logprobs is not None
                                   else None))
-        return ChatCompletion(**head, choices=out, usage=usage)
+        return ChatCompletion(**head, choices=out, usage=usage, sources=sources)
 
     # -- completions ---------------------------------------------------------------------
 

@@ -69,3 +69,7 @@ class Accounts:
     def get(self, username: str) -> User | None:
         with self.db.session() as s:
             return s.scalar(select(User).where(User.username == username))
+
+    def by_id(self, user_id: int) -> User | None:
+        with self.db.session() as s:
+            return s.get(User, user_id)

@@ -51,6 +51,7 @@ class MessageView(BaseModel):
     completion_tokens: int | None = None
     finish_reason: str | None = None
     error: str | None = None
+    sources: list[dict] | None = None  # what an assistant's reply was given to cite, as [n]
     # The versions at this point of the conversation (this message and its siblings: earlier questions that
     # were edited, earlier replies that were regenerated), oldest first; one when there is no other.
     versions: list[int] = []
@@ -61,6 +62,8 @@ class ConversationSummary(BaseModel):
     title: str
     model: str | None
     mode: str
+    assistant_id: str | None = None  # the assistant it is with (its `model` is then the assistant's id)
+    assistant_name: str | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -93,7 +96,8 @@ class ConversationView(ConversationSummary):
 
 def _summary(c: Conversation) -> ConversationSummary:
     return ConversationSummary(id=c.id, title=c.title, model=c.model, mode=c.mode, created_at=c.created_at,
-                               updated_at=c.updated_at)
+                               updated_at=c.updated_at, assistant_id=c.assistant_id,
+                               assistant_name=c.assistant.name if c.assistant is not None else None)
 
 
 class Conversations:
@@ -107,10 +111,11 @@ class Conversations:
         return c
 
     def create(self, user_id: int, model: str | None, mode: str = "chat", system_prompt: str | None = None,
-               title: str | None = None) -> ConversationSummary:
+               title: str | None = None, assistant_id: str | None = None) -> ConversationSummary:
+        """`assistant_id`: the conversation is with that assistant (the caller checked the user may use it)."""
         with self.db.session() as s:
             c = Conversation(user_id=user_id, model=model, mode=mode, system_prompt=system_prompt or None,
-                             title=title or "New chat")
+                             title=title or "New chat", assistant_id=assistant_id)
             s.add(c)
             s.flush()
             return _summary(c)
@@ -121,7 +126,8 @@ class Conversations:
         with self.db.session() as s:
             for side, model in enumerate(models):
                 s.add(Conversation(user_id=user_id, model=model, mode="battle" if anonymous else "side-by-side",
-                                   battle_id=battle_id, side=side, title="Arena round"))
+                                   battle_id=battle_id, side=side, title="Arena round",
+                                   assistant_id=model if model.startswith("asst_") else None))
         return battle_id
 
     def battle(self, user_id: int, battle_id: str) -> list[ConversationView]:

@@ -44,7 +44,36 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def sqlite_driver():
+    """The DB-API module for SQLite: Python's own sqlite3 when it can load extensions (sqlite-vec is one), else
+    pysqlite3 (pysqlite3-binary, installed with parley[knowledge] where Python's cannot, as in pyenv's builds),
+    else Python's own without vector search."""
+    if hasattr(sqlite3.Connection, "enable_load_extension"):
+        return sqlite3
+    try:
+        from pysqlite3 import dbapi2
+    except ImportError:
+        return sqlite3
+    return dbapi2
+
+
+def _load_sqlite_vec(dbapi_connection) -> None:
+    """sqlite-vec's vector functions on this connection, where the extension and the driver allow it."""
+    try:
+        import sqlite_vec
+    except ImportError:
+        return
+    if not hasattr(dbapi_connection, "enable_load_extension"):
+        return
+    dbapi_connection.enable_load_extension(True)
+    try:
+        sqlite_vec.load(dbapi_connection)
+    finally:
+        dbapi_connection.enable_load_extension(False)
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    _load_sqlite_vec(dbapi_connection)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout=30000")  # writers wait for each other instead of failing
     # Readers do not block the writer. Switching a new file to WAL needs it alone, and SQLite answers "locked"
@@ -54,7 +83,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
             break
-        except sqlite3.OperationalError as exc:
+        except Exception as exc:  # noqa: BLE001 - OperationalError of whichever driver (sqlite3 or pysqlite3)
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(random.uniform(0.01, 0.05))
@@ -77,7 +106,8 @@ class Database:
                 path = Path(parsed.database).expanduser()
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._migration_lock = path.with_name(path.name + ".migrate.lock")
-            self.engine: Engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 30})
+            self.engine: Engine = create_engine(self.url, module=sqlite_driver(),
+                                                connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)

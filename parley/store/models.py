@@ -1,4 +1,4 @@
-"""The web UI's tables: users, conversations, messages, votes and feedback (SQLAlchemy 2).
+"""The store's tables: users, conversations, messages, votes, feedback, assistants and knowledge (SQLAlchemy 2).
 
 The schema is created and changed only by the Alembic migrations in `parley/store/migrations`;
 these classes must match them (a test compares the two).
@@ -12,12 +12,16 @@ from datetime import datetime, timezone
 from sqlalchemy import (
     JSON,
     Boolean,
+    Column,
     DateTime,
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
+    Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -33,6 +37,46 @@ def random_id() -> str:
 
 class Base(DeclarativeBase):
     pass
+
+
+class EmbeddingVector(TypeDecorator):
+    """A chunk's embedding: pgvector's `vector` on PostgreSQL (any dimension: a collection's embedding model sets
+    it), float32 bytes on SQLite, which sqlite-vec's distance functions read as they are."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "postgresql":
+            from pgvector.sqlalchemy import VECTOR
+
+            return dialect.type_descriptor(VECTOR())
+        return dialect.type_descriptor(LargeBinary())
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        import numpy as np
+
+        vector = np.asarray(value, dtype=np.float32)
+        return vector if dialect.name == "postgresql" else vector.tobytes()  # pgvector's own type takes an array
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        import numpy as np
+
+        if isinstance(value, (bytes, memoryview)):
+            return np.frombuffer(bytes(value), dtype=np.float32)
+        if isinstance(value, str):
+            return np.asarray([float(x) for x in value.strip("[]").split(",") if x], dtype=np.float32)
+        return np.asarray(value, dtype=np.float32)
+
+
+# The full-text index of the chunks lives outside these classes, made by migration 0005 for each database: an FTS5
+# table kept in step by triggers on SQLite, a generated tsvector column with a GIN index on PostgreSQL.
+SEARCH_INDEX_TABLES = ("chunks_fts", "chunks_fts_data", "chunks_fts_idx", "chunks_fts_docsize", "chunks_fts_config")
+SEARCH_INDEX_COLUMNS = (("chunks", "search"),)
 
 
 class User(Base):
@@ -55,10 +99,14 @@ class Conversation(Base):
     battle_id: Mapped[str | None] = mapped_column(String(32), index=True)  # an Arena round's sides share it
     side: Mapped[int | None] = mapped_column(Integer)  # 0 for model A, 1 for B...
     system_prompt: Mapped[str | None] = mapped_column(Text)
+    # The assistant the conversation is with (its `model` is then the assistant's id); kept when it is deleted.
+    assistant_id: Mapped[str | None] = mapped_column(
+        ForeignKey("assistants.id", ondelete="SET NULL", name="fk_conversations_assistant_id"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     messages: Mapped[list[Message]] = relationship(back_populates="conversation", order_by="Message.position",
                                                    cascade="all, delete-orphan", passive_deletes=True)
+    assistant: Mapped[Assistant | None] = relationship(lazy="selectin")
 
 
 class Message(Base):
@@ -85,6 +133,7 @@ class Message(Base):
     # stop | length (complete); incomplete (streaming, or cut off by a crash); stopped (by the user); error
     finish_reason: Mapped[str | None] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(Text)  # why a reply failed
+    sources: Mapped[list | None] = mapped_column(JSON)  # the knowledge a reply was given, numbered as it cites them
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
 
 
@@ -109,3 +158,82 @@ class Feedback(Base):
     kind: Mapped[str] = mapped_column(String(16))  # upvote | downvote | flag
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+assistant_collections = Table(
+    "assistant_collections", Base.metadata,
+    Column("assistant_id", ForeignKey("assistants.id", ondelete="CASCADE"), primary_key=True),
+    Column("collection_id", ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True, index=True),
+)
+
+
+def assistant_id() -> str:
+    return "asst_" + uuid.uuid4().hex[:20]
+
+
+def collection_id() -> str:
+    return "kc_" + uuid.uuid4().hex[:20]
+
+
+class Assistant(Base):
+    """A base model with a role: a system prompt, default parameters, starter prompts and knowledge."""
+
+    __tablename__ = "assistants"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=assistant_id)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)  # its owner
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    base_model: Mapped[str] = mapped_column(String(200))
+    system_prompt: Mapped[str] = mapped_column(Text, default="")
+    temperature: Mapped[float | None] = mapped_column(Float)
+    top_p: Mapped[float | None] = mapped_column(Float)
+    max_tokens: Mapped[int | None] = mapped_column(Integer)
+    starters: Mapped[list] = mapped_column(JSON, default=list)
+    shared: Mapped[bool] = mapped_column(Boolean, default=False)  # visible to everyone, else to its owner only
+    in_battles: Mapped[bool] = mapped_column(Boolean, default=False)  # drawn for anonymous Arena battles
+    top_k: Mapped[int] = mapped_column(Integer, default=5)  # chunks retrieved per question
+    min_score: Mapped[float] = mapped_column(Float, default=0.25)  # the relevance floor (cosine similarity)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    collections: Mapped[list[Collection]] = relationship(secondary=assistant_collections, order_by="Collection.name")
+
+
+class Collection(Base):
+    """Knowledge: documents split into chunks, each with its embedding by one embedding model."""
+
+    __tablename__ = "collections"
+    __table_args__ = (UniqueConstraint("user_id", "name", name="uq_collections_user_name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=collection_id)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    embedding_model: Mapped[str] = mapped_column(String(200))  # the served model that embeds its chunks
+    dimensions: Mapped[int | None] = mapped_column(Integer)  # known from the first embedding
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Document(Base):
+    __tablename__ = "documents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[str] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    media_type: Mapped[str] = mapped_column(String(100))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    pages: Mapped[int | None] = mapped_column(Integer)  # PDF pages
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Chunk(Base):
+    __tablename__ = "chunks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    collection_id: Mapped[str] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # order within the document
+    text: Mapped[str] = mapped_column(Text)
+    page: Mapped[int | None] = mapped_column(Integer)  # 1-based, where the document has pages
+    heading: Mapped[str | None] = mapped_column(String(500))  # the section it is in
+    token_count: Mapped[int] = mapped_column(Integer)
+    embedding: Mapped[object | None] = mapped_column(EmbeddingVector)

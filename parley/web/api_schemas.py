@@ -37,9 +37,25 @@ class ModelEntry(Closed):
     link: str | None = None
 
 
+class AssistantEntry(Closed):
+    """An assistant in the model picker: what to show, and the parameters a new chat with it starts from."""
+
+    id: str
+    name: str
+    description: str
+    base_model: str
+    starters: list[str]
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    knowledge: list[str] = []  # its collections' names
+    available: bool  # whether its base model is served now
+
+
 class ModelList(Closed):
     models: list[ModelEntry]
     reachable: bool  # False: the controller could not be asked (the list is empty for that reason)
+    assistants: list[AssistantEntry] = []
 
 
 class ConversationList(Closed):
@@ -172,6 +188,6 @@ class Stopped(Closed):
 ExportFormat = Literal["json", "markdown"]
 
 __all__ = ["ArenaMessage", "BattleSide", "BattleView", "BattleVote", "ConversationChange", "ConversationList",
-           "ConversationView", "EditMessage", "ExportFormat", "FeedbackIn", "FeedbackSaved", "LeaderboardRow", "LeaderboardView", "LoginRequest", "MTBenchCategories", "ModelEntry", "ModelList", "NewBattle",
+           "ConversationView", "EditMessage", "ExportFormat", "FeedbackIn", "FeedbackSaved", "LeaderboardRow", "LeaderboardView", "LoginRequest", "MTBenchCategories", "AssistantEntry", "ModelEntry", "ModelList", "NewBattle",
            "NewConversation", "ReplyEnded", "ReplyOptions", "ReplyStarted", "ReplyText", "SendMessage", "SessionInfo",
            "SideEvent", "Stopped", "SwitchVersion", "TurnEnded"]

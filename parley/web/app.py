@@ -19,6 +19,7 @@ from parley.store.database import Database
 from parley.web import leaderboard
 from parley.web.arena_api import build_arena_router
 from parley.web.json_api import build_router
+from parley.web.knowledge_api import build_knowledge_router
 from parley.web.leaderboard_api import build_leaderboard_router
 from parley.web.model_client import ModelClient
 from parley.web.model_descriptions import ModelDescriptions
@@ -44,7 +45,9 @@ def session_key(settings: WebSettings) -> str:
 def create_app(settings: WebSettings) -> FastAPI:
     db = Database(settings.db_url)
     db.upgrade()
-    services = WebServices(settings=settings, db=db, client=ModelClient(settings.controller_address, settings.cluster_secret),
+    client = ModelClient(settings.controller_address, settings.cluster_secret,
+                         hidden=tuple(filter(None, [settings.embedding_model])))
+    services = WebServices(settings=settings, db=db, client=client,
                            model_info=ModelDescriptions(settings.model_info_file), moderator=load_moderator(settings.moderation))
 
     @asynccontextmanager
@@ -66,6 +69,7 @@ def create_app(settings: WebSettings) -> FastAPI:
                        session_cookie="parley_session", max_age=SESSION_DAYS * 86400, same_site="strict")
     app.include_router(build_router())
     app.include_router(build_arena_router())
+    app.include_router(build_knowledge_router())
     app.include_router(build_leaderboard_router())
     app.state.services = services
 

@@ -82,7 +82,7 @@ async def _view(services: WebServices, user: User, battle_id: str) -> BattleView
 
 
 def build_arena_router() -> APIRouter:
-    from parley.web.json_api import check_csrf
+    from parley.web.json_api import check_csrf, usable_assistant
 
     router = APIRouter(prefix="/api/arena", dependencies=[Depends(check_csrf)])
     voting: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()  # a lock per round
@@ -94,6 +94,8 @@ def build_arena_router() -> APIRouter:
         services = _services(request)
         if body.models is None:
             names, _ = await services.client.models()
+            names = names + [a.id for a in await asyncio.to_thread(services.assistants.for_battles)
+                             if a.base_model in names]
             try:
                 models = list(pick_pair(names, services.settings.battle_weights))
             except ParleyError as exc:
@@ -102,6 +104,8 @@ def build_arena_router() -> APIRouter:
             models = body.models
             if len(set(models)) != len(models):
                 raise APIError(400, "pick different models for each side", param="models")
+            for model in models:
+                await usable_assistant(services, user, model)
         battle_id = await asyncio.to_thread(services.conversations.create_battle, user.id, models,
                                             anonymous=body.models is None)
         return await _view(services, user, battle_id)

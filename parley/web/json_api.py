@@ -27,7 +27,9 @@ from parley.store.conversations import (
     NotFound,
 )
 from parley.store.models import User
+from parley.store.assistants import is_assistant_id
 from parley.web.api_schemas import (
+    AssistantEntry,
     ConversationChange,
     ConversationList,
     EditMessage,
@@ -141,14 +143,19 @@ def build_router() -> APIRouter:
                            csrf_token=_csrf_token(request))
 
     @router.get("/models", response_model=ModelList)
-    async def models(request: Request, _user: User = Depends(current_user)) -> ModelList:
+    async def models(request: Request, user: User = Depends(current_user)) -> ModelList:
         services = _services(request)
         names, reachable = await services.client.models()
         entries = []
         for name in names:
             description, link = services.model_info.lookup(name)
             entries.append(ModelEntry(name=name, description=description, link=link))
-        return ModelList(models=entries, reachable=reachable)
+        assistants = [AssistantEntry(id=a.id, name=a.name, description=a.description, base_model=a.base_model,
+                                     starters=a.starters, temperature=a.temperature, top_p=a.top_p,
+                                     max_tokens=a.max_tokens, knowledge=a.collection_names,
+                                     available=a.base_model in names)
+                      for a in await asyncio.to_thread(services.assistants.list, user)]
+        return ModelList(models=entries, reachable=reachable, assistants=assistants)
 
     @router.get("/conversations", response_model=ConversationList)
     async def list_conversations(request: Request, q: str | None = Query(None, max_length=200),
@@ -159,8 +166,10 @@ def build_router() -> APIRouter:
     @router.post("/conversations", response_model=ConversationSummary, status_code=201)
     async def create_conversation(body: NewConversation, request: Request,
                                   user: User = Depends(current_user)) -> ConversationSummary:
-        return await asyncio.to_thread(_services(request).conversations.create, user.id, body.model,
-                                       system_prompt=body.system_prompt, title=body.title)
+        services = _services(request)
+        assistant = await usable_assistant(services, user, body.model)
+        return await asyncio.to_thread(services.conversations.create, user.id, body.model,
+                                       system_prompt=body.system_prompt, title=body.title, assistant_id=assistant)
 
     @router.get("/conversations/{conversation_id}", response_model=ConversationView)
     async def get_conversation(conversation_id: str, request: Request,
@@ -302,6 +311,16 @@ def build_router() -> APIRouter:
         return Stopped(stopped=await services.live.stop(conversation_id))
 
     return router
+
+
+async def usable_assistant(services: WebServices, user: User, model: str | None) -> str | None:
+    """The assistant's id when `model` names one the user may use (404 when not); None for a plain model."""
+    if not is_assistant_id(model):
+        return None
+    try:
+        return (await asyncio.to_thread(services.assistants.get, user, model)).id
+    except NotFound:
+        raise APIError(404, f"no such assistant: {model}", code="model_not_found", param="model") from None
 
 
 IN_PROGRESS = "a reply is still being written in this conversation: stop it or wait for it"

@@ -35,7 +35,8 @@ class ReplyProgress(BaseModel):
 
 
 class ModelClient:
-    def __init__(self, controller_address: str, cluster_secret: str | None = None):
+    def __init__(self, controller_address: str, cluster_secret: str | None = None, hidden: tuple[str, ...] = ()):
+        self.hidden = frozenset(hidden)  # served, but not for chat (the embedding model)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0), headers=auth_headers(cluster_secret))
         self.cluster = ClusterClient(self.http, controller_address, clamp_max_tokens=True)
 
@@ -46,7 +47,7 @@ class ModelClient:
     async def models(self) -> tuple[list[str], bool]:
         """The models the controller lists now, and whether it could be asked at all."""
         try:
-            return sorted(await self.cluster.list_models()), True
+            return sorted(m for m in await self.cluster.list_models() if m not in self.hidden), True
         except (ClusterError, httpx.HTTPError):
             return [], False
 

@@ -8,6 +8,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from parley.knowledge.grounding import ground
+from parley.serving.cluster_errors import ClusterError
+from parley.store.assistants import is_assistant_id
+from parley.store.knowledge import KnowledgeError
 from parley.store.conversations import (
     FAILED,
     INCOMPLETE,
@@ -38,14 +42,30 @@ class StreamedReply:
         self.finish_reason = STOPPED  # until the stream ends by itself, the user stopped it
         self.error: str | None = None
         self.progress: ReplyProgress | None = None
+        self.sources: list[dict] | None = None  # an assistant's retrieved chunks, numbered as the reply cites them
         self._saved_at = time.monotonic()
         self._last_save: asyncio.Task | None = None  # saves run one after another, the final one last
+
+    async def _grounded(self, messages: list[dict]) -> tuple[str, list[dict]]:
+        """The model that answers and what it is given: an assistant's base model, with the assistant's system
+        prompt and the sources its knowledge gives for the question (stored with the reply at once)."""
+        if not is_assistant_id(self.model):
+            return self.model, messages
+        services = self._services
+        user = await asyncio.to_thread(services.accounts.by_id, self._user_id)
+        assistant = await asyncio.to_thread(services.assistants.get, user, self.model)
+        messages, sources = await ground(services.knowledge, services.embedder, self._user_id, assistant, messages)
+        if sources:
+            self.sources = [s.model_dump() for s in sources]
+            self._save(finish_reason=INCOMPLETE)
+        return assistant.base_model, messages
 
     async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
         """The reply's text so far, each time it grows."""
         try:
             async with self._services.reply_slots.hold():
-                async for progress in self._services.client.stream(self.model, messages, self.params,
+                model, messages = await self._grounded(messages)
+                async for progress in self._services.client.stream(model, messages, self.params,
                                                                    continue_final=bool(self.base)):
                     self.progress = progress
                     if progress.error:
@@ -58,6 +78,10 @@ class StreamedReply:
                         yield self.text
         except Busy as exc:
             self.error = str(exc)
+        except NotFound:
+            self.error = "this assistant no longer exists (or is no longer shared with you)"
+        except (KnowledgeError, ClusterError) as exc:  # the embedding model could not be reached, or refused
+            self.error = f"the assistant's knowledge could not be searched: {exc}"
         except Exception as exc:  # noqa: BLE001 - a bug or a malformed answer: this reply fails, and says so
             log.exception("reply %d from %s failed", self.reply_id, self.model)
             self.error = f"the reply failed: {type(exc).__name__}: {exc}"
@@ -77,6 +101,8 @@ class StreamedReply:
 
     def _save(self, **details) -> asyncio.Task:
         self._saved_at = time.monotonic()
+        if self.sources is not None:
+            details["sources"] = self.sources
         previous, text = self._last_save, self.text
 
         async def save() -> None:

@@ -7,8 +7,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from parley.knowledge.grounding import Embedder
 from parley.store.accounts import Accounts
+from parley.store.assistants import Assistants
 from parley.store.conversations import Conversations
+from parley.store.knowledge import Knowledge
 from parley.store.database import Database
 from parley.store.models import User
 from parley.store.votes import Votes
@@ -38,6 +41,8 @@ class WebSettings(BaseModel):
     # wait for a turn before users are told it is busy. The default matches a worker's batch (32).
     max_concurrent_replies: int = Field(32, ge=1)
     max_waiting_replies: int = Field(64, ge=0)
+    # The served model that embeds new knowledge collections (None: uploads are refused).
+    embedding_model: str | None = "all-minilm-l6-v2"
     # Signs the web app's session cookies; None: derived from the cluster secret, or random per process.
     session_secret: str | None = None
 
@@ -52,6 +57,9 @@ class WebServices:
     accounts: Accounts = field(init=False)
     conversations: Conversations = field(init=False)
     votes: Votes = field(init=False)
+    assistants: Assistants = field(init=False)
+    knowledge: Knowledge = field(init=False)
+    embedder: Embedder = field(init=False)
     reply_slots: ReplySlots = field(init=False)
     live: LiveReplies = field(init=False)  # the JSON API's replies being written
 
@@ -59,6 +67,9 @@ class WebServices:
         self.accounts = Accounts(self.db)
         self.conversations = Conversations(self.db)
         self.votes = Votes(self.db)
+        self.assistants = Assistants(self.db)
+        self.knowledge = Knowledge(self.db)
+        self.embedder = Embedder.of_cluster(self.client.cluster)
         self.reply_slots = ReplySlots(self.settings.max_concurrent_replies, self.settings.max_waiting_replies)
         self.live = LiveReplies()
 

@@ -14,6 +14,83 @@ export interface ModelEntry {
   name: string;
   description: string | null;
   link: string | null;
+  label?: string; // what a picker shows, where it is not the name (an assistant: its name, the name its id)
+}
+
+export interface AssistantEntry {
+  id: string;
+  name: string;
+  description: string;
+  base_model: string;
+  starters: string[];
+  temperature: number | null;
+  top_p: number | null;
+  max_tokens: number | null;
+  knowledge: string[];
+  available: boolean;
+}
+
+/** What an assistant is made of (what create and update take). */
+export interface AssistantSpec {
+  name: string;
+  description: string;
+  base_model: string;
+  system_prompt: string;
+  temperature: number | null;
+  top_p: number | null;
+  max_tokens: number | null;
+  starters: string[];
+  shared: boolean;
+  in_battles: boolean;
+  collections: string[];
+  top_k: number;
+  min_score: number;
+}
+
+export interface Assistant extends AssistantSpec {
+  id: string;
+  owner: string;
+  writable: boolean;
+  collection_names: string[];
+  created_at: string;
+  updated_at: string;
+}
+
+export interface Collection {
+  id: string;
+  name: string;
+  description: string;
+  shared: boolean;
+  owner: string;
+  embedding_model: string;
+  dimensions: number | null;
+  documents: number;
+  chunks: number;
+  writable: boolean;
+  created_at: string;
+}
+
+export interface KnowledgeDocument {
+  id: number;
+  collection_id: string;
+  filename: string;
+  media_type: string;
+  size_bytes: number;
+  pages: number | null;
+  chunk_count: number;
+  created_at: string;
+}
+
+/** A chunk of knowledge a reply was given, cited as [n]. */
+export interface Source {
+  n: number;
+  filename: string;
+  page: number | null;
+  heading: string | null;
+  text: string;
+  score: number | null;
+  document_id: number;
+  collection_id: string;
 }
 
 export interface Parameters {
@@ -35,6 +112,7 @@ export interface Message {
   completion_tokens: number | null;
   latency_s: number | null;
   versions: number[];
+  sources?: Source[] | null;
 }
 
 export interface ConversationSummary {
@@ -44,6 +122,8 @@ export interface ConversationSummary {
   mode: string;
   created_at: string;
   updated_at: string;
+  assistant_id?: string | null;
+  assistant_name?: string | null;
 }
 
 export interface Conversation extends ConversationSummary {
@@ -165,8 +245,85 @@ export class Api {
     return s;
   }
 
-  models(): Promise<{ models: ModelEntry[]; reachable: boolean }> {
+  models(): Promise<{ models: ModelEntry[]; reachable: boolean; assistants: AssistantEntry[] }> {
     return this.call("GET", "/models");
+  }
+
+  assistants(): Promise<{ assistants: Assistant[] }> {
+    return this.call("GET", "/assistants");
+  }
+
+  createAssistant(spec: AssistantSpec): Promise<Assistant> {
+    return this.call("POST", "/assistants", spec);
+  }
+
+  updateAssistant(id: string, spec: AssistantSpec): Promise<Assistant> {
+    return this.call("PUT", `/assistants/${encodeURIComponent(id)}`, spec);
+  }
+
+  duplicateAssistant(id: string): Promise<Assistant> {
+    return this.call("POST", `/assistants/${encodeURIComponent(id)}/duplicate`);
+  }
+
+  deleteAssistant(id: string): Promise<void> {
+    return this.call("DELETE", `/assistants/${encodeURIComponent(id)}`);
+  }
+
+  assistantExportUrl(id: string): string {
+    return `/api/assistants/${encodeURIComponent(id)}/export`;
+  }
+
+  collections(): Promise<{ collections: Collection[] }> {
+    return this.call("GET", "/collections");
+  }
+
+  createCollection(name: string, description: string, shared: boolean): Promise<Collection> {
+    return this.call("POST", "/collections", { name, description, shared });
+  }
+
+  changeCollection(id: string, change: { name?: string; description?: string; shared?: boolean }): Promise<Collection> {
+    return this.call("PATCH", `/collections/${encodeURIComponent(id)}`, change);
+  }
+
+  deleteCollection(id: string): Promise<void> {
+    return this.call("DELETE", `/collections/${encodeURIComponent(id)}`);
+  }
+
+  documents(id: string): Promise<{ documents: KnowledgeDocument[] }> {
+    return this.call("GET", `/collections/${encodeURIComponent(id)}/documents`);
+  }
+
+  deleteDocument(id: number): Promise<void> {
+    return this.call("DELETE", `/documents/${id}`);
+  }
+
+  searchCollection(id: string, query: string): Promise<{ sources: Source[] }> {
+    return this.call("POST", `/collections/${encodeURIComponent(id)}/search`, { query });
+  }
+
+  /** Upload a file as the request's body; `progress(fraction)` while it is sent (then the server indexes it). */
+  upload(id: string, file: File, progress: (fraction: number) => void): Promise<KnowledgeDocument> {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", `/api/collections/${encodeURIComponent(id)}/documents?filename=${encodeURIComponent(file.name)}`);
+      xhr.setRequestHeader("X-CSRF-Token", this.csrf);
+      xhr.setRequestHeader("Content-Type", "application/octet-stream");
+      xhr.upload.onprogress = (e) => {
+        if (e.lengthComputable) progress(e.loaded / e.total);
+      };
+      xhr.onload = () => {
+        let body: any = null;
+        try {
+          body = JSON.parse(xhr.responseText);
+        } catch {
+          // not JSON: the status says what happened
+        }
+        if (xhr.status >= 200 && xhr.status < 300) resolve(body as KnowledgeDocument);
+        else reject(new ApiError(xhr.status, body?.error?.message ?? `${xhr.status} ${xhr.statusText}`, body?.error?.code ?? null));
+      };
+      xhr.onerror = () => reject(new ApiError(0, "the upload failed: the server could not be reached"));
+      xhr.send(file);
+    });
   }
 
   conversations(q = ""): Promise<{ conversations: ConversationSummary[] }> {

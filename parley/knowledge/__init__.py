@@ -1,0 +1,1 @@
+"""Knowledge for assistants: documents parsed, split into chunks by tokens, embedded and searched."""
