@@ -104,5 +104,8 @@ def start_worker(controller: Server, *extra: str, names: str, echo: bool = False
 
 
 def start_api(controller: Server, *extra: str, env: dict | None = None) -> Server:
+    """An API of `controller`; its assistants come from the database that `--db-url` names, else from a fresh
+    data home's default database (never the user's own)."""
+    env = {"PARLEY_DATA_DIR": tempfile.mkdtemp(prefix="parley-data-"), **(env or {})}
     server = Server("api", "--controller-address", controller.url, *extra, env=env, secret=controller.secret)
     return server.wait_until(lambda: httpx.get(server.url + "/health", timeout=1).status_code == 200, "API")

@@ -215,8 +215,8 @@ def run_add(args) -> int:
             raise ParleyError(f"{path}: no such file")
         media_type(path.name)  # an unsupported type fails before anything is embedded
 
-    async def work(embedder) -> int:
-        failed = 0
+    async def work(embedder) -> list[str]:
+        failed: list[str] = []
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       transient=False) as progress:
             overall = progress.add_task(f"{collection.name}: documents", total=len(args.files))
@@ -230,8 +230,8 @@ def run_add(args) -> int:
                     document = await ingest(knowledge, embedder, user.id, collection.id, path.name,
                                             path.read_bytes(), report)
                 except ParleyError as exc:
-                    failed += 1
-                    progress.update(task, description=f"  {path.name}: [red]failed[/]: {exc}")
+                    failed.append(f"{path}: {exc}")
+                    progress.update(task, description=f"  {path.name}: [red]failed[/]")
                     continue
                 progress.update(task, description=f"  {path.name}: {document.chunk_count} chunks"
                                 + (f", {document.pages} pages" if document.pages else ""))
@@ -239,8 +239,10 @@ def run_add(args) -> int:
         return failed
 
     failed = asyncio.run(_with_embedder(args, work))
+    for line in failed:
+        print(line, file=sys.stderr)
     if failed:
-        print(f"{failed} of {len(args.files)} files failed", file=sys.stderr)
+        print(f"{len(failed)} of {len(args.files)} files failed", file=sys.stderr)
         return 1
     return 0
 

@@ -167,24 +167,23 @@ def last_question(messages: list[dict]) -> str:
 
 
 def with_assistant(messages: list[dict], assistant: AssistantView, sources: list[Source]) -> list[dict]:
-    """The conversation as the base model gets it: the assistant's system prompt first (a system message of the
-    request's own follows it), and the sources, numbered, with the last question."""
-    system = [m for m in messages if m.get("role") == "system"]
-    turns = [dict(m) for m in messages if m.get("role") != "system"]
-    prompt = "\n\n".join(p for p in [assistant.system_prompt, *(m.get("content") or "" for m in system)] if p)
-    if sources:
-        for m in reversed(turns):
-            if m.get("role") == "user":
-                m["content"] = sources_prompt(sources) + "\n\nQuestion: " + m["content"]
-                break
+    """The conversation as the base model gets it: one system message (the assistant's system prompt, then a system
+    message of the request's own, then the sources, numbered) and the turns as they are. (The sources go in the
+    system message: the bundled 135M model answered from them there, and repeated them when they came with the
+    question.)"""
+    system = [m.get("content") or "" for m in messages if m.get("role") == "system"]
+    turns = [m for m in messages if m.get("role") != "system"]
+    parts = [assistant.system_prompt, *system, sources_prompt(sources) if sources else ""]
+    prompt = "\n\n".join(p for p in parts if p)
     return ([{"role": "system", "content": prompt}] if prompt else []) + turns
 
 
 async def ground(knowledge: Knowledge | None, embedder: Embedder | None, user_id: int, assistant: AssistantView,
-                 messages: list[dict]) -> tuple[list[dict], list[Source]]:
-    """An assistant applied to a conversation: the messages for its base model, and the sources they cite."""
-    sources: list[Source] = []
+                 messages: list[dict]) -> tuple[list[dict], list[Source] | None]:
+    """An assistant applied to a conversation: the messages for its base model, and the sources they cite (None:
+    the assistant has no knowledge)."""
+    sources: list[Source] | None = None
     if assistant.collections and knowledge is not None and embedder is not None:
         sources = await retrieve(knowledge, embedder, user_id, assistant.collections, last_question(messages),
                                  assistant.top_k, assistant.min_score)
-    return with_assistant(messages, assistant, sources), sources
+    return with_assistant(messages, assistant, sources or []), sources

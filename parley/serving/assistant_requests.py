@@ -54,8 +54,9 @@ class AssistantRequests:
             raise APIError(404, f"The model '{assistant_id}' does not exist", code="model_not_found",
                            param="model") from None
 
-    async def apply(self, body: ChatCompletionRequest) -> tuple[ChatCompletionRequest, list[Source]]:
-        """The request for the assistant's base model, and the sources its last question retrieved."""
+    async def apply(self, body: ChatCompletionRequest) -> tuple[ChatCompletionRequest, list[Source] | None]:
+        """The request for the assistant's base model, and the sources its last question retrieved (None: the
+        assistant has no knowledge)."""
         assistant = await self.get(body.model)
         user = await self.user()
         try:

@@ -136,6 +136,8 @@ class OpenAIServing:
             body, sources = await self.assistants.apply(body)
         except ClusterError as exc:  # the embedding model could not be reached
             raise api_error(exc) from None
+        if sources is None:
+            return body, None
         return body, [SourceOut(**s.model_dump(include=set(SourceOut.model_fields))) for s in sources]
 
     # -- the shared path -----------------------------------------------------------------

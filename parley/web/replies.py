@@ -55,7 +55,7 @@ class StreamedReply:
         user = await asyncio.to_thread(services.accounts.by_id, self._user_id)
         assistant = await asyncio.to_thread(services.assistants.get, user, self.model)
         messages, sources = await ground(services.knowledge, services.embedder, self._user_id, assistant, messages)
-        if sources:
+        if sources is not None:
             self.sources = [s.model_dump() for s in sources]
             self._save(finish_reason=INCOMPLETE)
         return assistant.base_model, messages
