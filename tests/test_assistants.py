@@ -161,7 +161,8 @@ def test_knowledge_commands_refuse_clearly(stack):
     assert result.returncode != 0 and "not a supported document type" in result.stderr
     down = run_parley("knowledge", "add", "Mixed", str(stack["pdf"]), "--controller-address", "http://127.0.0.1:9",
                       "--db-url", stack["db_url"])
-    assert down.returncode != 0 and f"{stack['pdf']}: the controller at http://127.0.0.1:9 is unreachable" in down.stderr
+    unreachable = f"{stack['pdf']}: the controller at http://127.0.0.1:9 is unreachable"
+    assert down.returncode != 0 and unreachable in down.stderr
     listed = run_parley("knowledge", "documents", "Mixed", "--db-url", stack["db_url"])
     assert listed.returncode == 0 and listed.stdout == ""  # the failed adds left nothing behind
     parley(stack, "knowledge", "add", "Mixed", str(stack["pdf"]), "--controller-address", stack["controller"].url)

@@ -16,7 +16,7 @@ from parley.store.accounts import Accounts
 from parley.store.conversations import NotFound
 from parley.store.database import Database
 from parley.store.knowledge import Knowledge, KnowledgeError
-from tests.knowledge_files import HTML, MARKDOWN, PAGES, docx_bytes, pdf_bytes
+from tests.knowledge_files import HTML, MARKDOWN, docx_bytes, pdf_bytes
 from tests.postgres import PostgresServer, postgres_bin
 
 MINILM = "all-minilm-l6-v2"

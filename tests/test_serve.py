@@ -48,7 +48,8 @@ def test_serve_answers_through_the_sdk_stops_on_sigterm_and_restarts_at_once(tmp
     proc = start_serve(log, *ports)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{api_port}/v1", api_key="none", max_retries=0)
     assert f"http://127.0.0.1:{api_port}/v1" in log.read_text()
-    [model] = [m.id for m in client.models.list()]
+    model = "smollm2-135m-instruct"  # and the bundled embedding model, for knowledge
+    assert {m.id for m in client.models.list()} == {model, "all-minilm-l6-v2"}
     reply = client.chat.completions.create(model=model, temperature=0, max_tokens=24,
                                            messages=[{"role": "user", "content": "What is the capital of France?"}])
     assert "Paris" in reply.choices[0].message.content
@@ -95,7 +96,8 @@ def test_serve_restarts_a_worker_killed_with_sigkill_while_the_rest_keeps_servin
                messages=[{"role": "user", "content": "What is the capital of France?"}])
     try:
         assert client.chat.completions.create(**ask).choices[0].message.content
-        [worker] = [c for c in psutil.Process(proc.pid).children() if "worker" in c.cmdline()]
+        [worker] = [c for c in psutil.Process(proc.pid).children()
+                    if "worker" in c.cmdline() and "smollm2-135m-instruct" in c.cmdline()]
         pid = worker.pid
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
@@ -156,7 +158,7 @@ def test_serve_passes_secrets_to_its_children_in_their_environment_never_on_the_
                            "--api-keys-file", str(tmp_path / "keys"), "--db-url-file", str(tmp_path / "db-url"))
         try:
             children = children_of(proc.pid)
-            assert len(children) >= 4  # controller, worker, API, web UI
+            assert len(children) >= 5  # controller, chat and embedding workers, API, web UI
             for pid in [proc.pid, *children]:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
                 assert key not in argv and password not in argv and "sk-second" not in argv, argv

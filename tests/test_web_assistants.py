@@ -185,6 +185,12 @@ def test_two_users_see_neither_each_others_assistants_nor_knowledge(stack, brows
         assert carol.call("GET", f"/collections/{collection['id']}").json()["documents"] == 1
         found = carol.call("POST", f"/collections/{collection['id']}/search", json={"query": "Heron Cottage noise"})
         assert found.json()["sources"][0]["page"] == 2
+        assert dave.call("POST", f"/collections/{collection['id']}/reindex", json={}).status_code == 404
+        again = carol.call("POST", f"/collections/{collection['id']}/reindex", json={})
+        assert again.status_code == 200 and again.json()["chunks"] == 3
+        other = carol.call("POST", f"/collections/{collection['id']}/reindex", json={"embedding_model": "nomodel"})
+        assert other.status_code == 404 and "nomodel" in other.json()["error"]["message"]
+        assert carol.call("GET", f"/collections/{collection['id']}").json()["embedding_model"] == "all-minilm-l6-v2"
         assert page.errors == []
     finally:
         web.stop()
@@ -207,4 +213,16 @@ def test_an_assistant_takes_a_side_in_the_arena(stack):
     assert "You are a soil and water engineer." in body  # the assistant's side got its role (the echo shows it)
     missing = client.call("POST", "/arena/battles", json={"models": ["asst_nosuchassistant", "echo-model"]})
     assert missing.status_code == 404
+    # an admin puts a shared assistant into anonymous battles: the draw takes it beside the models
+    judged = client.call("POST", "/assistants", json={
+        "name": "Judged expert", "base_model": "echo-model", "shared": True, "in_battles": True}).json()
+    drawn = set()
+    for _ in range(30):
+        sides = client.call("POST", "/arena/battles", json={"models": None}).json()["sides"]
+        assert all(side["model"] is None for side in sides)  # hidden until the vote
+        drawn |= {c.model for c in stored(stack.db_url, Conversation, Conversation.id.in_(
+            [side["conversation_id"] for side in sides]))}
+        if judged["id"] in drawn:
+            break
+    assert judged["id"] in drawn and assistant["id"] not in drawn  # only those an admin put in
     assert httpx.get(stack.url + "health").status_code == 200

@@ -35,13 +35,13 @@ from parley.serving.openai_schemas import (
     ModelList,
 )
 from parley.serving.openai_serving import OpenAIServing
-from parley.store.database import Database
 from parley.serving.request_limits import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_SEND_TIMEOUT_S,
     BodySizeLimit,
     SendTimeout,
 )
+from parley.store.database import Database
 
 log = logging.getLogger("parley.api")
 

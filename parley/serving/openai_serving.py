@@ -128,7 +128,8 @@ class OpenAIServing:
             raise APIError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
         return ModelCard(id=model_id)
 
-    async def _with_assistant(self, body: ChatCompletionRequest) -> tuple[ChatCompletionRequest, list[SourceOut] | None]:
+    async def _with_assistant(self, body: ChatCompletionRequest
+                              ) -> tuple[ChatCompletionRequest, list[SourceOut] | None]:
         """A request to an assistant, as its base model gets it, and the sources it cites (None: no assistant)."""
         if self.assistants is None or not is_assistant_id(body.model):
             return body, None

@@ -301,8 +301,10 @@ class Knowledge:
             if not ids:
                 return []
             if self.db.is_sqlite:
+                # CROSS JOIN keeps the full-text match as the outer loop (SQLite's planner would otherwise walk the
+                # collection's chunks and run the MATCH once for each: 190 ms instead of a few at 1,500 chunks).
                 query = text("SELECT chunks.id, -bm25(chunks_fts) AS score FROM chunks_fts "
-                             "JOIN chunks ON chunks.id = chunks_fts.rowid "
+                             "CROSS JOIN chunks ON chunks.id = chunks_fts.rowid "
                              "WHERE chunks_fts MATCH :q AND chunks.collection_id IN :ids ORDER BY score DESC LIMIT :n")
                 q = " OR ".join('"' + t.replace('"', "") + '"' for t in terms)
             else:

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from parley.errors import ParleyError
 from parley.serving.api_errors import APIError
+from parley.store.assistants import is_assistant_id
 from parley.store.conversations import (
     ConversationSummary,
     ConversationView,
@@ -27,7 +28,6 @@ from parley.store.conversations import (
     NotFound,
 )
 from parley.store.models import User
-from parley.store.assistants import is_assistant_id
 from parley.web.api_schemas import (
     AssistantEntry,
     ConversationChange,

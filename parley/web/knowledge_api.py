@@ -14,7 +14,7 @@ import logging
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from parley.knowledge.grounding import Source, ingest, retrieve
+from parley.knowledge.grounding import Source, ingest, reindex, retrieve
 from parley.knowledge.parsing import DocumentError
 from parley.serving.api_errors import APIError
 from parley.serving.cluster_errors import ClusterError
@@ -52,6 +52,11 @@ class CollectionList(BaseModel):
 
 class DocumentList(BaseModel):
     documents: list[DocumentView]
+
+
+class ReindexIn(BaseModel):
+    model_config = {"extra": "forbid"}
+    embedding_model: str | None = Field(None, min_length=1, max_length=200)  # None: this server's (--embedding-model)
 
 
 class SearchIn(BaseModel):
@@ -194,6 +199,19 @@ def build_knowledge_router() -> APIRouter:
         log.info("user %s added %s (%d chunks) to collection %s", user.username, filename, document.chunk_count,
                  collection_id)
         return document
+
+    @router.post("/collections/{collection_id}/reindex", response_model=CollectionView)
+    async def reindex_collection(collection_id: str, body: ReindexIn, request: Request,
+                                 user: User = Depends(current_user)) -> CollectionView:
+        """Embed every chunk again (with another embedding model, or the same one after it changed)."""
+        services = _services(request)
+        model = body.embedding_model or services.settings.embedding_model
+        if not model:
+            raise APIError(400, "name the embedding model (this server has none)", param="embedding_model")
+        try:
+            return await reindex(services.knowledge, services.embedder, user.id, collection_id, model)
+        except (NotFound, KnowledgeError, ClusterError) as exc:
+            raise _refusals(exc) from None
 
     @router.delete("/documents/{document_id}", status_code=204)
     async def delete_document(document_id: int, request: Request, user: User = Depends(current_user)) -> None:

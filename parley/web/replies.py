@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 from parley.knowledge.grounding import ground
 from parley.serving.cluster_errors import ClusterError
 from parley.store.assistants import is_assistant_id
-from parley.store.knowledge import KnowledgeError
 from parley.store.conversations import (
     FAILED,
     INCOMPLETE,
     STOPPED,
     NotFound,
 )
+from parley.store.knowledge import KnowledgeError
 from parley.web.model_client import ReplyParams, ReplyProgress
 from parley.web.reply_slots import Busy
 

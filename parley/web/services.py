@@ -11,8 +11,8 @@ from parley.knowledge.grounding import Embedder
 from parley.store.accounts import Accounts
 from parley.store.assistants import Assistants
 from parley.store.conversations import Conversations
-from parley.store.knowledge import Knowledge
 from parley.store.database import Database
+from parley.store.knowledge import Knowledge
 from parley.store.models import User
 from parley.store.votes import Votes
 from parley.web.live_replies import LiveReplies

@@ -297,6 +297,10 @@ export class Api {
     return this.call("DELETE", `/documents/${id}`);
   }
 
+  reindexCollection(id: string): Promise<Collection> {
+    return this.call("POST", `/collections/${encodeURIComponent(id)}/reindex`, {});
+  }
+
   searchCollection(id: string, query: string): Promise<{ sources: Source[] }> {
     return this.call("POST", `/collections/${encodeURIComponent(id)}/search`, { query });
   }
