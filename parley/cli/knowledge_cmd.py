@@ -128,6 +128,16 @@ def _store(args):
     return db, user
 
 
+def _knowledge(args):
+    """The knowledge store, the user acted for, and the collection `args.collection` names (if it names one)."""
+    from parley.store.knowledge import Knowledge
+
+    db, user = _store(args)
+    knowledge = Knowledge(db)
+    collection = _collection(knowledge, user, args.collection) if getattr(args, "collection", None) else None
+    return knowledge, user, collection
+
+
 def _collection(knowledge, user, id_or_name: str):
     from parley.store.conversations import NotFound
 
@@ -205,11 +215,7 @@ def run_add(args) -> int:
 
     from parley.knowledge.grounding import ingest
     from parley.knowledge.parsing import media_type
-    from parley.store.knowledge import Knowledge
-
-    db, user = _store(args)
-    knowledge = Knowledge(db)
-    collection = _collection(knowledge, user, args.collection)
+    knowledge, user, collection = _knowledge(args)
     for path in args.files:
         if not path.is_file():
             raise ParleyError(f"{path}: no such file")
@@ -249,11 +255,7 @@ def run_add(args) -> int:
 
 @_refused
 def run_documents(args) -> int:
-    from parley.store.knowledge import Knowledge
-
-    db, user = _store(args)
-    knowledge = Knowledge(db)
-    collection = _collection(knowledge, user, args.collection)
+    knowledge, user, collection = _knowledge(args)
     for d in knowledge.documents(user.id, collection.id):
         pages = f"{d.pages} pages, " if d.pages else ""
         print(f"{d.id}\t{d.filename}\t{pages}{d.chunk_count} chunks\t{d.size_bytes} bytes")
@@ -262,11 +264,7 @@ def run_documents(args) -> int:
 
 @_refused
 def run_remove(args) -> int:
-    from parley.store.knowledge import Knowledge
-
-    db, user = _store(args)
-    knowledge = Knowledge(db)
-    collection = _collection(knowledge, user, args.collection)
+    knowledge, user, collection = _knowledge(args)
     if args.document_id not in {d.id for d in knowledge.documents(user.id, collection.id)}:
         raise ParleyError(f"collection {collection.name!r} has no document {args.document_id}")
     knowledge.delete_document(user.id, args.document_id)
@@ -277,11 +275,7 @@ def run_remove(args) -> int:
 @_refused
 def run_search(args) -> int:
     from parley.knowledge.grounding import retrieve
-    from parley.store.knowledge import Knowledge
-
-    db, user = _store(args)
-    knowledge = Knowledge(db)
-    collection = _collection(knowledge, user, args.collection)
+    knowledge, user, collection = _knowledge(args)
 
     async def work(embedder):
         return await retrieve(knowledge, embedder, user.id, [collection.id], args.query, args.top_k, args.min_score,
@@ -298,11 +292,7 @@ def run_reindex(args) -> int:
     from rich.progress import Progress
 
     from parley.knowledge.grounding import reindex
-    from parley.store.knowledge import Knowledge
-
-    db, user = _store(args)
-    knowledge = Knowledge(db)
-    collection = _collection(knowledge, user, args.collection)
+    knowledge, user, collection = _knowledge(args)
 
     async def work(embedder):
         with Progress() as progress:
@@ -317,11 +307,7 @@ def run_reindex(args) -> int:
 
 @_refused
 def run_delete(args) -> int:
-    from parley.store.knowledge import Knowledge
-
-    db, user = _store(args)
-    knowledge = Knowledge(db)
-    collection = _collection(knowledge, user, args.collection)
+    knowledge, user, collection = _knowledge(args)
     knowledge.delete_collection(user.id, collection.id)
     print(f"deleted {collection.name}")
     return 0

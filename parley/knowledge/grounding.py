@@ -10,36 +10,29 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel
 
 from parley.knowledge.chunking import CHUNK_TOKENS, chunk_sections, token_spans
 from parley.knowledge.parsing import parse
 from parley.serving.cluster_client import ClusterClient
+from parley.serving.openai_schemas import SourceOut
 from parley.store.assistants import AssistantView
+from parley.store.conversations import NotFound
 from parley.store.knowledge import DocumentView, Knowledge
 
 EMBED_BATCH = 32
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 SEARCH_MODES = ("hybrid", "vector", "keyword")
+SYSTEM_ROLES = ("system", "developer")  # OpenAI's newer name for the system message
 SOURCES_HEADER = ("Answer using the numbered sources below. Cite each source you use by its number in brackets, "
                   "like [1]. If the sources do not hold the answer, say that you do not know.")
 
 
-class Source(BaseModel):
-    """A retrieved chunk as a reply cites it: `[n]`."""
+class Source(SourceOut):
+    """A retrieved chunk as a reply cites it, `[n]`: what the API sends (SourceOut), and the chunk's id."""
 
-    n: int
     chunk_id: int
-    document_id: int
-    collection_id: str
-    filename: str
-    page: int | None = None
-    heading: str | None = None
-    text: str
-    score: float | None = None  # cosine similarity to the question
 
     def label(self) -> str:
         where = self.filename + (f", page {self.page}" if self.page else "")
@@ -60,6 +53,8 @@ class Embedder:
         return cls(batch)
 
     async def embed(self, model: str, texts: list[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
         vectors: list[list[float]] = []
         for start in range(0, len(texts), EMBED_BATCH):
             vectors += await self._batch(model, texts[start:start + EMBED_BATCH])
@@ -68,19 +63,11 @@ class Embedder:
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
 
 
-@dataclass
-class Ingested:
-    document: DocumentView
-    chunks: int
-
-
 async def ingest(knowledge: Knowledge, embedder: Embedder, user_id: int, collection_id: str, filename: str,
                  data: bytes, progress: Callable[[str, int, int], None] | None = None) -> DocumentView:
     """Parse, chunk, embed and store one document. `progress(stage, done, total)`: "parsed", then "embedded"."""
     collection = await asyncio.to_thread(knowledge.get_collection, user_id, collection_id)
-    if not collection.writable:
-        from parley.store.conversations import NotFound
-
+    if not collection.writable:  # shared with the user, not theirs to change
         raise NotFound("collection")
     parsed = await asyncio.to_thread(parse, filename, data)
     chunks = await asyncio.to_thread(chunk_sections, parsed.sections)
@@ -171,8 +158,8 @@ def with_assistant(messages: list[dict], assistant: AssistantView, sources: list
     message of the request's own, then the sources, numbered) and the turns as they are. (The sources go in the
     system message: the bundled 135M model answered from them there, and repeated them when they came with the
     question.)"""
-    system = [m.get("content") or "" for m in messages if m.get("role") == "system"]
-    turns = [m for m in messages if m.get("role") != "system"]
+    system = [m.get("content") or "" for m in messages if m.get("role") in SYSTEM_ROLES]
+    turns = [m for m in messages if m.get("role") not in SYSTEM_ROLES]
     parts = [assistant.system_prompt, *system, sources_prompt(sources) if sources else ""]
     prompt = "\n\n".join(p for p in parts if p)
     return ([{"role": "system", "content": prompt}] if prompt else []) + turns

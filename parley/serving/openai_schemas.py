@@ -375,7 +375,7 @@ class SourceOut(BaseModel):
     page: int | None = None
     heading: str | None = None
     text: str
-    score: float | None = None
+    score: float | None = None  # cosine similarity to the question
     document_id: int
     collection_id: str
 
