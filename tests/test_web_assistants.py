@@ -107,9 +107,11 @@ def test_an_assistant_made_in_the_browser_answers_from_an_uploaded_pdf_and_cites
         assert axe_violations(page) == []
         page.goto(stack.url + "app/#/assistants")
         page.wait_for_selector("li.card")
+        page.screenshot(path=str(SHOTS / "app-assistants.png"))
         assert axe_violations(page) == []
         page.goto(stack.url + "app/#/knowledge")
         page.wait_for_selector("table.documents")
+        page.screenshot(path=str(SHOTS / "app-knowledge.png"))
         assert axe_violations(page) == []
     assert page.errors == []
 
