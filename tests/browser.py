@@ -28,7 +28,10 @@ CLUSTER_SECRET = "web-ui-test-cluster-secret-0123"
 
 
 class Stack:
-    def __init__(self, tmp: Path):
+    """`parley serve` with the bundled chat model (and, with `embeddings`, the bundled embedding model that knowledge
+    needs: it doubles the start-up, so only the tests of knowledge ask for it), plus an echo worker."""
+
+    def __init__(self, tmp: Path, embeddings: bool = False):
         self.db_url = f"sqlite:///{tmp / 'parley.db'}"
         self.data_home = tmp / "data"  # the leaderboard file and anything else of the user's data home
         self.web_port, self.controller_port = free_port(), free_port()
@@ -37,7 +40,8 @@ class Stack:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "parley", "serve", "--port", str(free_port()),
                  "--controller-port", str(self.controller_port), "--worker-port", str(free_port()),
-                 "--web-port", str(self.web_port), "--db-url", self.db_url], cwd=REPO, stdout=out,
+                 "--web-port", str(self.web_port), "--db-url", self.db_url,
+                 *([] if embeddings else ["--embedding-model", "none"])], cwd=REPO, stdout=out,
                 stderr=subprocess.STDOUT, text=True,
                 env={**os.environ, "PARLEY_DATA_DIR": str(self.data_home), "PARLEY_CLUSTER_SECRET": CLUSTER_SECRET})
         deadline = time.monotonic() + 300
@@ -50,7 +54,7 @@ class Stack:
         self.controller.secret = CLUSTER_SECRET
         self.controller.headers = {"Authorization": f"Bearer {CLUSTER_SECRET}"}
         self.echo = start_worker(self.controller, names="echo-model", echo=True, delay_s=0.01)
-        assert set(models_at(self.controller)) == {MODEL, "echo-model", EMBEDDING_MODEL}
+        assert set(models_at(self.controller)) == {MODEL, "echo-model"} | ({EMBEDDING_MODEL} if embeddings else set())
 
     def stop(self) -> None:
         self.echo.stop()

@@ -34,7 +34,7 @@ QUESTION = "What is the phosphorus discharge limit for the Kestrel Lake treatmen
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("web-assistants"))
+    s = Stack(tmp_path_factory.mktemp("web-assistants"), embeddings=True)
     yield s
     s.stop()
 
