@@ -108,8 +108,8 @@ async def retrieve(knowledge: Knowledge, embedder: Embedder, user_id: int, colle
     keyword mode has none)."""
     if mode not in SEARCH_MODES:
         raise ValueError(f"mode is one of {SEARCH_MODES}")
-    ids = await asyncio.to_thread(knowledge.visible_ids, user_id, collection_ids)
-    if not ids or not question.strip():
+    by_model = await asyncio.to_thread(knowledge.searchable, user_id, collection_ids)
+    if not by_model or not question.strip():
         return []
     spans = token_spans(question)
     if len(spans) > CHUNK_TOKENS:  # an embedding model's window is short: the question's start stands for it
@@ -118,7 +118,7 @@ async def retrieve(knowledge: Knowledge, embedder: Embedder, user_id: int, colle
     rankings: list[list[int]] = []
     similarity: dict[int, float] = {}
     if mode != "keyword":
-        for model, cids in (await asyncio.to_thread(knowledge.embedding_models, ids)).items():
+        for model, cids in by_model.items():
             vector = (await embedder.embed(model, [question]))[0]
             found = await asyncio.to_thread(knowledge.vector_search, user_id, cids, model, vector, pool)
             similarity.update(found)
@@ -129,6 +129,7 @@ async def retrieve(knowledge: Knowledge, embedder: Embedder, user_id: int, colle
                 missing = [i for i, _ in hits if i not in similarity]
                 similarity.update(await asyncio.to_thread(knowledge.similarities, missing, vector))
     else:
+        ids = [cid for cids in by_model.values() for cid in cids]
         hits = await asyncio.to_thread(knowledge.keyword_search, user_id, ids, question, pool)
         rankings.append([i for i, _ in hits])
     order = fuse(rankings)
@@ -165,12 +166,12 @@ def with_assistant(messages: list[dict], assistant: AssistantView, sources: list
     return ([{"role": "system", "content": prompt}] if prompt else []) + turns
 
 
-async def ground(knowledge: Knowledge | None, embedder: Embedder | None, user_id: int, assistant: AssistantView,
+async def ground(knowledge: Knowledge, embedder: Embedder, user_id: int, assistant: AssistantView,
                  messages: list[dict]) -> tuple[list[dict], list[Source] | None]:
     """An assistant applied to a conversation: the messages for its base model, and the sources they cite (None:
     the assistant has no knowledge)."""
     sources: list[Source] | None = None
-    if assistant.collections and knowledge is not None and embedder is not None:
+    if assistant.collections:
         sources = await retrieve(knowledge, embedder, user_id, assistant.collections, last_question(messages),
                                  assistant.top_k, assistant.min_score)
     return with_assistant(messages, assistant, sources or []), sources

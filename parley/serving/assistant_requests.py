@@ -47,9 +47,9 @@ class AssistantRequests:
         return [ModelCard(id=a.id, owned_by=a.owner, name=a.name, description=a.description, base_model=a.base_model)
                 for a in found]
 
-    async def get(self, assistant_id: str) -> AssistantView:
+    async def get(self, assistant_id: str, user: User | None = None) -> AssistantView:
         try:
-            return await asyncio.to_thread(self.assistants.get, await self.user(), assistant_id)
+            return await asyncio.to_thread(self.assistants.get, user or await self.user(), assistant_id)
         except NotFound:
             raise APIError(404, f"The model '{assistant_id}' does not exist", code="model_not_found",
                            param="model") from None
@@ -57,8 +57,8 @@ class AssistantRequests:
     async def apply(self, body: ChatCompletionRequest) -> tuple[ChatCompletionRequest, list[Source] | None]:
         """The request for the assistant's base model, and the sources its last question retrieved (None: the
         assistant has no knowledge)."""
-        assistant = await self.get(body.model)
         user = await self.user()
+        assistant = await self.get(body.model, user)
         try:
             messages, sources = await ground(self.knowledge, self.embedder, user.id, assistant,
                                              [_message_dict(m) for m in body.messages])

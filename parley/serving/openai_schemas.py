@@ -269,27 +269,6 @@ class UsageInfo(BaseModel):
         self.total_tokens = self.prompt_tokens + self.completion_tokens
 
 
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    owned_by: str = "parley"
-    # parley's extension, for assistants only (omitted for plain models): what the picker of a client shows.
-    name: str | None = None
-    description: str | None = None
-    base_model: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _omitting(self, handler):
-        return {k: v for k, v in handler(self).items() if v is not None or k not in ("name", "description",
-                                                                                     "base_model")}
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
 # -- responses: what the API answers, as OpenAI's types ------------------------------------------
 
 
@@ -305,6 +284,24 @@ class _Response(BaseModel):
             if data.get(name) is None:
                 data.pop(name, None)
         return data
+
+
+class ModelCard(_Response):
+    # parley's extension, for assistants only (omitted for plain models): what the picker of a client shows.
+    _omit_if_none = frozenset({"name", "description", "base_model"})
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "parley"
+    name: str | None = None
+    description: str | None = None
+    base_model: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
 
 
 class ErrorDetail(BaseModel):
@@ -380,18 +377,12 @@ class SourceOut(BaseModel):
     collection_id: str
 
 
-class _WithSources(BaseModel):
+class _WithSources(_Response):
     """`sources`: parley's extension for replies of an assistant with knowledge; absent otherwise, so that OpenAI's
     clients see exactly OpenAI's shape (the openai SDK keeps it in `model_extra`)."""
 
+    _omit_if_none = frozenset({"sources"})
     sources: list[SourceOut] | None = None
-
-    @model_serializer(mode="wrap")
-    def _omitting_sources(self, handler):
-        data = handler(self)
-        if data.get("sources") is None:
-            data.pop("sources", None)
-        return data
 
 
 class ChatCompletion(_WithSources, _Generated):

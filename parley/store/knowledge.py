@@ -14,7 +14,7 @@ from datetime import datetime
 
 import numpy as np
 from pydantic import BaseModel
-from sqlalchemy import bindparam, delete, func, or_, select, text, update
+from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from parley.errors import ParleyError
@@ -162,23 +162,15 @@ class Knowledge:
 
     def delete_collection(self, user_id: int, collection_id: str) -> None:
         with self.db.session() as s:
-            c = self._get(s, user_id, collection_id, owned=True)
-            s.execute(delete(Chunk).where(Chunk.collection_id == c.id))
-            s.delete(c)
+            s.delete(self._get(s, user_id, collection_id, owned=True))  # its documents and chunks go by cascade
 
-    def visible_ids(self, user_id: int, collection_ids: Sequence[str]) -> list[str]:
-        """Those of the collections that the user may search."""
+    def searchable(self, user_id: int, collection_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Those of the collections that the user may search, by the model that embedded them."""
         if not collection_ids:
-            return []
-        with self.db.session() as s:
-            return list(s.scalars(select(Collection.id).where(Collection.id.in_(list(collection_ids)),
-                                                              self._visible(user_id))))
-
-    def embedding_models(self, collection_ids: Sequence[str]) -> dict[str, list[str]]:
-        """The collections by the model that embedded them."""
+            return {}
         with self.db.session() as s:
             rows = s.execute(select(Collection.id, Collection.embedding_model)
-                             .where(Collection.id.in_(list(collection_ids)))).all()
+                             .where(Collection.id.in_(list(collection_ids)), self._visible(user_id))).all()
         by_model: dict[str, list[str]] = {}
         for cid, model in rows:
             by_model.setdefault(model, []).append(cid)
@@ -191,16 +183,6 @@ class Knowledge:
             c = self._get(s, user_id, collection_id)
             found = s.scalars(select(Document).where(Document.collection_id == c.id).order_by(Document.id)).all()
             return [DocumentView.model_validate(d, from_attributes=True) for d in found]
-
-    def check_embedding_model(self, user_id: int, collection_id: str, model: str) -> CollectionView:
-        """The collection, which the user may add to, refused unless `model` is the one that embedded it."""
-        view = self.get_collection(user_id, collection_id)
-        if not view.writable:
-            raise NotFound("collection")  # shared with the user, but not theirs to change
-        if view.embedding_model != model:
-            raise KnowledgeError(f"collection {view.name!r} is embedded by {view.embedding_model!r}, not {model!r}: "
-                                 f"re-index it to change its model")
-        return view
 
     def add_document(self, user_id: int, collection_id: str, filename: str, media_type: str, size_bytes: int,
                      sha256: str, pages: int | None, chunks: list[TextChunk], vectors: np.ndarray,
@@ -233,8 +215,7 @@ class Knowledge:
             if d is None:
                 raise NotFound("document")
             self._get(s, user_id, d.collection_id, owned=True)
-            s.execute(delete(Chunk).where(Chunk.document_id == d.id))
-            s.delete(d)
+            s.delete(d)  # its chunks go by cascade (and their full-text rows by the triggers, on SQLite)
 
     # -- re-indexing ------------------------------------------------------------------------------
 

@@ -66,11 +66,9 @@ class EmbeddingVector(TypeDecorator):
             return None
         import numpy as np
 
-        if isinstance(value, (bytes, memoryview)):
+        if isinstance(value, (bytes, memoryview)):  # SQLite
             return np.frombuffer(bytes(value), dtype=np.float32)
-        if isinstance(value, str):
-            return np.asarray([float(x) for x in value.strip("[]").split(",") if x], dtype=np.float32)
-        return np.asarray(value, dtype=np.float32)
+        return np.asarray(value, dtype=np.float32)  # pgvector's type gives an array
 
 
 # The full-text index of the chunks lives outside these classes, made by migration 0005 for each database: an FTS5
