@@ -1,4 +1,5 @@
-"""The store's tables: users, conversations, messages, votes, feedback, assistants and knowledge (SQLAlchemy 2).
+"""The store's tables: users, conversations, messages, votes, feedback, assistants, knowledge, API keys, usage
+and the counters behind rate limits (SQLAlchemy 2).
 
 The schema is created and changed only by the Alembic migrations in `parley/store/migrations`;
 these classes must match them (a test compares the two).
@@ -84,6 +85,20 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(255))  # None: the local user (no login)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # active | pending (signed up, awaiting an admin's approval) | disabled (by an admin)
+    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    # Raised when the password changes or the account is disabled: sessions signed in before are void.
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The OpenID Connect identity the account signs in with (None: a password account).
+    oidc_issuer: Mapped[str | None] = mapped_column(String(500))
+    oidc_subject: Mapped[str | None] = mapped_column(String(255))
+    # Limits on the user's use of models, web replies and API keys together (None: no limit).
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    token_budget: Mapped[int | None] = mapped_column(Integer)
+    budget_period: Mapped[str | None] = mapped_column(String(8))  # day | month
+    __table_args__ = (UniqueConstraint("oidc_issuer", "oidc_subject", name="uq_users_oidc_identity"),)
 
 
 class Conversation(Base):
@@ -235,3 +250,55 @@ class Chunk(Base):
     heading: Mapped[str | None] = mapped_column(String(500))  # the section it is in
     token_count: Mapped[int] = mapped_column(Integer)
     embedding: Mapped[object | None] = mapped_column(EmbeddingVector)
+
+
+def api_key_id() -> str:
+    return "key_" + uuid.uuid4().hex[:20]
+
+
+class ApiKey(Base):
+    """A user's key to the OpenAI API. Only the SHA-256 of the secret is kept (the secret is shown once)."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=api_key_id)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(24))  # the secret's first characters, to recognise it by
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    token_budget: Mapped[int | None] = mapped_column(Integer)
+    budget_period: Mapped[str | None] = mapped_column(String(8))  # day | month
+    models: Mapped[list | None] = mapped_column(JSON)  # the models and assistants it may use (None: all)
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class UsageRecord(Base):
+    """One request through the API, or one web reply: who, with which key and model, how many tokens, how long."""
+
+    __tablename__ = "usage"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), index=True)
+    source: Mapped[str] = mapped_column(String(8))  # api | web
+    endpoint: Mapped[str] = mapped_column(String(64))  # e.g. /v1/chat/completions, or web
+    model: Mapped[str] = mapped_column(String(200))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    status: Mapped[int] = mapped_column(Integer)  # the HTTP status the client got
+
+
+class LimitCounter(Base):
+    """Requests and tokens of one scope (a key, a user, a sign-in name or address) in one window of time; the
+    rate limits of every API and web process read and add to the same rows."""
+
+    __tablename__ = "limit_counters"
+    scope: Mapped[str] = mapped_column(String(200), primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(32), primary_key=True)  # the window of time, e.g. m29449440
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[int] = mapped_column(Integer, index=True)  # epoch seconds when the window ends

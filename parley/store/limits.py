@@ -1,0 +1,198 @@
+"""Rate limits and token budgets, counted in the database so that every API and web process shares them.
+
+A scope (an API key, a user, a sign-in name or address) has a counter row per window of time: requests and tokens
+in the current minute, tokens in the current day or month. A request is admitted by incrementing its scopes'
+minute counters in one transaction, which the database serializes: 50 requests at once against a limit of 10
+admit exactly 10. Tokens are known when a reply ends; the usage writer adds them (parley.store.usage), so a
+tokens-per-minute limit or a budget refuses the requests after the one that crossed it, as OpenAI's do.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from parley.store.database import Database
+from parley.store.models import LimitCounter
+
+BudgetPeriod = Literal["day", "month"]
+
+
+class Limits(BaseModel):
+    """What a key or a user may use (None: no limit)."""
+
+    rpm: int | None = Field(None, ge=1, description="requests per minute")
+    tpm: int | None = Field(None, ge=1, description="tokens (prompt + completion) per minute")
+    token_budget: int | None = Field(None, ge=1, description="tokens per budget period")
+    budget_period: BudgetPeriod | None = Field(None, description="day or month (UTC); default month")
+
+    @model_validator(mode="after")
+    def _period(self) -> Limits:
+        if self.token_budget is not None and self.budget_period is None:
+            self.budget_period = "month"
+        return self
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.rpm, self.tpm, self.token_budget))
+
+    @classmethod
+    def of(cls, row) -> Limits:
+        """The limits stored on a User or ApiKey row."""
+        return cls(rpm=row.rpm, tpm=row.tpm, token_budget=row.token_budget, budget_period=row.budget_period)
+
+    def describe(self) -> str:
+        parts = [f"{self.rpm} requests/min" if self.rpm else "", f"{self.tpm} tokens/min" if self.tpm else "",
+                 f"{self.token_budget} tokens/{self.budget_period}" if self.token_budget else ""]
+        return ", ".join(p for p in parts if p) or "none"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What one set of limits applies to: `name` is its counters' key (key:ID, user:ID), `label` how an error names it."""
+
+    name: str
+    label: str
+    limits: Limits
+
+
+class LimitExceeded(Exception):
+    """A limit is reached: a 429 with Retry-After; `quota` is a spent budget (OpenAI's insufficient_quota)."""
+
+    def __init__(self, message: str, retry_after_s: int, quota: bool = False):
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = max(1, retry_after_s)
+        self.quota = quota
+
+
+def minute_bucket(now: float) -> tuple[str, int]:
+    start = int(now // 60) * 60
+    return f"m{start // 60}", start + 60
+
+
+def window_bucket(now: float, seconds: int) -> tuple[str, int]:
+    start = int(now // seconds) * seconds
+    return f"w{seconds}:{start // seconds}", start + seconds
+
+
+def period_bucket(now: float, period: BudgetPeriod) -> tuple[str, int]:
+    day = datetime.fromtimestamp(now, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return f"d{day:%Y-%m-%d}", int((day + timedelta(days=1)).timestamp())
+    first = day.replace(day=1)
+    following = (first + timedelta(days=32)).replace(day=1)
+    return f"M{first:%Y-%m}", int(following.timestamp())
+
+
+def _insert(session: Session):
+    if session.bind.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def add(session: Session, scope: str, bucket: str, expires_at: int, requests: int = 0, tokens: int = 0) -> tuple[int, int]:
+    """Add to a counter (created at zero) and return its new (requests, tokens): one atomic statement."""
+    insert = _insert(session)
+    statement = insert(LimitCounter).values(scope=scope, bucket=bucket, requests=requests, tokens=tokens,
+                                            expires_at=expires_at)
+    statement = statement.on_conflict_do_update(
+        index_elements=["scope", "bucket"],
+        set_={"requests": LimitCounter.requests + requests, "tokens": LimitCounter.tokens + tokens},
+    ).returning(LimitCounter.requests, LimitCounter.tokens)
+    row = session.execute(statement).one()
+    return row[0], row[1]
+
+
+def _tokens(session: Session, scope: str, bucket: str) -> int:
+    return session.scalar(select(LimitCounter.tokens).where(LimitCounter.scope == scope,
+                                                            LimitCounter.bucket == bucket)) or 0
+
+
+class Counters:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def admit(self, scopes: list[Scope], now: float | None = None) -> None:
+        """Count one request against each scope's limits, or raise LimitExceeded (and count nothing)."""
+        scopes = [s for s in scopes if s.limits.any]
+        if not scopes:
+            return
+        now = time.time() if now is None else now
+        minute, minute_ends = minute_bucket(now)
+        with self.db.session() as s:
+            # Writes first: on SQLite a transaction that read before its first write can fail at once (not wait)
+            # when another process wrote in between.
+            for scope in scopes:
+                if scope.limits.rpm is not None:
+                    requests, _ = add(s, scope.name, minute, minute_ends, requests=1)
+                    if requests > scope.limits.rpm:
+                        raise LimitExceeded(
+                            f"Rate limit reached for {scope.label}: {scope.limits.rpm} requests per minute. "
+                            f"Try again in {int(minute_ends - now) + 1} s.", int(minute_ends - now) + 1)
+            for scope in scopes:
+                limits = scope.limits
+                if limits.token_budget is not None:
+                    bucket, ends = period_bucket(now, limits.budget_period or "month")
+                    if _tokens(s, scope.name, bucket) >= limits.token_budget:
+                        raise LimitExceeded(
+                            f"You exceeded the token budget of {scope.label}: {limits.token_budget} tokens per "
+                            f"{limits.budget_period}. It renews in {_duration(ends - now)}.", int(ends - now) + 1,
+                            quota=True)
+                if limits.tpm is not None and _tokens(s, scope.name, minute) >= limits.tpm:
+                    raise LimitExceeded(
+                        f"Rate limit reached for {scope.label}: {limits.tpm} tokens per minute. "
+                        f"Try again in {int(minute_ends - now) + 1} s.", int(minute_ends - now) + 1)
+
+    @staticmethod
+    def charge(session: Session, scopes: list[Scope], tokens: int, now: float) -> None:
+        """Add a finished request's tokens to the counters its scopes' limits read (in the caller's transaction)."""
+        if tokens <= 0:
+            return
+        for scope in scopes:
+            if scope.limits.tpm is not None:
+                bucket, ends = minute_bucket(now)
+                add(session, scope.name, bucket, ends, tokens=tokens)
+            if scope.limits.token_budget is not None:
+                bucket, ends = period_bucket(now, scope.limits.budget_period or "month")
+                add(session, scope.name, bucket, ends, tokens=tokens)
+
+    def hit(self, scope: str, limit: int, window_s: int, now: float | None = None) -> int | None:
+        """Count one event (a sign-in attempt) in a window of `window_s`; past `limit`, the seconds to wait."""
+        now = time.time() if now is None else now
+        bucket, ends = window_bucket(now, window_s)
+        with self.db.session() as s:
+            requests, _ = add(s, scope, bucket, ends, requests=1)
+        return int(ends - now) + 1 if requests > limit else None
+
+    def used(self, scope: Scope, now: float | None = None) -> dict[str, int]:
+        """What a scope has used in its current windows: requests and tokens this minute, tokens this period."""
+        now = time.time() if now is None else now
+        minute, _ = minute_bucket(now)
+        with self.db.session() as s:
+            row = s.get(LimitCounter, (scope.name, minute))
+            period = period_bucket(now, scope.limits.budget_period or "month")[0]
+            return {"requests_this_minute": row.requests if row else 0, "tokens_this_minute": row.tokens if row else 0,
+                    "tokens_this_period": _tokens(s, scope.name, period)}
+
+    @staticmethod
+    def purge(session: Session, now: float) -> None:
+        """Drop counters whose window ended over an hour ago."""
+        session.execute(delete(LimitCounter).where(LimitCounter.expires_at < int(now) - 3600))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 86400:
+        return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{max(seconds, 1) // 60} min {seconds % 60} s" if seconds >= 60 else f"{max(seconds, 1)} s"
