@@ -26,6 +26,8 @@ TEST_INSTALLED := $(VENV)/.installed-test
 # The web app (web/: Svelte + Vite, packages from npm by the committed lock file) is built into the Python
 # package (parley/web/dist), rebuilt when its sources change; `pip install` users get it built, without Node.
 WEB_MODULES := web/node_modules/.package-lock.json
+# The tests' OpenID Connect provider (panva's oidc-provider, from npm by its committed lock file).
+OIDC_MODULES := tests/oidc_provider/node_modules/.package-lock.json
 WEB_DIST := parley/web/dist/index.html
 WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/vite.config.ts web/package.json
 
@@ -61,6 +63,10 @@ $(WEB_MODULES): web/package.json web/package-lock.json
 	cd web && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+$(OIDC_MODULES): tests/oidc_provider/package.json tests/oidc_provider/package-lock.json
+	cd tests/oidc_provider && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 $(WEB_DIST): $(WEB_MODULES) $(WEB_SOURCES)
 	cd web && npm run --silent build -- --logLevel warn
 
@@ -73,14 +79,14 @@ chat: $(INSTALLED)
 	$(BIN)/parley chat --style rich
 
 # PARLEY_REQUIRE_TEST_EXTRAS: the FastChat parity tests fail, rather than skip, if fschat is missing.
-test: $(TEST_INSTALLED) $(WEB_DIST) test-web
+test: $(TEST_INSTALLED) $(WEB_DIST) $(OIDC_MODULES) test-web
 	PARLEY_REQUIRE_TEST_EXTRAS=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The web app's unit tests (Vitest).
 test-web: $(WEB_MODULES)
 	cd web && npx vitest run --silent
 
-test-slow: $(TEST_INSTALLED)
+test-slow: $(TEST_INSTALLED) $(OIDC_MODULES)
 	PARLEY_REQUIRE_TEST_EXTRAS=1 $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 bench: $(INSTALLED)
@@ -90,4 +96,4 @@ bench: $(INSTALLED)
 	$(BIN)/python benchmarks/judge_throughput.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info parley/web/dist web/node_modules
+	rm -rf $(VENV) build *.egg-info parley/web/dist web/node_modules tests/oidc_provider/node_modules
