@@ -63,13 +63,16 @@ class Scope:
 
 
 class LimitExceeded(Exception):
-    """A limit is reached: a 429 with Retry-After; `quota` is a spent budget (OpenAI's insufficient_quota)."""
+    """A limit is reached: a 429 with Retry-After; `quota` is a spent budget (OpenAI's insufficient_quota);
+    `kind` says which rate was reached, "requests" or "tokens" (OpenAI's error type for a rate limit)."""
 
-    def __init__(self, message: str, retry_after_s: int, quota: bool = False):
+    def __init__(self, message: str, retry_after_s: int, quota: bool = False,
+                 kind: Literal["requests", "tokens"] = "requests"):
         super().__init__(message)
         self.message = message
         self.retry_after_s = max(1, retry_after_s)
         self.quota = quota
+        self.kind = kind
 
 
 def minute_bucket(now: float) -> tuple[str, int]:
@@ -146,11 +149,11 @@ class Counters:
                         raise LimitExceeded(
                             f"You exceeded the token budget of {scope.label}: {limits.token_budget} tokens per "
                             f"{limits.budget_period}. It renews in {_duration(ends - now)}.", int(ends - now) + 1,
-                            quota=True)
+                            quota=True, kind="tokens")
                 if limits.tpm is not None and _tokens(s, scope.name, minute) >= limits.tpm:
                     raise LimitExceeded(
                         f"Rate limit reached for {scope.label}: {limits.tpm} tokens per minute. "
-                        f"Try again in {int(minute_ends - now) + 1} s.", int(minute_ends - now) + 1)
+                        f"Try again in {int(minute_ends - now) + 1} s.", int(minute_ends - now) + 1, kind="tokens")
 
     @staticmethod
     def charge(session: Session, scopes: list[Scope], tokens: int, now: float) -> None:

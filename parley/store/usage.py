@@ -19,7 +19,7 @@ from datetime import date, datetime, timezone
 from typing import Literal
 
 from pydantic import BaseModel
-from sqlalchemy import Date, case, cast, func, select
+from sqlalchemy import Date, String, case, cast, func, select
 
 from parley.store.database import Database
 from parley.store.limits import Counters, Scope
@@ -83,7 +83,9 @@ class Usage:
                 until: date | None = None) -> list[UsageRow]:
         """Sums grouped by any of user, key, model and day (an empty `by`: one total row), over one user's usage
         (None: everyone's), from `since` to `until` (UTC days, both included)."""
-        day = cast(UsageRecord.created_at, Date)
+        # The UTC day: SQLite's date() reads the stored ISO text; PostgreSQL casts in the session's time zone (UTC).
+        day = (func.date(UsageRecord.created_at, type_=String) if self.db.is_sqlite
+               else cast(func.timezone("UTC", UsageRecord.created_at), Date))
         columns = {"user": User.username, "key": ApiKey.name, "key_id": UsageRecord.key_id, "model": UsageRecord.model,
                    "day": day}
         wanted = [g for g in GROUPS if g in by] + (["key_id"] if "key" in by else [])
@@ -142,6 +144,7 @@ class UsageRecorder:
         self.batch = batch
         self._queue: asyncio.Queue[UsageEvent] = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
         self.written = 0
 
     def record(self, event: UsageEvent) -> None:
@@ -154,8 +157,9 @@ class UsageRecorder:
         stopping = False
         while not stopping:
             events = [await self._queue.get()]
-            if events[0] is not None:
-                await asyncio.sleep(self.flush_interval_s)  # let a burst gather into one transaction
+            if events[0] is not None:  # let a burst gather into one transaction (a stop ends the wait)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.flush_interval_s)
             while not self._queue.empty() and len(events) < self.batch:
                 events.append(self._queue.get_nowait())
             stopping = None in events
@@ -179,6 +183,7 @@ class UsageRecorder:
         if self._task is None:
             return
         self._queue.put_nowait(None)  # type: ignore[arg-type] - the writer stops when it reaches it
+        self._stopping.set()
         try:
             await self._task
         finally:
