@@ -18,6 +18,7 @@ from parley.cli import (
     eval_cmd,
     knowledge_cmd,
     serve_cmd,
+    team_cmd,
     test_message_cmd,
     train_cmd,
     web_cmd,
@@ -26,7 +27,7 @@ from parley.cli import (
 from parley.errors import ParleyError
 
 SUBCOMMANDS = (chat_cmd, controller_cmd, worker_cmd, api_cmd, test_message_cmd, serve_cmd, bench_cmd, eval_cmd, db_cmd, web_cmd,
-               train_cmd, data_cmd, knowledge_cmd)
+               train_cmd, data_cmd, knowledge_cmd, team_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
