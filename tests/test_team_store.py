@@ -184,3 +184,13 @@ def test_the_recorder_writes_off_the_request_path_and_loses_nothing_on_stop(db):
     total = Usage(db).summary([], user_id=user.id)[0]
     assert total.requests == 200 and total.prompt_tokens == sum(range(200))
     assert Counters(db).used(scope, now)["tokens_this_minute"] == sum(range(200)) + 200
+
+
+def test_a_users_own_usage_does_not_name_the_models_of_anonymous_battles(db):
+    user = Accounts(db).create("otto", PASSWORD)
+    usage = Usage(db)
+    usage.write([UsageEvent("web", "arena-anonymous", "secret-model-a", 200, 5.0, 3, 4, user.id),
+                 UsageEvent("web", "web", "plain-model", 200, 5.0, 1, 1, user.id)])
+    own = {r.model: r.total_tokens for r in usage.summary(["model"], user.id, hide_battle_models=True)}
+    assert own == {"(anonymous battle)": 7, "plain-model": 2}
+    assert {r.model for r in usage.summary(["model"], user.id)} == {"secret-model-a", "plain-model"}  # an admin's view

@@ -12,8 +12,11 @@ from parley.cli.secret_args import (
     cluster_secret,
     db_url,
 )
+from parley.errors import ParleyError
+from parley.secret_files import read_secret
 
 log = logging.getLogger("parley.web")
+OIDC_SECRET_ENV = "PARLEY_OIDC_CLIENT_SECRET"
 
 
 def add_parser(sub) -> None:
@@ -24,6 +27,21 @@ def add_parser(sub) -> None:
     add_db_url_arguments(p)
     p.add_argument("--auth", action="store_true",
                    help="require login (accounts: `parley db create-user`); without it everyone is the local user")
+    p.add_argument("--signup", choices=("closed", "open", "approval"), default="closed",
+                   help="with --auth, who may make an account on the sign-in page: nobody, admins make them "
+                        "(closed, the default); anyone (open); anyone, active once an admin approves it (approval). "
+                        "The same holds for a first sign-in through OpenID Connect")
+    p.add_argument("--session-hours", type=float, default=14 * 24,
+                   help="with --auth, how long a sign-in lasts (default: 336, 14 days)")
+    p.add_argument("--oidc-issuer", default=None, metavar="URL",
+                   help="with --auth, sign-in through this OpenID Connect provider too (its discovery document is "
+                        "URL/.well-known/openid-configuration; register URL-of-this-server/api/oidc/callback as "
+                        "the client's redirect URI there)")
+    p.add_argument("--oidc-client-id", default=None, help="parley's client id at the OpenID Connect provider")
+    p.add_argument("--oidc-client-secret-file", default=None, metavar="PATH",
+                   help=f"file holding the client's secret (default: ${OIDC_SECRET_ENV})")
+    p.add_argument("--oidc-name", default="single sign-on",
+                   help='the provider\'s name on the sign-in button, e.g. "Keycloak" (default: %(default)s)')
     p.add_argument("--battle-weights", default=None,
                    help="MODEL=WEIGHT,... for drawing battle pairs (default: every model weight 1; 0 leaves one out)")
     p.add_argument("--model-info", type=Path, default=None,
@@ -52,6 +70,27 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run, default_log_level="INFO")
 
 
+def oidc_settings(args: argparse.Namespace):
+    """The OpenID Connect settings the flags give (None without --oidc-issuer)."""
+    from parley.web.services import OIDCSettings
+
+    if not args.oidc_issuer:
+        if args.oidc_client_id or args.oidc_client_secret_file:
+            raise ParleyError("--oidc-client-id and --oidc-client-secret-file need --oidc-issuer")
+        return None
+    if not args.auth:
+        raise ParleyError("--oidc-issuer needs --auth (without it there are no sign-ins)")
+    if not args.oidc_issuer.startswith(("https://", "http://")):
+        raise ParleyError(f"--oidc-issuer is a URL (https://...), not {args.oidc_issuer!r}")
+    if not args.oidc_client_id:
+        raise ParleyError("--oidc-issuer needs --oidc-client-id")
+    secret = read_secret(args.oidc_client_secret_file, OIDC_SECRET_ENV, "OpenID Connect client secret")
+    if secret is None:
+        raise ParleyError(f"--oidc-issuer needs the client's secret: --oidc-client-secret-file or ${OIDC_SECRET_ENV}")
+    return OIDCSettings(issuer=args.oidc_issuer, client_id=args.oidc_client_id, client_secret=secret,
+                        name=args.oidc_name)
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -64,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and not args.auth:
         log.warning("serving on %s without --auth: everyone who can reach it shares one user and its history",
                     args.host)
+    if args.signup != "closed" and not args.auth:
+        raise ParleyError("--signup needs --auth (without it everyone is the local user)")
+    if args.session_hours <= 0:
+        raise ParleyError("--session-hours must be more than 0")
     settings = WebSettings(
         controller_address=args.controller_address, cluster_secret=cluster_secret(args), db_url=db_url(args), host=args.host, port=args.port,
         auth=args.auth, battle_weights=parse_weights(args.battle_weights), model_info_file=args.model_info,
@@ -71,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         leaderboard_file=args.leaderboard_file, leaderboard_interval_s=args.leaderboard_interval,
         mt_bench_judgments=args.mt_bench_judgments, max_concurrent_replies=args.max_concurrent_replies,
         max_waiting_replies=args.max_waiting_replies,
-        embedding_model=None if args.embedding_model.lower() == "none" else args.embedding_model)
+        embedding_model=None if args.embedding_model.lower() == "none" else args.embedding_model,
+        signup=args.signup, session_hours=args.session_hours, oidc=oidc_settings(args))
     if args.log_level != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)
     app = create_app(settings)

@@ -28,6 +28,10 @@ from parley.store.models import ApiKey, UsageRecord, User
 log = logging.getLogger("parley.usage")
 
 GroupBy = Literal["user", "key", "model", "day"]
+# The endpoint of an anonymous Arena battle's replies: a user's own usage shows their model as HIDDEN_MODEL, so
+# that it cannot tell them which models they are comparing before they vote.
+ANONYMOUS_BATTLE = "arena-anonymous"
+HIDDEN_MODEL = "(anonymous battle)"
 GROUPS: tuple[str, ...] = ("user", "key", "model", "day")
 
 
@@ -80,14 +84,16 @@ class Usage:
             Counters.purge(s, time.time())
 
     def summary(self, by: list[str], user_id: int | None = None, since: date | None = None,
-                until: date | None = None) -> list[UsageRow]:
+                until: date | None = None, hide_battle_models: bool = False) -> list[UsageRow]:
         """Sums grouped by any of user, key, model and day (an empty `by`: one total row), over one user's usage
-        (None: everyone's), from `since` to `until` (UTC days, both included)."""
+        (None: everyone's), from `since` to `until` (UTC days, both included). `hide_battle_models`: anonymous
+        battles' replies are summed under HIDDEN_MODEL (what a user sees of their own usage)."""
         # The UTC day: SQLite's date() reads the stored ISO text; PostgreSQL casts in the session's time zone (UTC).
         day = (func.date(UsageRecord.created_at, type_=String) if self.db.is_sqlite
                else cast(func.timezone("UTC", UsageRecord.created_at), Date))
-        columns = {"user": User.username, "key": ApiKey.name, "key_id": UsageRecord.key_id, "model": UsageRecord.model,
-                   "day": day}
+        model = (case((UsageRecord.endpoint == ANONYMOUS_BATTLE, HIDDEN_MODEL), else_=UsageRecord.model)
+                 if hide_battle_models else UsageRecord.model)
+        columns = {"user": User.username, "key": ApiKey.name, "key_id": UsageRecord.key_id, "model": model, "day": day}
         wanted = [g for g in GROUPS if g in by] + (["key_id"] if "key" in by else [])
         total = UsageRecord.prompt_tokens + UsageRecord.completion_tokens
         query = (select(*(columns[g].label(g) for g in wanted), func.count().label("requests"),

@@ -6,11 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from parley.store.accounts import SignupPolicy, Status, UserView
+from parley.store.api_keys import KeySpec
 from parley.store.conversations import (
     ConversationSummary,
     ConversationView,
     MessageView,
 )
+from parley.store.limits import Limits
 from parley.web.model_client import ReplyParams
 
 
@@ -18,16 +21,68 @@ class Closed(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class OIDCInfo(Closed):
+    name: str  # the sign-in button's label ("Sign in with <name>"); the button links to GET /api/oidc/login
+
+
 class SessionInfo(Closed):
     signed_in: bool
     username: str | None = None
+    user_id: int | None = None
     is_admin: bool = False
     auth: bool  # whether this server asks for a login (`parley web --auth`)
     csrf_token: str  # send it back as the X-CSRF-Token header with every request that changes something
+    signup: SignupPolicy = "closed"  # whether the sign-in page offers to make an account (and if it needs approval)
+    oidc: OIDCInfo | None = None  # None: no sign-in through an OpenID Connect provider
 
 
 class LoginRequest(Closed):
     username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class SignupRequest(Closed):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class SignupResult(Closed):
+    status: Literal["active", "pending"]  # pending: an admin approves the account before it can sign in
+    session: SessionInfo  # signed in when active
+
+
+class AccountView(UserView):
+    """The signed-in user, with what their limits have counted so far."""
+
+    used: dict[str, int]  # requests_this_minute, tokens_this_minute, tokens_this_period
+
+
+class PasswordChange(Closed):
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=1, max_length=1024)
+
+
+class NewKeyRequest(KeySpec):
+    """POST /api/account/keys: a KeySpec (name, limits, models), nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NewUser(Closed):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+    is_admin: bool = False
+
+
+class UserChange(Closed):
+    """An admin's change to an account; the fields left out stay as they are."""
+
+    status: Status | None = None  # active approves a pending account (or enables a disabled one)
+    is_admin: bool | None = None
+    limits: Limits | None = None  # replaces all of them: {} removes every limit
+
+
+class PasswordReset(Closed):
     password: str = Field(min_length=1, max_length=1024)
 
 
@@ -187,7 +242,8 @@ class Stopped(Closed):
 
 ExportFormat = Literal["json", "markdown"]
 
-__all__ = ["ArenaMessage", "BattleSide", "BattleView", "BattleVote", "ConversationChange", "ConversationList",
+__all__ = ["AccountView", "NewKeyRequest", "NewUser", "OIDCInfo", "PasswordChange", "PasswordReset",
+           "SignupRequest", "SignupResult", "UserChange", "ArenaMessage", "BattleSide", "BattleView", "BattleVote", "ConversationChange", "ConversationList",
            "ConversationView", "EditMessage", "ExportFormat", "FeedbackIn", "FeedbackSaved", "LeaderboardRow", "LeaderboardView", "LoginRequest", "MTBenchCategories", "AssistantEntry", "ModelEntry", "ModelList", "NewBattle",
            "NewConversation", "ReplyEnded", "ReplyOptions", "ReplyStarted", "ReplyText", "SendMessage", "SessionInfo",
            "SideEvent", "Stopped", "SwitchVersion", "TurnEnded"]

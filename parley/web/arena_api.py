@@ -30,7 +30,7 @@ from parley.web.api_schemas import (
     TurnEnded,
 )
 from parley.web.arena import pick_pair
-from parley.web.json_api import _services, _sse, current_user, start_reply, stored_reply
+from parley.web.json_api import _services, _sse, admit_reply, current_user, start_reply, stored_reply
 from parley.web.services import WebServices
 from parley.web.user_input import check_input
 
@@ -139,7 +139,9 @@ def build_arena_router() -> APIRouter:
                 services.live.release(cid)
             raise APIError(409, "the replies are still being written: stop them or wait", code="reply_in_progress")
         try:
-            started = [await start_reply(services, user, c.id, body.content, c.model, body.parameters) for c in sides]
+            await admit_reply(services, user, "arena")  # a round counts once against the user's limits
+            started = [await start_reply(services, user, c.id, body.content, c.model, body.parameters, admitted=True)
+                       for c in sides]
         finally:
             for cid in claimed:
                 services.live.release(cid)

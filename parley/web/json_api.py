@@ -1,10 +1,13 @@
 """The web app's JSON API under /api: the session, the live model list, conversations and their replies.
 
 Every route acts for the signed-in user (the one local user without `--auth`) and sees only that
-user's conversations, as the store does. Requests that change something carry the session's CSRF
-token in the X-CSRF-Token header. Errors are rendered as the OpenAI API renders them. A reply streams
-as server-sent events: `started` (what was stored), `text` (each piece as it is written) and `ended`
-(the reply as stored); it is written by a task of its own, so a page that goes away loses nothing."""
+user's conversations, as the store does. A session holds the user's id, the account's session version
+(raised by a password change or reset and by disabling the account, which ends every session signed in
+before) and when it signed in (a sign-in lasts `--session-hours`); each request checks all three. Requests
+that change something carry the session's CSRF token in the X-CSRF-Token header. Errors are rendered as the
+OpenAI API renders them. A reply streams as server-sent events: `started` (what was stored), `text` (each
+piece as it is written) and `ended` (the reply as stored); it is written by a task of its own, so a page that
+goes away loses nothing. Each reply counts against the user's limits and is recorded as usage."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import asyncio
 import contextlib
 import hmac
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -20,6 +24,8 @@ from pydantic import BaseModel
 
 from parley.errors import ParleyError
 from parley.serving.api_errors import APIError
+from parley.store.accounts import SignupPolicy
+from parley.store.api_keys import user_scope
 from parley.store.assistants import is_assistant_id
 from parley.store.conversations import (
     ConversationSummary,
@@ -27,7 +33,9 @@ from parley.store.conversations import (
     MessageView,
     NotFound,
 )
+from parley.store.limits import LimitExceeded
 from parley.store.models import User
+from parley.store.usage import ANONYMOUS_BATTLE, UsageEvent
 from parley.web.api_schemas import (
     AssistantEntry,
     ConversationChange,
@@ -40,12 +48,15 @@ from parley.web.api_schemas import (
     ModelEntry,
     ModelList,
     NewConversation,
+    OIDCInfo,
     ReplyEnded,
     ReplyOptions,
     ReplyStarted,
     ReplyText,
     SendMessage,
     SessionInfo,
+    SignupRequest,
+    SignupResult,
     Stopped,
     SwitchVersion,
 )
@@ -55,8 +66,10 @@ from parley.web.replies import StreamedReply
 from parley.web.services import WebServices
 from parley.web.user_input import check_input
 
-SESSION_USER, SESSION_CSRF = "user", "csrf"
+SESSION_USER_ID, SESSION_VERSION, SESSION_SINCE, SESSION_CSRF = "user_id", "session_version", "signed_in_at", "csrf"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PENDING = "your account awaits an admin's approval"
+DISABLED = "this account is disabled: ask an admin"
 
 
 def _services(request: Request) -> WebServices:
@@ -81,15 +94,89 @@ async def check_csrf(request: Request) -> None:
                        type="permission_error", code="csrf_failed")
 
 
+def with_retry_after(error: APIError, seconds: int) -> APIError:
+    """The error with a Retry-After header (the error handler sends an APIError's `headers`)."""
+    error.headers = {"Retry-After": str(max(1, int(seconds)))}
+    return error
+
+
+def limit_error(exc: LimitExceeded) -> APIError:
+    """A limit reached, as the OpenAI API says it: 429 rate_limit_exceeded (type requests or tokens), or
+    insufficient_quota for a spent budget; with Retry-After."""
+    if exc.quota:
+        error = APIError(429, exc.message, type="insufficient_quota", code="insufficient_quota")
+    else:
+        kind = "tokens" if "tokens per minute" in exc.message else "requests"
+        error = APIError(429, exc.message, type=kind, code="rate_limit_exceeded")
+    return with_retry_after(error, exc.retry_after_s)
+
+
+def sign_in(request: Request, user: User) -> None:
+    """Start a new session for `user`: nothing of the session before it is kept (a CSRF token from before the
+    sign-in is not valid after it)."""
+    request.session.clear()
+    request.session.update({SESSION_USER_ID: user.id, SESSION_VERSION: user.session_version,
+                            SESSION_SINCE: int(time.time())})
+
+
+def _signed_out(request: Request) -> None:
+    for key in (SESSION_USER_ID, SESSION_VERSION, SESSION_SINCE):
+        request.session.pop(key, None)
+
+
 async def current_user(request: Request) -> User:
+    """The signed-in user: 401 when the session has none, or no longer holds (the account is not active, its
+    password changed or was reset since the sign-in, or the sign-in is older than --session-hours)."""
     services = _services(request)
     if not services.settings.auth:
         return await asyncio.to_thread(services.accounts.local_user)
-    username = request.session.get(SESSION_USER)
-    user = await asyncio.to_thread(services.accounts.get, username) if username else None
-    if user is None:
+    user_id = request.session.get(SESSION_USER_ID)
+    if not isinstance(user_id, int):
         raise APIError(401, "sign in first", type="authentication_error", code="not_signed_in")
+    user = await asyncio.to_thread(services.accounts.by_id, user_id)
+    age_s = time.time() - request.session.get(SESSION_SINCE, 0)
+    if (user is None or user.status != "active" or user.session_version != request.session.get(SESSION_VERSION)
+            or not 0 <= age_s < services.settings.session_hours * 3600):
+        _signed_out(request)
+        raise APIError(401, "your session has ended: sign in again", type="authentication_error",
+                       code="not_signed_in")
     return user
+
+
+def session_info(request: Request, user: User | None) -> SessionInfo:
+    settings = _services(request).settings
+    oidc = OIDCInfo(name=settings.oidc.name) if settings.auth and settings.oidc else None
+    signup: SignupPolicy = settings.signup if settings.auth else "closed"
+    if user is None:
+        return SessionInfo(signed_in=False, auth=settings.auth, csrf_token=_csrf_token(request), signup=signup,
+                           oidc=oidc)
+    return SessionInfo(signed_in=True, username=user.username, user_id=user.id, is_admin=user.is_admin,
+                       auth=settings.auth, csrf_token=_csrf_token(request), signup=signup, oidc=oidc)
+
+
+async def count_attempt(request: Request, what: str, username: str | None = None) -> None:
+    """Count a sign-in (`what` "login") or sign-up attempt against its username's window and its client address's:
+    429 too_many_attempts, with Retry-After, once either is past its limit. Every attempt counts, before the
+    password is looked at, so the answer is the same whether or not the username exists."""
+    services = _services(request)
+    settings = services.settings
+    address = request.client.host if request.client else "unknown"
+    windows = [(f"{what}:address:{address}", settings.login_attempts_per_address)]
+    if username is not None:
+        windows.append((f"{what}:name:{username.lower()}", settings.login_attempts_per_name))
+
+    def hit() -> int | None:
+        waits = [services.counters.hit(scope, limit, settings.login_window_s) for scope, limit in windows]
+        return max((w for w in waits if w is not None), default=None)
+
+    wait = await asyncio.to_thread(hit)
+    if wait is not None:
+        raise with_retry_after(APIError(429, f"too many attempts: try again in {_minutes(wait)}",
+                                        type="requests", code="too_many_attempts"), wait)
+
+
+def _minutes(seconds: int) -> str:
+    return f"{seconds} s" if seconds < 60 else f"{(seconds + 59) // 60} min"
 
 
 def _sse(event: str, data: BaseModel) -> str:
@@ -114,33 +201,60 @@ def build_router() -> APIRouter:
 
     @router.get("/session", response_model=SessionInfo)
     async def session(request: Request) -> SessionInfo:
-        services = _services(request)
-        token = _csrf_token(request)
         try:
             user = await current_user(request)
         except APIError:
-            return SessionInfo(signed_in=False, auth=True, csrf_token=token)
-        return SessionInfo(signed_in=True, username=user.username, is_admin=user.is_admin,
-                           auth=services.settings.auth, csrf_token=token)
+            user = None
+        return session_info(request, user)
 
     @router.post("/login", response_model=SessionInfo)
     async def login(body: LoginRequest, request: Request) -> SessionInfo:
+        """Sign in with a password. Wrong: 401, the same whether or not the username exists; too many attempts
+        for the username or from the address: 429; a pending or disabled account: 403 (said only to someone
+        who knows its password)."""
         services = _services(request)
         if not services.settings.auth:
             raise APIError(400, "this server has no logins (it runs without --auth)", code="no_auth")
+        await count_attempt(request, "login", body.username)
         user = await asyncio.to_thread(services.accounts.authenticate, body.username, body.password)
         if user is None:
             raise APIError(401, "wrong username or password", type="authentication_error", code="bad_credentials")
-        request.session.clear()  # a new session: a token from before the login is not valid after it
-        request.session[SESSION_USER] = user.username
-        return SessionInfo(signed_in=True, username=user.username, is_admin=user.is_admin, auth=True,
-                           csrf_token=_csrf_token(request))
+        if user.status == "pending":
+            raise APIError(403, PENDING, type="permission_error", code="account_pending")
+        if user.status != "active":
+            raise APIError(403, DISABLED, type="permission_error", code="account_disabled")
+        await asyncio.to_thread(services.accounts.signed_in, user.id)
+        sign_in(request, user)
+        return session_info(request, user)
+
+    @router.post("/signup", response_model=SignupResult, status_code=201)
+    async def signup(body: SignupRequest, request: Request) -> SignupResult:
+        """Make an account, as `--signup` allows: open (signed in at once), approval (pending until an admin
+        approves it) or closed (403)."""
+        services = _services(request)
+        policy = services.settings.signup
+        if not services.settings.auth:
+            raise APIError(400, "this server has no accounts (it runs without --auth)", code="no_auth")
+        if policy == "closed":
+            raise APIError(403, "sign-up is closed on this server: ask an admin for an account",
+                           type="permission_error", code="signup_closed")
+        await count_attempt(request, "signup")
+        try:
+            user = await asyncio.to_thread(services.accounts.sign_up, body.username, body.password, policy)
+        except ParleyError as exc:
+            raise APIError(400, str(exc), code="signup_refused") from None
+        if user.status != "active":
+            return SignupResult(status="pending", session=session_info(request, None))
+        await asyncio.to_thread(services.accounts.signed_in, user.id)
+        sign_in(request, user)
+        return SignupResult(status="active", session=session_info(request, user))
 
     @router.post("/logout", response_model=SessionInfo)
     async def logout(request: Request) -> SessionInfo:
         request.session.clear()
-        return SessionInfo(signed_in=not _services(request).settings.auth, auth=_services(request).settings.auth,
-                           csrf_token=_csrf_token(request))
+        if _services(request).settings.auth:
+            return session_info(request, None)
+        return session_info(request, await current_user(request))
 
     @router.get("/models", response_model=ModelList)
     async def models(request: Request, user: User = Depends(current_user)) -> ModelList:
@@ -347,13 +461,35 @@ async def _reply(services: WebServices, user: User, conversation_id: str, text: 
     return _stream(services, user, conversation_id, started, live)
 
 
-async def start_reply(services: WebServices, user: User, conversation_id: str, text: str | None, model: str,
-                      params: ReplyParams, edits: int | None = None,
-                      continuing: bool = False) -> tuple[ReplyStarted, LiveReply]:
-    """Store the user's message (None: regenerate the last reply; `edits`: as a new version of that question)
-    and an empty reply (`continuing`: reopen the last reply), and start writing the reply. The conversation
-    must be claimed (`claim`); the claim ends here, whatever happens."""
+async def admit_reply(services: WebServices, user: User, model: str) -> None:
+    """Count a reply against the user's own limits (requests and tokens per minute, token budget), which their
+    API keys count against too: a 429 as the API gives when over one, before anything is stored (the refusal
+    is recorded as usage with status 429)."""
+    scope = user_scope(user)
+    if not scope.limits.any:
+        return
     try:
+        await asyncio.to_thread(services.counters.admit, [scope])
+    except LimitExceeded as exc:
+        services.usage_recorder.record(UsageEvent(source="web", endpoint="web", model=model, status=429,
+                                                  latency_ms=0.0, user_id=user.id))
+        raise limit_error(exc) from None
+
+
+# What a web reply's usage is recorded under, by its conversation's mode.
+USAGE_ENDPOINTS = {"chat": "web", "side-by-side": "arena", "battle": ANONYMOUS_BATTLE}
+
+
+async def start_reply(services: WebServices, user: User, conversation_id: str, text: str | None, model: str,
+                      params: ReplyParams, edits: int | None = None, continuing: bool = False,
+                      admitted: bool = False) -> tuple[ReplyStarted, LiveReply]:
+    """Store the user's message (None: regenerate the last reply; `edits`: as a new version of that question)
+    and an empty reply (`continuing`: reopen the last reply), and start writing the reply. It is first counted
+    against the user's limits (`admit_reply`) unless the caller did (`admitted`: an Arena round counts once for
+    its sides). The conversation must be claimed (`claim`); the claim ends here, whatever happens."""
+    try:
+        if not admitted:
+            await admit_reply(services, user, model)
         return await _start_reply(services, user, conversation_id, text, model, params, edits, continuing)
     finally:
         services.live.release(conversation_id)
@@ -388,7 +524,10 @@ async def _start_reply(services: WebServices, user: User, conversation_id: str, 
                 async for so_far in texts:
                     grew(so_far)
         finally:
-            await streamed.save_final()
+            try:
+                await streamed.save_final()
+            finally:  # also for a reply stopped (or cut by shutdown) while it was being stored
+                services.usage_recorder.record(streamed.usage_event(user_scope(user), USAGE_ENDPOINTS[conversation.mode]))
 
     live = services.live.start(conversation_id, reply.id, write, base=base)
     return ReplyStarted(conversation=conversation, user_message=asked, reply=reply), live

@@ -18,6 +18,8 @@ from parley.store.conversations import (
     NotFound,
 )
 from parley.store.knowledge import KnowledgeError
+from parley.store.limits import Scope
+from parley.store.usage import UsageEvent
 from parley.web.model_client import ReplyParams, ReplyProgress
 from parley.web.reply_slots import Busy
 
@@ -41,9 +43,11 @@ class StreamedReply:
         self.text = base
         self.finish_reason = STOPPED  # until the stream ends by itself, the user stopped it
         self.error: str | None = None
+        self.status = 200  # as its usage records it: 200 (also when stopped), 404, 502 failed, 503 busy
         self.progress: ReplyProgress | None = None
         self.sources: list[dict] | None = None  # an assistant's retrieved chunks, numbered as the reply cites them
-        self._saved_at = time.monotonic()
+        self._started = self._saved_at = time.monotonic()
+        self.elapsed_s: float | None = None  # from the start to the end of the stream (a stop included)
         self._last_save: asyncio.Task | None = None  # saves run one after another, the final one last
 
     async def _grounded(self, messages: list[dict]) -> tuple[str, list[dict]]:
@@ -77,9 +81,9 @@ class StreamedReply:
                             self._save(finish_reason=INCOMPLETE)  # runs beside the stream; saves keep their order
                         yield self.text
         except Busy as exc:
-            self.error = str(exc)
+            self.error, self.status = str(exc), 503
         except NotFound:
-            self.error = "this assistant no longer exists (or is no longer shared with you)"
+            self.error, self.status = "this assistant no longer exists (or is no longer shared with you)", 404
         except (KnowledgeError, ClusterError) as exc:  # the embedding model could not be reached, or refused
             self.error = f"the assistant's knowledge could not be searched: {exc}"
         except Exception as exc:  # noqa: BLE001 - a bug or a malformed answer: this reply fails, and says so
@@ -87,6 +91,8 @@ class StreamedReply:
             self.error = f"the reply failed: {type(exc).__name__}: {exc}"
         if self.error:
             self.finish_reason = FAILED
+            if self.status == 200:
+                self.status = 502  # the model (or what an assistant needs) failed
         elif self.progress is not None and self.progress.done:
             self.finish_reason = self.progress.finish_reason or "stop"
 
@@ -94,10 +100,21 @@ class StreamedReply:
         """Store the reply as it ended, after any save still running; it completes even if the handler is
         cancelled meanwhile."""
         p = self.progress or ReplyProgress()
+        self.elapsed_s = time.monotonic() - self._started
         await asyncio.shield(self._save(
             finish_reason=self.finish_reason, error=self.error, parameters=self.params.model_dump(),
             latency_s=p.latency_s, first_token_s=p.first_token_s, prompt_tokens=p.prompt_tokens,
             completion_tokens=p.completion_tokens))
+
+    def usage_event(self, charge: Scope, endpoint: str = "web") -> UsageEvent:
+        """The reply's usage, with the token counts stored with it (none for a reply stopped before the model
+        reported them); its tokens count against `charge`'s limits. `endpoint`: web (a chat), arena (side by
+        side) or arena-anonymous (a battle's side, whose model its user's own usage does not name)."""
+        p = self.progress or ReplyProgress()
+        elapsed = self.elapsed_s if self.elapsed_s is not None else time.monotonic() - self._started
+        return UsageEvent(source="web", endpoint=endpoint, model=self.model, status=self.status,
+                          latency_ms=elapsed * 1000, prompt_tokens=p.prompt_tokens or 0,
+                          completion_tokens=p.completion_tokens or 0, user_id=self._user_id, charge=[charge])
 
     def _save(self, **details) -> asyncio.Task:
         self._saved_at = time.monotonic()

@@ -8,18 +8,33 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from parley.knowledge.grounding import Embedder
-from parley.store.accounts import Accounts
+from parley.store.accounts import Accounts, SignupPolicy
+from parley.store.api_keys import ApiKeys
 from parley.store.assistants import Assistants
 from parley.store.conversations import Conversations
 from parley.store.database import Database
 from parley.store.knowledge import Knowledge
-from parley.store.models import User
+from parley.store.limits import Counters
+from parley.store.usage import Usage, UsageRecorder
 from parley.store.votes import Votes
 from parley.web.live_replies import LiveReplies
 from parley.web.model_client import ModelClient
 from parley.web.model_descriptions import ModelDescriptions
 from parley.web.reply_slots import ReplySlots
 from parley.web.user_input import Limits, Moderator
+
+DEFAULT_SCOPES = "openid profile email"
+
+
+class OIDCSettings(BaseModel):
+    """Sign-in through an OpenID Connect provider (a team's Keycloak, Google, Microsoft...): parley is a confidential
+    client of `issuer` (its discovery document is ISSUER/.well-known/openid-configuration)."""
+
+    issuer: str = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    client_secret: str = Field(min_length=1, repr=False)
+    name: str = "single sign-on"  # the sign-in button's label: "Sign in with <name>"
+    scopes: str = DEFAULT_SCOPES
 
 
 class WebSettings(BaseModel):
@@ -45,6 +60,15 @@ class WebSettings(BaseModel):
     embedding_model: str | None = "all-minilm-l6-v2"
     # Signs the web app's session cookies; None: derived from the cluster secret, or random per process.
     session_secret: str | None = None
+    # With --auth: who may make an account (closed: only admins make them), and sign-in through OpenID Connect.
+    signup: SignupPolicy = "closed"
+    oidc: OIDCSettings | None = None
+    session_hours: float = Field(14 * 24, gt=0)  # a sign-in lasts this long (then the user signs in again)
+    # Sign-in attempts (right or wrong) allowed per username and per client address in each window; past them,
+    # 429 until the window ends. Counted in the database, so every web process of a team shares them.
+    login_attempts_per_name: int = Field(10, ge=1)
+    login_attempts_per_address: int = Field(50, ge=1)
+    login_window_s: int = Field(15 * 60, ge=1)
 
 
 @dataclass
@@ -62,6 +86,10 @@ class WebServices:
     embedder: Embedder = field(init=False)
     reply_slots: ReplySlots = field(init=False)
     live: LiveReplies = field(init=False)  # the JSON API's replies being written
+    keys: ApiKeys = field(init=False)
+    counters: Counters = field(init=False)  # rate limits, budgets and sign-in attempts, shared with every process
+    usage: Usage = field(init=False)  # the sums the usage pages show
+    usage_recorder: UsageRecorder = field(init=False)  # writes each web reply's usage off the request path
 
     def __post_init__(self) -> None:
         self.accounts = Accounts(self.db)
@@ -72,13 +100,7 @@ class WebServices:
         self.embedder = Embedder.of_cluster(self.client.cluster)
         self.reply_slots = ReplySlots(self.settings.max_concurrent_replies, self.settings.max_waiting_replies)
         self.live = LiveReplies()
-
-    def user(self, request) -> User:
-        """The signed-in user (with --auth), else the one local user."""
-        if self.settings.auth:
-            username = getattr(request, "username", None)
-            user = self.accounts.get(username) if username else None
-            if user is None:
-                raise PermissionError("not signed in")
-            return user
-        return self.accounts.local_user()
+        self.keys = ApiKeys(self.db)
+        self.counters = Counters(self.db)
+        self.usage = Usage(self.db)
+        self.usage_recorder = UsageRecorder(self.db)
