@@ -2,12 +2,97 @@
 
 import { SseParser } from "./sse";
 
+export type SignupPolicy = "closed" | "open" | "approval";
+
 export interface Session {
   signed_in: boolean;
   username: string | null;
   is_admin: boolean;
   auth: boolean;
   csrf_token: string;
+  user_id?: number | null;
+  signup?: SignupPolicy; // who may make an account on the sign-in screen
+  oidc?: { name: string } | null; // the OpenID Connect provider to sign in with, if one is set up
+}
+
+export interface SignupResult {
+  status: "active" | "pending"; // pending: an admin approves it first (no session yet)
+  session: Session;
+}
+
+/** What a key or a user may use; null: no limit. */
+export interface Limits {
+  rpm: number | null;
+  tpm: number | null;
+  token_budget: number | null;
+  budget_period: "day" | "month" | null;
+}
+
+export interface UserView {
+  id: number;
+  username: string;
+  is_admin: boolean;
+  status: "active" | "pending" | "disabled";
+  sign_in: "password" | "oidc" | "none";
+  created_at: string;
+  last_login_at: string | null;
+  limits: Limits;
+}
+
+/** The signed-in user, with what they have used of their limits' current windows. */
+export interface Account extends UserView {
+  used?: { requests_this_minute: number; tokens_this_minute: number; tokens_this_period: number } | null;
+}
+
+export interface KeyView {
+  id: string;
+  name: string;
+  prefix: string;
+  user_id: number;
+  owner: string;
+  created_at: string;
+  revoked_at: string | null;
+  limits: Limits;
+  models: string[] | null; // null: every model
+}
+
+export interface KeySpec extends Limits {
+  name: string;
+  models: string[] | null;
+}
+
+export interface NewKey {
+  key: KeyView;
+  secret: string; // shown once
+}
+
+export type UsageGroup = "user" | "key" | "model" | "day";
+
+export interface UsageRow {
+  user?: string | null;
+  key?: string | null;
+  key_id?: string | null;
+  model?: string | null;
+  day?: string | null;
+  requests: number;
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  errors: number;
+  mean_latency_ms: number;
+}
+
+export interface UsageQuery {
+  by: UsageGroup[];
+  since?: string; // YYYY-MM-DD (UTC), included
+  until?: string;
+  user_id?: number | null; // admins: one user's
+}
+
+export interface AccountChange {
+  status?: UserView["status"];
+  is_admin?: boolean;
+  limits?: Limits;
 }
 
 export interface ModelEntry {
@@ -181,18 +266,31 @@ export class ApiError extends Error {
     public status: number,
     message: string,
     public code: string | null = null,
+    public retryAfter: number | null = null, // seconds, from a 429's Retry-After
   ) {
     super(message);
   }
 }
 
 async function errorOf(res: Response): Promise<ApiError> {
+  const wait = Number(res.headers.get("retry-after") ?? NaN);
+  const retryAfter = Number.isFinite(wait) ? wait : null;
   try {
     const body = await res.json();
-    return new ApiError(res.status, body?.error?.message ?? res.statusText, body?.error?.code ?? null);
+    return new ApiError(res.status, body?.error?.message ?? res.statusText, body?.error?.code ?? null, retryAfter);
   } catch {
-    return new ApiError(res.status, `${res.status} ${res.statusText}`);
+    return new ApiError(res.status, `${res.status} ${res.statusText}`, null, retryAfter);
   }
+}
+
+/** The query string of a usage request (`format=csv`: the download's address). */
+export function usageParams(q: UsageQuery, format?: "csv"): string {
+  const params = new URLSearchParams({ by: q.by.join(",") });
+  if (q.since) params.set("since", q.since);
+  if (q.until) params.set("until", q.until);
+  if (q.user_id != null) params.set("user_id", String(q.user_id));
+  if (format) params.set("format", format);
+  return params.toString();
 }
 
 export function isAbort(e: unknown): boolean {
@@ -243,6 +341,77 @@ export class Api {
     const s = await this.call<Session>("POST", "/logout");
     this.csrf = s.csrf_token;
     return s;
+  }
+
+  async signup(username: string, password: string): Promise<SignupResult> {
+    const r = await this.call<SignupResult>("POST", "/signup", { username, password });
+    if (r.session?.csrf_token) this.csrf = r.session.csrf_token;
+    return r;
+  }
+
+  /** Where the "Sign in with …" button goes: the server redirects to the OpenID Connect provider. */
+  oidcLoginUrl(): string {
+    return "/api/oidc/login";
+  }
+
+  account(): Promise<Account> {
+    return this.call("GET", "/account");
+  }
+
+  changePassword(current_password: string, new_password: string): Promise<void> {
+    return this.call("POST", "/account/password", { current_password, new_password });
+  }
+
+  keys(): Promise<KeyView[]> {
+    return this.call("GET", "/account/keys");
+  }
+
+  createKey(spec: KeySpec): Promise<NewKey> {
+    return this.call("POST", "/account/keys", spec);
+  }
+
+  revokeKey(id: string): Promise<KeyView> {
+    return this.call("DELETE", `/account/keys/${encodeURIComponent(id)}`);
+  }
+
+  usage(q: UsageQuery): Promise<UsageRow[]> {
+    return this.call("GET", `/account/usage?${usageParams({ ...q, user_id: null })}`);
+  }
+
+  usageCsvUrl(q: UsageQuery): string {
+    return `/api/account/usage?${usageParams({ ...q, user_id: null }, "csv")}`;
+  }
+
+  users(): Promise<UserView[]> {
+    return this.call("GET", "/admin/users");
+  }
+
+  createUser(username: string, password: string, is_admin: boolean): Promise<UserView> {
+    return this.call("POST", "/admin/users", { username, password, is_admin });
+  }
+
+  changeUser(id: number, change: AccountChange): Promise<UserView> {
+    return this.call("PATCH", `/admin/users/${id}`, change);
+  }
+
+  resetPassword(id: number, password: string): Promise<void> {
+    return this.call("POST", `/admin/users/${id}/password`, { password });
+  }
+
+  allKeys(): Promise<KeyView[]> {
+    return this.call("GET", "/admin/keys");
+  }
+
+  adminRevokeKey(id: string): Promise<KeyView> {
+    return this.call("DELETE", `/admin/keys/${encodeURIComponent(id)}`);
+  }
+
+  allUsage(q: UsageQuery): Promise<UsageRow[]> {
+    return this.call("GET", `/admin/usage?${usageParams(q)}`);
+  }
+
+  allUsageCsvUrl(q: UsageQuery): string {
+    return `/api/admin/usage?${usageParams(q, "csv")}`;
   }
 
   models(): Promise<{ models: ModelEntry[]; reachable: boolean; assistants: AssistantEntry[] }> {

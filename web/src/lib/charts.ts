@@ -1,4 +1,4 @@
-// The leaderboard's two charts, as plain SVG coordinates.
+// The leaderboard's two charts and the usage bars, as plain SVG coordinates.
 
 export interface Scale {
   (value: number): number;
@@ -34,4 +34,15 @@ export function radarPoints(values: number[], max: number, radius: number, only?
   };
   if (only !== undefined) return point(values[0], only);
   return values.map(point).join(" ");
+}
+
+/** A vertical scale for bars from 0 to at least `max`: 0 at `bottom`, the top tick at `top` (SVG y grows down),
+ * with round ticks (about four). */
+export function valueScale(max: number, bottom: number, top: number): Scale {
+  const step = niceStep(Math.max(max, 1) / 4);
+  const end = Math.max(step, Math.ceil(max / step) * step);
+  const scale = ((v: number) => bottom - (Math.max(0, v) / end) * (bottom - top)) as Scale;
+  scale.ticks = [];
+  for (let t = 0; t <= end + 1e-9; t += step) scale.ticks.push(Math.round(t));
+  return scale;
 }
