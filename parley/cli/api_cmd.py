@@ -1,4 +1,8 @@
-"""`parley api`: the OpenAI-compatible REST API in front of the controller and its workers."""
+"""`parley api`: the OpenAI-compatible REST API in front of the controller and its workers.
+
+With --auth every request needs an API key: a user's key (made in the web UI or with `parley keys create`),
+checked against the database with the key's and its user's limits, or one of --api-keys. Every request to a model
+is recorded as usage in the database."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from parley.cli.secret_args import (
     cluster_secret,
     db_url,
 )
+from parley.errors import ParleyError
 from parley.serving.request_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_SEND_TIMEOUT_S
 
 
@@ -21,6 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--controller-address", default="http://127.0.0.1:21001")
     add_api_key_arguments(p)
+    p.add_argument("--auth", action="store_true",
+                   help="every request needs an API key: a user's key (made in the web UI or with `parley keys "
+                        "create`) or one of --api-keys")
     p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help="a request body beyond this is refused with 413 (default %(default)s: 4 MiB)")
     p.add_argument("--stream-send-timeout", type=float, default=DEFAULT_SEND_TIMEOUT_S,
@@ -32,7 +40,8 @@ def add_parser(sub) -> None:
     add_cluster_secret_argument(p)
     add_db_url_arguments(p)
     p.add_argument("--no-assistants", action="store_true",
-                   help="serve no assistants (and open no database): only the models the controller lists")
+                   help="serve no assistants and open no database: only the models the controller lists, and no "
+                        "users' keys, limits or usage records")
     p.set_defaults(run=run, default_log_level="INFO")
 
 
@@ -46,7 +55,11 @@ def run(args: argparse.Namespace) -> int:
     from parley.serving.api import APISettings, create_app
     from parley.store.database import default_url
 
-    app = create_app(APISettings(controller_address=args.controller_address, api_keys=api_keys(args),
+    keys = api_keys(args)
+    if args.auth and args.no_assistants and not keys:
+        raise ParleyError("--auth with --no-assistants accepts no key at all: users' keys live in the database "
+                          "that --no-assistants turns off; drop --no-assistants, or give --api-keys-file")
+    app = create_app(APISettings(controller_address=args.controller_address, api_keys=keys, require_keys=args.auth,
                                  allowed_origins=split_list(args.allowed_origins), worker_timeout_s=args.worker_timeout,
                                  cluster_secret=cluster_secret(args), max_body_bytes=args.max_request_bytes,
                                  send_timeout_s=args.stream_send_timeout,

@@ -50,7 +50,18 @@ def add_parser(sub) -> None:
                    help="the embedding model served beside the chat models, for assistants' knowledge (default: the "
                         "bundled all-MiniLM-L6-v2, engine sentence-transformers); 'none' serves none")
     add_db_url_arguments(p)
-    p.add_argument("--auth", action="store_true", help="the web UI requires login (see `parley db create-user`)")
+    p.add_argument("--auth", action="store_true",
+                   help="run for a team: the web UI requires sign-in (accounts: `parley db create-user`, "
+                        "`parley users`, or sign-up with --signup) and the API a key (made on the web UI's Account "
+                        "page or with `parley keys create`, or one of --api-keys-file)")
+    p.add_argument("--signup", choices=["closed", "open", "approval"], default=None,
+                   help="who may make an account on the web UI (see `parley web --help`; default closed)")
+    p.add_argument("--oidc-issuer", default=None, metavar="URL",
+                   help="sign-in through this OpenID Connect provider too (see `parley web --help`)")
+    p.add_argument("--oidc-client-id", default=None)
+    p.add_argument("--oidc-client-secret-file", default=None, metavar="PATH",
+                   help="file holding the OIDC client secret (default: $PARLEY_OIDC_CLIENT_SECRET)")
+    p.add_argument("--oidc-name", default=None, help="the sign-in button's provider name")
     p.add_argument("--max-concurrent-replies", type=int, default=None,
                    help="replies the web UI streams at once (default 32; see `parley web --help`)")
     add_api_key_arguments(p)
@@ -84,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise ParleyError(f"two models would be served under one name: {', '.join(names)}")
+    if not args.auth and (args.signup not in (None, "closed") or args.oidc_issuer):
+        raise ParleyError("--signup and --oidc-issuer need --auth (without it there are no accounts: everyone is "
+                          "the one local user)")
     local = "127.0.0.1"
     worker_port = args.worker_port or args.controller_port + 1
     ports = {"controller": (local, args.controller_port), "api": (args.host, args.port)}
@@ -143,12 +157,13 @@ def run(args: argparse.Namespace) -> int:
             ready=serves(embedding.name)))
     served = names + ([embedding.name] if embedding is not None else [])
     api = Child("api", base + ["api", "--host", args.host, "--port", str(args.port),
-                               "--controller-address", controller_url],
+                               "--controller-address", controller_url, *(["--auth"] if args.auth else [])],
                 env=cluster_env | {API_KEYS_ENV: ",".join(keys)} | ({DB_URL_ENV: database} if database else {}))
     web = Child("web UI", base + ["web", "--host", args.host, "--port", str(args.web_port),
                                   "--controller-address", controller_url,
                                   "--embedding-model", embedding.name if embedding is not None else "none",
                                   *(["--auth"] if args.auth else []),
+                                  *_web_team_flags(args),
                                   *(["--max-concurrent-replies", str(args.max_concurrent_replies)]
                                     if args.max_concurrent_replies else [])],
                 env=cluster_env | ({DB_URL_ENV: database} if database else {}))
@@ -188,6 +203,9 @@ def run(args: argparse.Namespace) -> int:
         for w in workers:
             console.print(f"  {w.name:<12} {w.address}")
         console.print("  metrics      " + f"{api_url}/metrics")
+        if args.auth:
+            console.print("  sign-in is required; API keys: the web UI's Account page, or "
+                          "`parley keys create --user NAME --name WHAT`")
         console.print("Press Ctrl-C to stop.")
         supervisor = Supervisor(children, RestartPolicy(max_fast_crashes=args.max_restarts),
                                 say=lambda text: console.print(text, markup=False, highlight=False))
@@ -205,6 +223,16 @@ def run(args: argparse.Namespace) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
         console.print("stopped")
+
+
+def _web_team_flags(args: argparse.Namespace) -> list[str]:
+    """The sign-up and OpenID Connect flags, passed on to `parley web` (a secret goes by its file's path)."""
+    flags = []
+    for name in ("signup", "oidc_issuer", "oidc_client_id", "oidc_client_secret_file", "oidc_name"):
+        value = getattr(args, name)
+        if value is not None:
+            flags += ["--" + name.replace("_", "-"), value]
+    return flags
 
 
 def _wait_for(console: Console, what: str, child: Child, ready, timeout: float) -> None:

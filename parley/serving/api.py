@@ -1,8 +1,10 @@
 """The OpenAI-compatible API server: its settings, its routes and the app factory.
 
-The routes are thin: authentication, then the serving class (parley.serving.openai_serving), which
-does the work over the cluster client. The OpenAPI document lists each route's typed response, the
-errors it answers with (OpenAI's error body), and `text/event-stream` for streams.
+The routes are thin: the key check (parley.serving.key_auth: who asks), the model check and the limits, then
+the serving class (parley.serving.openai_serving), which does the work over the cluster client. With a database,
+every request to a model is recorded as usage, written in the background (parley.store.usage) and, at a clean
+shutdown, before the database closes. The OpenAPI document lists each route's typed response, the errors it
+answers with (OpenAI's error body), and `text/event-stream` for streams.
 """
 
 from __future__ import annotations
@@ -10,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from parley.serving.api_errors import APIError, install_error_handlers
+from parley.serving.api_errors import install_error_handlers
 from parley.serving.assistant_requests import AssistantRequests
 from parley.serving.cluster_auth import auth_headers
 from parley.serving.cluster_client import ClusterClient
 from parley.serving.cluster_errors import ClusterError
+from parley.serving.key_auth import Caller, KeyAuth
 from parley.serving.metrics import ServerMetrics, install_metrics
 from parley.serving.openai_schemas import (
     ChatCompletion,
@@ -34,7 +38,7 @@ from parley.serving.openai_schemas import (
     ModelCard,
     ModelList,
 )
-from parley.serving.openai_serving import OpenAIServing
+from parley.serving.openai_serving import APIRequest, OpenAIServing
 from parley.serving.request_limits import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_SEND_TIMEOUT_S,
@@ -42,15 +46,17 @@ from parley.serving.request_limits import (
     SendTimeout,
 )
 from parley.store.database import Database
+from parley.store.usage import UsageRecorder
 
 log = logging.getLogger("parley.api")
 
 _ERROR_STATUSES = {
     400: "the request is invalid (a field out of range, an unsupported field, a prompt longer than the context window)",
-    401: "no API key, or a wrong one",
-    404: "no such model",
+    401: "no API key, or a wrong one (unknown, revoked, or its user is disabled)",
+    404: "no such model, or one the API key may not use",
     413: "the request body is larger than the server accepts",
-    429: "the workers of this model are full; retry later",
+    429: "over a rate limit of the key or its user (code rate_limit_exceeded), over a token budget (code "
+         "insufficient_quota), or the workers of this model are full; the Retry-After header says when to retry",
     500: "the server failed",
     502: "a worker failed or stopped while answering",
     503: "the controller, or every worker of the model, is unreachable",
@@ -68,18 +74,30 @@ def _responses(stream_object: str) -> dict:
 
 class APISettings(BaseModel):
     controller_address: str = "http://127.0.0.1:21001"
-    api_keys: list[str] = Field(default_factory=list)  # empty: no key needed
+    api_keys: list[str] = Field(default_factory=list)  # static keys (any of them is accepted); some: a key is needed
+    # Every request needs a key: a user's (from the database) or one of api_keys. Off, and no api_keys: no key is
+    # needed, and the requests are the local user's.
+    require_keys: bool = False
     allowed_origins: list[str] = Field(default_factory=list)  # CORS; empty: same-origin only
     worker_timeout_s: float = Field(120.0, gt=0)  # longest silence from a worker mid-reply
     cluster_secret: str | None = None  # sent to the controller and workers
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)  # a bigger request body is a 413
     send_timeout_s: float = Field(DEFAULT_SEND_TIMEOUT_S, gt=0)  # a client that reads nothing this long is dropped
-    # The store of assistants and knowledge (the web UI's database); None: no assistants (`parley api` passes
-    # the default database unless told --no-assistants).
+    # The store of assistants and knowledge, users' API keys, their limits and usage (the web UI's database); None:
+    # none of those (`parley api` passes the default database unless told --no-assistants).
     db_url: str | None = None
+
+    @model_validator(mode="after")
+    def _some_key_possible(self) -> APISettings:
+        if self.require_keys and not self.api_keys and not self.db_url:
+            raise ValueError("keys are required, but there are none: no static api_keys and no database of users' keys")
+        return self
 
 
 # -- the app ----------------------------------------------------------------------------------
+
+_Body = TypeVar("_Body", ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
+_Result = TypeVar("_Result")
 
 
 def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | None = None) -> FastAPI:
@@ -90,17 +108,25 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
                                      headers=auth_headers(settings.cluster_secret))
 
     db = Database(settings.db_url) if settings.db_url else None
+    keys = KeyAuth(settings.api_keys, db, settings.require_keys)
+    recorder = UsageRecorder(db) if db is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         if db is not None:
             await asyncio.to_thread(db.upgrade)
-        log.info("API up; controller %s; %s; assistants from %s", settings.controller_address,
-                 f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key needed",
-                 db.display_url if db is not None else "nowhere (off)")
+            await keys.start()
+            await recorder.start()
+        log.info("API up; controller %s; %s", settings.controller_address, keys.describe())
+        if db is not None:
+            log.info("assistants, users' limits and usage in %s", db.display_url)
+        else:
+            log.info("no database: no assistants, no users' keys, no limits, no usage records")
         try:
             yield
         finally:
+            if recorder is not None:
+                await recorder.stop()  # everything recorded is written before the database closes
             if own_http:
                 await http.aclose()
             if db is not None:
@@ -117,46 +143,46 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
     cluster = app.state.cluster = ClusterClient(http, settings.controller_address)
-    assistants = AssistantRequests(db, cluster, keyed=bool(settings.api_keys)) if db is not None else None
+    assistants = AssistantRequests(db, cluster) if db is not None else None
     serving = OpenAIServing(cluster, metrics, assistants)
 
-    known_keys = [k.encode() for k in settings.api_keys]
+    async def caller_of(request: Request) -> Caller:
+        return await keys.check(request.headers.get("authorization"))
 
-    async def check_api_key(request: Request) -> None:
-        if not known_keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise APIError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.",
-                           code="invalid_api_key")
-        given = key.strip().encode("latin-1")  # the header's own bytes (any of them), compared as bytes
-        if not any(secrets.compare_digest(given, k) for k in known_keys):
-            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+    asking = Depends(caller_of)
 
-    auth = [Depends(check_api_key)]
+    async def served(endpoint: str, body: _Body, caller: Caller,
+                     work: Callable[[_Body, APIRequest], Awaitable[_Result]]) -> _Result:
+        """A request to a model: the key may use it, its limits admit it, then the work; recorded as usage
+        however it ends (the serving code records a reply that ends, this a request that fails first)."""
+        request = APIRequest(caller, endpoint, body.model, recorder)
+        try:
+            keys.check_model(caller, body.model)
+            await keys.admit(caller)
+            return await work(body, request)
+        except BaseException as exc:
+            request.fail(exc)
+            raise
 
-    @app.get("/v1/models", dependencies=auth, responses=_ERRORS)
-    async def list_models() -> ModelList:
-        return ModelList(data=await serving.model_cards())
+    @app.get("/v1/models", responses=_ERRORS)
+    async def list_models(caller: Caller = asking) -> ModelList:
+        return ModelList(data=await serving.model_cards(caller))
 
-    @app.get("/v1/models/{model_id:path}", dependencies=auth, responses=_ERRORS)
-    async def get_model(model_id: str) -> ModelCard:
-        return await serving.model_card(model_id)
+    @app.get("/v1/models/{model_id:path}", responses=_ERRORS)
+    async def get_model(model_id: str, caller: Caller = asking) -> ModelCard:
+        return await serving.model_card(model_id, caller)
 
-    @app.post("/v1/chat/completions", dependencies=auth, response_model=ChatCompletion,
-              responses=_responses("chat.completion.chunk"))
-    async def chat_completions(body: ChatCompletionRequest):
-        return await serving.chat(body)
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=_responses("chat.completion.chunk"))
+    async def chat_completions(body: ChatCompletionRequest, caller: Caller = asking):
+        return await served("/v1/chat/completions", body, caller, serving.chat)
 
-    @app.post("/v1/completions", dependencies=auth, response_model=Completion,
-              responses=_responses("text_completion"))
-    async def completions(body: CompletionRequest):
-        return await serving.completions(body)
+    @app.post("/v1/completions", response_model=Completion, responses=_responses("text_completion"))
+    async def completions(body: CompletionRequest, caller: Caller = asking):
+        return await served("/v1/completions", body, caller, serving.completions)
 
-    @app.post("/v1/embeddings", dependencies=auth, responses=_ERRORS)
-    async def embeddings(body: EmbeddingRequest) -> EmbeddingList:
-        return await serving.embeddings(body)
+    @app.post("/v1/embeddings", responses=_ERRORS)
+    async def embeddings(body: EmbeddingRequest, caller: Caller = asking) -> EmbeddingList:
+        return await served("/v1/embeddings", body, caller, serving.embeddings)
 
     @app.get("/health")
     async def health() -> dict:

@@ -1,9 +1,9 @@
 """Assistants behind the OpenAI API: a request whose `model` is an assistant's id gets the assistant's system
 prompt, its defaults (the request's own values win) and its knowledge, and goes to the assistant's base model.
 
-Who asks decides which assistants are visible: without API keys, the one local user (as the web app without
---auth), who sees their own assistants and the shared ones; with API keys, which belong to no user yet, the
-shared assistants only.
+Who asks decides which assistants are visible (parley.serving.key_auth says who): a user's key, its owner, who
+sees their own assistants and the shared ones; a static key (--api-keys), which belongs to no user, the shared
+ones only; where no key is needed, the one local user (as the web app without --auth).
 """
 
 from __future__ import annotations
@@ -13,15 +13,13 @@ import asyncio
 from parley.knowledge.grounding import Embedder, Source, ground
 from parley.serving.api_errors import APIError
 from parley.serving.cluster_client import ClusterClient
+from parley.serving.key_auth import model_not_found
 from parley.serving.openai_schemas import ChatCompletionRequest, ChatMessageIn, ModelCard
-from parley.store.accounts import Accounts
 from parley.store.assistants import Assistants, AssistantView, is_assistant_id
 from parley.store.conversations import NotFound
 from parley.store.database import Database
 from parley.store.knowledge import Knowledge, KnowledgeError
 from parley.store.models import User
-
-API_USER = User(id=-1, username="api", is_admin=False)  # owns nothing: sees the shared assistants
 
 
 def _message_dict(m: ChatMessageIn) -> dict:
@@ -32,32 +30,26 @@ def _message_dict(m: ChatMessageIn) -> dict:
 
 
 class AssistantRequests:
-    def __init__(self, db: Database, cluster: ClusterClient, keyed: bool):
+    def __init__(self, db: Database, cluster: ClusterClient):
         self.db = db
         self.assistants = Assistants(db)
         self.knowledge = Knowledge(db)
         self.embedder = Embedder.of_cluster(cluster)
-        self._keyed = keyed
 
-    async def user(self) -> User:
-        return API_USER if self._keyed else await asyncio.to_thread(Accounts(self.db).local_user)
-
-    async def cards(self) -> list[ModelCard]:
-        found = await asyncio.to_thread(self.assistants.list, await self.user())
+    async def cards(self, user: User) -> list[ModelCard]:
+        found = await asyncio.to_thread(self.assistants.list, user)
         return [ModelCard(id=a.id, owned_by=a.owner, name=a.name, description=a.description, base_model=a.base_model)
                 for a in found]
 
-    async def get(self, assistant_id: str, user: User | None = None) -> AssistantView:
+    async def get(self, assistant_id: str, user: User) -> AssistantView:
         try:
-            return await asyncio.to_thread(self.assistants.get, user or await self.user(), assistant_id)
-        except NotFound:
-            raise APIError(404, f"The model '{assistant_id}' does not exist", code="model_not_found",
-                           param="model") from None
+            return await asyncio.to_thread(self.assistants.get, user, assistant_id)
+        except NotFound:  # another user's private assistant is "not found", as one that does not exist
+            raise model_not_found(assistant_id) from None
 
-    async def apply(self, body: ChatCompletionRequest) -> tuple[ChatCompletionRequest, list[Source] | None]:
-        """The request for the assistant's base model, and the sources its last question retrieved (None: the
-        assistant has no knowledge)."""
-        user = await self.user()
+    async def apply(self, body: ChatCompletionRequest, user: User) -> tuple[ChatCompletionRequest, list[Source] | None]:
+        """The request for the assistant's base model, as `user` asks it, and the sources its last question
+        retrieved (None: the assistant has no knowledge)."""
         assistant = await self.get(body.model, user)
         try:
             messages, sources = await ground(self.knowledge, self.embedder, user.id, assistant,

@@ -3,11 +3,13 @@
 Each OpenAI request becomes parley's GenerationRequest by the request type's own method (one
 defaults table, parley.engines.base.SamplingParams), goes to the cluster client unchanged, and
 the deltas that come back are rendered as OpenAI's typed responses or stream chunks. The cluster
-client's errors become the API's one error type here.
+client's errors become the API's one error type here. Each request is an `APIRequest`, which says who
+asks and becomes one usage event when the reply ends, with the tokens the reply reported.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -24,6 +26,7 @@ from parley.serving.api_errors import APIError, bad_request
 from parley.serving.assistant_requests import AssistantRequests, is_assistant_id
 from parley.serving.cluster_client import ClusterClient
 from parley.serving.cluster_errors import ClusterError
+from parley.serving.key_auth import Caller, model_not_found
 from parley.serving.metrics import ServerMetrics
 from parley.serving.openai_schemas import (
     AssistantMessage,
@@ -46,12 +49,14 @@ from parley.serving.openai_schemas import (
     ModelCard,
     SourceOut,
     ToolCall,
+    UnsupportedField,
     UsageInfo,
     new_id,
     seeds,
     with_seed,
 )
 from parley.serving.replies import Delta, Reply, merged_deltas, start_replies
+from parley.store.usage import UsageEvent, UsageRecorder
 
 log = logging.getLogger("parley.api")
 
@@ -78,6 +83,45 @@ def encode_embedding(vector: list[float], fmt: str, dimensions: int | None) -> l
     if fmt == "base64":
         return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
     return vector
+
+
+class APIRequest:
+    """One request to a model: who asks, the endpoint, the model as asked (an assistant's id or a model's name) and
+    when it began. It becomes one usage event when it ends: `finish` is called once, by the serving code when the
+    reply ends (with the tokens the reply reported; for a stream, those of its final chunks, whether or not the
+    client asked for them) or by the route when the request fails first."""
+
+    def __init__(self, caller: Caller, endpoint: str, model: str, recorder: UsageRecorder | None = None):
+        self.caller = caller
+        self.endpoint = endpoint
+        self.model = model
+        self.started = time.perf_counter()
+        self._recorder = recorder
+        self.finished = False
+
+    def finish(self, status: int | str, usage: UsageInfo | None = None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self._recorder is None:
+            return
+        c, usage = self.caller, usage or UsageInfo()
+        self._recorder.record(UsageEvent(
+            source="api", endpoint=self.endpoint, model=self.model, status=int(status),
+            latency_ms=(time.perf_counter() - self.started) * 1000, prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens, user_id=c.user_id, key_id=c.key_id, charge=list(c.scopes)))
+
+    def fail(self, exc: BaseException) -> None:
+        """The request ended in `exc` before its reply did: recorded with the status the client got."""
+        if isinstance(exc, APIError):
+            status = exc.status
+        elif isinstance(exc, UnsupportedField):
+            status = 400
+        elif isinstance(exc, asyncio.CancelledError):
+            status = 499  # the client went away
+        else:
+            status = 500
+        self.finish(status)
 
 
 class Choice:
@@ -112,29 +156,31 @@ class OpenAIServing:
         except ClusterError as exc:
             raise api_error(exc) from None
 
-    async def model_cards(self) -> list[ModelCard]:
-        """The served models, then the assistants the caller may use."""
+    async def model_cards(self, caller: Caller) -> list[ModelCard]:
+        """The served models, then the assistants, that the caller may use."""
         cards = [ModelCard(id=m) for m in await self.model_names()]
-        if self.assistants is not None:
-            cards += await self.assistants.cards()
-        return cards
+        if self.assistants is not None and caller.user is not None:
+            cards += await self.assistants.cards(caller.user)
+        return [c for c in cards if caller.may_use(c.id)]
 
-    async def model_card(self, model_id: str) -> ModelCard:
-        if self.assistants is not None and is_assistant_id(model_id):
-            a = await self.assistants.get(model_id)
+    async def model_card(self, model_id: str, caller: Caller) -> ModelCard:
+        if not caller.may_use(model_id):
+            raise model_not_found(model_id)
+        if self.assistants is not None and caller.user is not None and is_assistant_id(model_id):
+            a = await self.assistants.get(model_id, caller.user)
             return ModelCard(id=a.id, owned_by=a.owner, name=a.name, description=a.description,
                              base_model=a.base_model)
         if model_id not in await self.model_names():
             raise APIError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
         return ModelCard(id=model_id)
 
-    async def _with_assistant(self, body: ChatCompletionRequest
+    async def _with_assistant(self, body: ChatCompletionRequest, caller: Caller
                               ) -> tuple[ChatCompletionRequest, list[SourceOut] | None]:
         """A request to an assistant, as its base model gets it, and the sources it cites (None: no assistant)."""
-        if self.assistants is None or not is_assistant_id(body.model):
+        if self.assistants is None or caller.user is None or not is_assistant_id(body.model):
             return body, None
         try:
-            body, sources = await self.assistants.apply(body)
+            body, sources = await self.assistants.apply(body, caller.user)
         except ClusterError as exc:  # the embedding model could not be reached
             raise api_error(exc) from None
         if sources is None:
@@ -143,19 +189,21 @@ class OpenAIServing:
 
     # -- the shared path -----------------------------------------------------------------
 
-    def _record(self, endpoint: str, started: float, status: int | str, model: str, usage: UsageInfo | None) -> None:
-        self.metrics.observe_request(endpoint, status, started)
+    def _record(self, request: APIRequest, status: int | str, model: str, usage: UsageInfo | None) -> None:
+        """A reply's end: the metrics (tokens by the model that made them) and the request's usage event."""
+        self.metrics.observe_request(request.endpoint, status, request.started)
         if status != 200:
-            self.metrics.observe_error(endpoint, status)
+            self.metrics.observe_error(request.endpoint, status)
         if usage is not None:
             self.metrics.observe_tokens(model, usage.prompt_tokens, usage.completion_tokens)
+        request.finish(status, usage)
 
-    async def _open(self, endpoint: str, model: str, requests: list[GenerationRequest], started: float) -> list[Reply]:
+    async def _open(self, request: APIRequest, model: str, requests: list[GenerationRequest]) -> list[Reply]:
         replies = [Reply(i, self.cluster.generate_stream(model, r)) for i, r in enumerate(requests)]
         try:
             await start_replies(replies)
         except ClusterError as exc:
-            self._record(endpoint, started, exc.status, model, None)
+            self._record(request, exc.status, model, None)
             raise api_error(exc) from None
         return replies
 
@@ -171,31 +219,31 @@ class OpenAIServing:
             counted.add(group)
         return usage
 
-    async def _run(self, endpoint: str, model: str, requests: list[GenerationRequest], prompt_groups: list[int],
-                   started: float) -> tuple[list[Choice], UsageInfo]:
+    async def _run(self, request: APIRequest, model: str, requests: list[GenerationRequest], prompt_groups: list[int]
+                   ) -> tuple[list[Choice], UsageInfo]:
         """Non-streaming: every choice to its end."""
-        replies = await self._open(endpoint, model, requests, started)
+        replies = await self._open(request, model, requests)
         choices = [Choice() for _ in replies]
         first = True
         try:
             async for d in merged_deltas(replies):
                 if d.chunk.text and first:
-                    self.metrics.observe_ttft(endpoint, started)
+                    self.metrics.observe_ttft(request.endpoint, request.started)
                     first = False
                 choices[d.index].add(d)
         except ClusterError as exc:
-            self._record(endpoint, started, exc.status, model, None)
+            self._record(request, exc.status, model, None)
             raise api_error(exc) from None
         usage = self._usage({i: c.last for i, c in enumerate(choices)}, prompt_groups)
-        self._record(endpoint, started, 200, model, usage)
+        self._record(request, 200, model, usage)
         return choices, usage
 
-    async def _stream(self, endpoint: str, model: str, requests: list[GenerationRequest], prompt_groups: list[int],
-                      started: float, prelude: list[BaseModel], render: Callable[[Delta], list[BaseModel]],
+    async def _stream(self, request: APIRequest, model: str, requests: list[GenerationRequest],
+                      prompt_groups: list[int], prelude: list[BaseModel], render: Callable[[Delta], list[BaseModel]],
                       usage_event: Callable[[UsageInfo], BaseModel], include_usage: bool) -> StreamingResponse:
         """With `include_usage` every event has a `usage` key (null until the last event, `usage_event`), as OpenAI
-        sends them; without, no event has one."""
-        replies = await self._open(endpoint, model, requests, started)
+        sends them; without, no event has one (the usage recorded is the same either way)."""
+        replies = await self._open(request, model, requests)
         exclude = None if include_usage else {"usage"}
 
         async def events() -> AsyncIterator[bytes]:
@@ -207,7 +255,7 @@ class OpenAIServing:
                     yield sse(event, exclude)
                 async for d in merged_deltas(replies):
                     if d.chunk.text and first:
-                        self.metrics.observe_ttft(endpoint, started)
+                        self.metrics.observe_ttft(request.endpoint, request.started)
                         first = False
                     if d.chunk.finish_reason is not None:
                         finals[d.index] = d
@@ -223,7 +271,7 @@ class OpenAIServing:
                 status = 500
                 yield sse(APIError(500, f"internal server error: {type(exc).__name__}", type="server_error").body())
             finally:
-                self._record(endpoint, started, status, model, self._usage(finals, prompt_groups) if finals else None)
+                self._record(request, status, model, self._usage(finals, prompt_groups) if finals else None)
             yield sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream",
@@ -231,15 +279,13 @@ class OpenAIServing:
 
     # -- chat ----------------------------------------------------------------------------
 
-    async def chat(self, body: ChatCompletionRequest) -> ChatCompletion | StreamingResponse:
-        started = time.perf_counter()
-        endpoint = "/v1/chat/completions"
+    async def chat(self, body: ChatCompletionRequest, request: APIRequest) -> ChatCompletion | StreamingResponse:
         cid, created = new_id("chatcmpl"), int(time.time())
         asked = body.model  # an assistant's id, or a model's name: what the reply names
-        body, sources = await self._with_assistant(body)
-        request = body.to_generation_request(cid)  # an UnsupportedField is the API's 400 (api_errors)
+        body, sources = await self._with_assistant(body, request.caller)
+        generation = body.to_generation_request(cid)  # an UnsupportedField is the API's 400 (api_errors)
         n = body.n or 1
-        requests = [with_seed(request, s) for s in seeds(body.seed, n)]
+        requests = [with_seed(generation, s) for s in seeds(body.seed, n)]
         head = {"id": cid, "created": created, "model": asked}
         if body.stream:
             def chunk(choice: ChatChunkChoice) -> ChatCompletionChunk:
@@ -262,31 +308,29 @@ class OpenAIServing:
             prelude = [chunk(ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))) for i in range(n)]
             if sources is not None:  # the first event says what the reply may cite
                 prelude[0].sources = sources
-            return await self._stream(endpoint, body.model, requests, [0] * n, started, prelude, render,
+            return await self._stream(request, body.model, requests, [0] * n, prelude, render,
                                       lambda usage: ChatCompletionChunk(**head, choices=[], usage=usage),
                                       body.include_usage)
-        choices, usage = await self._run(endpoint, body.model, requests, [0] * n, started)
+        choices, usage = await self._run(request, body.model, requests, [0] * n)
         out = []
         for i, c in enumerate(choices):
             text = "".join(c.text)
             calls = [ToolCall.model_validate(call) for call in c.calls.calls()] or None
             message = AssistantMessage(content=(text or None) if calls else text, tool_calls=calls)
             out.append(ChatChoice(index=i, message=message, finish_reason=c.last.chunk.finish_reason,
-                                  logprobs=ChatLogprobs(content=c.logprobs) if request.params.logprobs is not None
+                                  logprobs=ChatLogprobs(content=c.logprobs) if generation.params.logprobs is not None
                                   else None))
         return ChatCompletion(**head, choices=out, usage=usage, sources=sources)
 
     # -- completions ---------------------------------------------------------------------
 
-    async def completions(self, body: CompletionRequest) -> Completion | StreamingResponse:
-        started = time.perf_counter()
-        endpoint = "/v1/completions"
+    async def completions(self, body: CompletionRequest, request: APIRequest) -> Completion | StreamingResponse:
         cid, created = new_id("cmpl"), int(time.time())
         per_prompt = body.to_generation_requests(cid)
         n = body.n or 1
         requests, groups = [], []
-        for p_index, request in enumerate(per_prompt):
-            requests += [with_seed(request, s) for s in seeds(body.seed, n)]
+        for p_index, generation in enumerate(per_prompt):
+            requests += [with_seed(generation, s) for s in seeds(body.seed, n)]
             groups += [p_index] * n
         head = {"id": cid, "created": created, "model": body.model}
         if body.stream:
@@ -298,9 +342,9 @@ class OpenAIServing:
                     index=d.index, text=c.text, finish_reason=c.finish_reason,
                     logprobs=CompletionLogprobs.of(c.logprobs) if c.logprobs else None)])]
 
-            return await self._stream(endpoint, body.model, requests, groups, started, [], render,
+            return await self._stream(request, body.model, requests, groups, [], render,
                                       lambda usage: Completion(**head, choices=[], usage=usage), body.include_usage)
-        choices, usage = await self._run(endpoint, body.model, requests, groups, started)
+        choices, usage = await self._run(request, body.model, requests, groups)
         return Completion(**head, usage=usage, choices=[CompletionChoice(
             index=i, text="".join(c.text), finish_reason=c.last.chunk.finish_reason,
             logprobs=CompletionLogprobs.of(c.logprobs) if body.logprobs is not None else None)
@@ -308,7 +352,7 @@ class OpenAIServing:
 
     # -- embeddings ----------------------------------------------------------------------
 
-    async def embeddings(self, body: EmbeddingRequest) -> EmbeddingList:
+    async def embeddings(self, body: EmbeddingRequest, request: APIRequest) -> EmbeddingList:
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts or not all(isinstance(t, str) for t in texts):
             raise bad_request("input must be a string or a list of strings (token-id input is not supported)", "input")
@@ -326,4 +370,5 @@ class OpenAIServing:
                 data.append(Embedding(index=start + offset,
                                       embedding=encode_embedding(vector, body.encoding_format, body.dimensions)))
         self.metrics.observe_tokens(body.model, tokens, 0)
+        request.finish(200, UsageInfo(prompt_tokens=tokens, total_tokens=tokens))
         return EmbeddingList(data=data, model=body.model, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
