@@ -112,6 +112,10 @@ class Database:
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # See autocommit(). Made now (no connection is opened until one is used), so that threads share one.
+        self._autocommit_engine: Engine = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_sqlite
+            else create_engine(self.url, isolation_level="AUTOCOMMIT", pool_size=10, max_overflow=20))
 
     @property
     def display_url(self) -> str:
@@ -204,5 +208,16 @@ class Database:
         with self._sessions() as session, session.begin():
             yield session
 
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection on which each statement commits by itself, for the hot path of rate limits (one atomic
+        statement each). On PostgreSQL its pool does not ping a connection before handing it out (the ping is a
+        round trip, as long as the statement); a connection the server dropped raises an error whose
+        `connection_invalidated` is set, and the caller may try once more on a fresh one."""
+        with self._autocommit_engine.connect() as connection:
+            yield connection
+
     def close(self) -> None:
+        if not self.is_sqlite:
+            self._autocommit_engine.dispose()
         self.engine.dispose()

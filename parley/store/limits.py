@@ -1,9 +1,9 @@
 """Rate limits and token budgets, counted in the database so that every API and web process shares them.
 
 A scope (an API key, a user, a sign-in name or address) has a counter row per window of time: requests and tokens
-in the current minute, tokens in the current day or month. A request is admitted by incrementing its scopes'
-minute counters in one transaction, which the database serializes: 50 requests at once against a limit of 10
-admit exactly 10. Tokens are known when a reply ends; the usage writer adds them (parley.store.usage), so a
+in the current minute, tokens in the current day or month. A request is admitted by counting it in its scopes'
+minute counters, each with one statement that counts only below the limit, which the database serializes: 50
+requests at once against a limit of 10 admit exactly 10. Tokens are known when a reply ends; the usage writer adds them (parley.store.usage), so a
 tokens-per-minute limit or a budget refuses the requests after the one that crossed it, as OpenAI's do.
 """
 
@@ -15,7 +15,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -108,7 +109,22 @@ def _upsert(insert):
     ).returning(LimitCounter.requests, LimitCounter.tokens)
 
 
+def _count_below(insert):
+    """Count one request unless the counter has reached `limit`: one atomic statement that returns the new
+    (requests, tokens), or no row when the limit is reached (and nothing is counted)."""
+    statement = insert(LimitCounter).values(scope=bindparam("scope"), bucket=bindparam("bucket"), requests=1,
+                                            tokens=0, expires_at=bindparam("expires_at"))
+    return statement.on_conflict_do_update(
+        index_elements=["scope", "bucket"], set_={"requests": LimitCounter.requests + 1},
+        where=LimitCounter.requests < bindparam("limit"),
+    ).returning(LimitCounter.requests, LimitCounter.tokens)
+
+
 _UPSERT = {"postgresql": _upsert(postgresql.insert), "sqlite": _upsert(sqlite.insert)}
+_COUNT_BELOW = {"postgresql": _count_below(postgresql.insert), "sqlite": _count_below(sqlite.insert)}
+_UNCOUNT = (update(LimitCounter).where(LimitCounter.scope == bindparam("b_scope"),
+                                       LimitCounter.bucket == bindparam("b_bucket"))
+            .values(requests=LimitCounter.requests - 1))
 _TOKENS = select(LimitCounter.tokens).where(LimitCounter.scope == bindparam("scope"),
                                             LimitCounter.bucket == bindparam("bucket"))
 
@@ -132,37 +148,64 @@ class Counters:
         self.db = db
 
     def admit(self, scopes: list[Scope], now: float | None = None) -> None:
-        """Count one request against each scope's limits, or raise LimitExceeded (and count nothing)."""
+        """Count one request against each scope's limits, or raise LimitExceeded (and count nothing).
+
+        Each requests-per-minute count is one statement that commits by itself and counts only below the limit,
+        so the database serializes concurrent requests exactly (50 at once against 10 admit 10) in one round trip
+        per scope. A scope refused after another was counted takes that count back."""
         scopes = [s for s in scopes if s.limits.any]
         if not scopes:
             return
         now = time.time() if now is None else now
+        for attempt in (1, 2):
+            counted: list[str] = []
+            try:
+                with self.db.autocommit() as connection:
+                    try:
+                        return self._admit(connection, scopes, now, counted)
+                    except LimitExceeded:
+                        minute = minute_bucket(now)[0]
+                        for name in counted:
+                            connection.execute(_UNCOUNT, {"b_scope": name, "b_bucket": minute})
+                        raise
+            except DBAPIError as exc:
+                # A pooled connection the server dropped (it is not pinged first): once more, on a fresh one,
+                # if nothing was counted on it.
+                if attempt == 2 or counted or not exc.connection_invalidated:
+                    raise
+
+    @staticmethod
+    def _admit(connection, scopes: list[Scope], now: float, counted: list[str]) -> None:
         minute, minute_ends = minute_bucket(now)
-        with self.db.session() as s:
-            # Writes first: on SQLite a transaction that read before its first write can fail at once (not wait)
-            # when another process wrote in between.
-            minute_tokens: dict[str, int] = {}  # what the writes returned: a read fewer for a tokens-per-minute limit
-            for scope in scopes:
-                if scope.limits.rpm is not None:
-                    requests, minute_tokens[scope.name] = add(s, scope.name, minute, minute_ends, requests=1)
-                    if requests > scope.limits.rpm:
-                        raise LimitExceeded(
-                            f"Rate limit reached for {scope.label}: {scope.limits.rpm} requests per minute. "
-                            f"Try again in {int(minute_ends - now) + 1} s.", int(minute_ends - now) + 1)
-            for scope in scopes:
-                limits = scope.limits
-                if limits.token_budget is not None:
-                    bucket, ends = period_bucket(now, limits.budget_period or "month")
-                    if _tokens(s, scope.name, bucket) >= limits.token_budget:
-                        raise LimitExceeded(
-                            f"You exceeded the token budget of {scope.label}: {limits.token_budget} tokens per "
-                            f"{limits.budget_period}. It renews in {_duration(ends - now)}.", int(ends - now) + 1,
-                            quota=True, kind="tokens")
-                if limits.tpm is not None and (minute_tokens[scope.name] if scope.name in minute_tokens
-                                               else _tokens(s, scope.name, minute)) >= limits.tpm:
+        wait = int(minute_ends - now) + 1
+        minute_tokens: dict[str, int] = {}  # what the counts returned: a read fewer for a tokens-per-minute limit
+        for scope in scopes:
+            if scope.limits.rpm is not None:
+                row = connection.execute(_COUNT_BELOW[connection.dialect.name], {
+                    "scope": scope.name, "bucket": minute, "expires_at": minute_ends,
+                    "limit": scope.limits.rpm}).first()
+                if row is None:
+                    raise LimitExceeded(f"Rate limit reached for {scope.label}: {scope.limits.rpm} requests per "
+                                        f"minute. Try again in {wait} s.", wait)
+                counted.append(scope.name)
+                minute_tokens[scope.name] = row[1]
+        for scope in scopes:
+            limits = scope.limits
+            if limits.token_budget is not None:
+                bucket, ends = period_bucket(now, limits.budget_period or "month")
+                used = connection.execute(_TOKENS, {"scope": scope.name, "bucket": bucket}).scalar() or 0
+                if used >= limits.token_budget:
                     raise LimitExceeded(
-                        f"Rate limit reached for {scope.label}: {limits.tpm} tokens per minute. "
-                        f"Try again in {int(minute_ends - now) + 1} s.", int(minute_ends - now) + 1, kind="tokens")
+                        f"You exceeded the token budget of {scope.label}: {limits.token_budget} tokens per "
+                        f"{limits.budget_period}. It renews in {_duration(ends - now)}.", int(ends - now) + 1,
+                        quota=True, kind="tokens")
+            if limits.tpm is not None:
+                used = minute_tokens.get(scope.name)
+                if used is None:
+                    used = connection.execute(_TOKENS, {"scope": scope.name, "bucket": minute}).scalar() or 0
+                if used >= limits.tpm:
+                    raise LimitExceeded(f"Rate limit reached for {scope.label}: {limits.tpm} tokens per minute. "
+                                        f"Try again in {wait} s.", wait, kind="tokens")
 
     @staticmethod
     def charge(session: Session, scopes: list[Scope], tokens: int, now: float) -> None:
