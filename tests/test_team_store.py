@@ -194,3 +194,17 @@ def test_a_users_own_usage_does_not_name_the_models_of_anonymous_battles(db):
     own = {r.model: r.total_tokens for r in usage.summary(["model"], user.id, hide_battle_models=True)}
     assert own == {"(anonymous battle)": 7, "plain-model": 2}
     assert {r.model for r in usage.summary(["model"], user.id)} == {"secret-model-a", "plain-model"}  # an admin's view
+
+
+def test_a_budget_beyond_32_bits_is_stored_and_counted(db):
+    user = Accounts(db).create("pia", PASSWORD)
+    made = ApiKeys(db).create(user, KeySpec(name="bulk", tpm=5_000_000_000, token_budget=10**12))
+    grant = ApiKeys(db).grant(made.secret)
+    assert (grant.key_limits.tpm, grant.key_limits.token_budget) == (5_000_000_000, 10**12)
+    now = time.time()
+    Usage(db).write([UsageEvent("api", "/v1/completions", "m", 200, 1.0, 1_000_000_000, 0, user.id,
+                                charge=grant.scopes(), at=now) for _ in range(3)])
+    Counters(db).admit(grant.scopes(), now)
+    assert Counters(db).used(grant.scopes()[0], now)["tokens_this_minute"] == 3_000_000_000
+    with pytest.raises(ValueError):
+        KeySpec(name="x", rpm=2**31)

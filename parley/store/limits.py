@@ -29,9 +29,9 @@ BudgetPeriod = Literal["day", "month"]
 class Limits(BaseModel):
     """What a key or a user may use (None: no limit)."""
 
-    rpm: int | None = Field(None, ge=1, description="requests per minute")
-    tpm: int | None = Field(None, ge=1, description="tokens (prompt + completion) per minute")
-    token_budget: int | None = Field(None, ge=1, description="tokens per budget period")
+    rpm: int | None = Field(None, ge=1, le=2**31 - 1, description="requests per minute")
+    tpm: int | None = Field(None, ge=1, le=2**62, description="tokens (prompt + completion) per minute")
+    token_budget: int | None = Field(None, ge=1, le=2**62, description="tokens per budget period")
     budget_period: BudgetPeriod | None = Field(None, description="day or month (UTC); default month")
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -95,8 +96,8 @@ class User(Base):
     oidc_subject: Mapped[str | None] = mapped_column(String(255))
     # Limits on the user's use of models, web replies and API keys together (None: no limit).
     rpm: Mapped[int | None] = mapped_column(Integer)
-    tpm: Mapped[int | None] = mapped_column(Integer)
-    token_budget: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(BigInteger)
+    token_budget: Mapped[int | None] = mapped_column(BigInteger)
     budget_period: Mapped[str | None] = mapped_column(String(8))  # day | month
     __table_args__ = (UniqueConstraint("oidc_issuer", "oidc_subject", name="uq_users_oidc_identity"),)
 
@@ -268,8 +269,8 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     rpm: Mapped[int | None] = mapped_column(Integer)
-    tpm: Mapped[int | None] = mapped_column(Integer)
-    token_budget: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(BigInteger)
+    token_budget: Mapped[int | None] = mapped_column(BigInteger)
     budget_period: Mapped[str | None] = mapped_column(String(8))  # day | month
     models: Mapped[list | None] = mapped_column(JSON)  # the models and assistants it may use (None: all)
     user: Mapped[User] = relationship(lazy="joined")
@@ -300,5 +301,5 @@ class LimitCounter(Base):
     scope: Mapped[str] = mapped_column(String(200), primary_key=True)
     bucket: Mapped[str] = mapped_column(String(32), primary_key=True)  # the window of time, e.g. m29449440
     requests: Mapped[int] = mapped_column(Integer, default=0)
-    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     expires_at: Mapped[int] = mapped_column(Integer, index=True)  # epoch seconds when the window ends

@@ -19,8 +19,8 @@ USER_LIMITS = ("rpm", "tpm", "token_budget")
 
 
 def _limit_columns() -> list[sa.Column]:
-    return [*(sa.Column(name, sa.Integer, nullable=True) for name in USER_LIMITS),
-            sa.Column("budget_period", sa.String(8), nullable=True)]
+    return [sa.Column("rpm", sa.Integer, nullable=True), sa.Column("tpm", sa.BigInteger, nullable=True),
+            sa.Column("token_budget", sa.BigInteger, nullable=True), sa.Column("budget_period", sa.String(8), nullable=True)]
 
 
 def upgrade() -> None:
@@ -68,7 +68,7 @@ def upgrade() -> None:
         sa.Column("scope", sa.String(200), primary_key=True),
         sa.Column("bucket", sa.String(32), primary_key=True),
         sa.Column("requests", sa.Integer, nullable=False),
-        sa.Column("tokens", sa.Integer, nullable=False),
+        sa.Column("tokens", sa.BigInteger, nullable=False),
         sa.Column("expires_at", sa.Integer, nullable=False),
     )
     op.create_index("ix_limit_counters_expires_at", "limit_counters", ["expires_at"])
