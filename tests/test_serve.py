@@ -12,6 +12,9 @@ import httpx
 import openai
 import pytest
 
+from parley.store.accounts import Accounts
+from parley.store.api_keys import ApiKeys, KeySpec
+from parley.store.database import Database
 from tests.postgres import PostgresServer, postgres_bin
 from tests.servers import REPO, free_port
 
@@ -143,26 +146,32 @@ def children_of(pid: int) -> list[int]:
 
 
 def test_serve_passes_secrets_to_its_children_in_their_environment_never_on_the_command_line(tmp_path):
+    """Also `parley serve --auth` for a team: the API takes users' keys from the database beside the static ones,
+    and the web UI gets the sign-up policy and the OpenID Connect settings (its client secret by file)."""
     if postgres_bin() is None:
         pytest.skip("PostgreSQL server binaries are absent (Debian package postgresql)")
     database = PostgresServer()
-    key, password = "sk-team-key-71d3f0", "pg-password-5e1c9a"
+    key, password, oidc_secret = "sk-team-key-71d3f0", "pg-password-5e1c9a", "oidc-secret-c0ffee"
     try:
         url = database.create_database("serve_secrets").replace("parley@", f"parley:{password}@")
         (tmp_path / "keys").write_text(f"{key}\nsk-second-key-aa10\n")
         (tmp_path / "db-url").write_text(url)
+        (tmp_path / "oidc-secret").write_text(oidc_secret)
         api_port, controller_port, web_port = free_port(), free_port(), free_port()
         log = tmp_path / "serve.log"
         proc = start_serve(log, "--engine", "llamacpp", "--port", str(api_port), "--controller-port",
                            str(controller_port), "--worker-port", str(free_port()), "--web-port", str(web_port),
                            "--api-keys-file", str(tmp_path / "keys"), "--db-url-file", str(tmp_path / "db-url"),
-                           "--embedding-model", "none")
+                           "--embedding-model", "none", "--auth", "--signup", "approval",
+                           "--oidc-issuer", "http://127.0.0.1:9/realms/team", "--oidc-client-id", "parley",
+                           "--oidc-client-secret-file", str(tmp_path / "oidc-secret"), "--oidc-name", "Keycloak")
         try:
             children = children_of(proc.pid)
             assert len(children) >= 4  # controller, worker, API, web UI
             for pid in [proc.pid, *children]:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
                 assert key not in argv and password not in argv and "sk-second" not in argv, argv
+                assert oidc_secret not in argv
             environ = {pid: Path(f"/proc/{pid}/environ").read_bytes() for pid in children}
             secrets = {e.split(b"PARLEY_CLUSTER_SECRET=")[1].split(b"\0")[0] for e in environ.values()
                        if b"PARLEY_CLUSTER_SECRET=" in e}
@@ -175,9 +184,16 @@ def test_serve_passes_secrets_to_its_children_in_their_environment_never_on_the_
             with pytest.raises(openai.AuthenticationError):
                 openai.OpenAI(base_url=api, api_key="wrong", max_retries=0).models.list()
             assert openai.OpenAI(base_url=api, api_key=key, max_retries=0).models.list().data
+            db = Database(url)
+            users_key = ApiKeys(db).create(Accounts(db).create("ana", "a long password"), KeySpec(name="laptop")).secret
+            db.close()
+            assert openai.OpenAI(base_url=api, api_key=users_key, max_retries=0).models.list().data
+            session = httpx.get(f"http://127.0.0.1:{web_port}/api/session", timeout=10).json()
+            assert session["signed_in"] is False and session["signup"] == "approval"
+            assert session["oidc"]["name"] == "Keycloak"
             assert httpx.get(f"http://127.0.0.1:{web_port}/health", timeout=10).status_code == 200
             assert f"127.0.0.1:{database.port}/serve_secrets" in log.read_text()
-            assert password not in log.read_text()
+            assert password not in log.read_text() and oidc_secret not in log.read_text()
             assert httpx.post(f"http://127.0.0.1:{controller_port}/list_models", timeout=10).status_code == 401
         finally:
             stop_serve(proc, log)
