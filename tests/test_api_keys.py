@@ -26,6 +26,7 @@ from tests.conftest import run_parley
 from tests.servers import start_api, start_controller, start_worker
 
 ECHO, OTHER = "echo", "echo-b"  # two models of one echo worker
+SLOW = "echo-slow"  # an echo worker that takes 50 ms a token: a stream to leave in the middle
 CHAT = "smollm2-135m-instruct"  # the bundled model
 STATIC = "sk-team-static"
 HI = [{"role": "user", "content": "hello there"}]
@@ -36,7 +37,9 @@ REVOKED_WITHIN_S = 5.0  # the API trusts a key's answer for 2 s
 def cluster():
     controller = start_controller()
     worker = start_worker(controller, names=f"{ECHO},{OTHER}", echo=True)
+    slow = start_worker(controller, names=SLOW, echo=True, delay_s=0.05)
     yield controller
+    slow.stop()
     worker.stop()
     controller.stop()
 
@@ -301,6 +304,20 @@ def test_usage_records_every_request_with_the_tokens_its_reply_reported(site):
                if line.startswith(("parley_prompt_tokens_total{", "parley_generation_tokens_total{"))]
     assert any('model="echo"' in line for line in counted) and not any("user" in line or "key" in line
                                                                        for line in counted), counted
+
+
+def test_a_stream_left_in_the_middle_is_charged_the_tokens_it_streamed(site):
+    secret, key_id = site.key(tpm=1_000_000)
+    words = " ".join(f"w{i}" for i in range(300))
+    with httpx.stream("POST", site.api.url + "/v1/chat/completions", timeout=30,
+                      headers={"Authorization": f"Bearer {secret}"},
+                      json={"model": SLOW, "messages": [{"role": "user", "content": words}], "max_tokens": 400,
+                            "stream": True}) as response:
+        lines = response.iter_lines()
+        received = [line for line, _ in zip(lines, range(12)) if line.startswith("data: ")]
+    assert len(received) >= 5  # left after a few tokens, long before the 400
+    [row] = rows_of(site.db, key_id, count=1)
+    assert row.status == 499 and 5 <= row.completion_tokens < 400, (row.status, row.completion_tokens)
 
 
 def test_the_api_refuses_auth_without_any_source_of_keys():

@@ -4,6 +4,8 @@ API keys (hashed, revocable), rate limits counted in the database (exact under c
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timezone
@@ -208,3 +210,29 @@ def test_a_budget_beyond_32_bits_is_stored_and_counted(db):
     assert Counters(db).used(grant.scopes()[0], now)["tokens_this_minute"] == 3_000_000_000
     with pytest.raises(ValueError):
         KeySpec(name="x", rpm=2**31)
+
+
+def test_a_model_name_no_database_can_store_is_cleaned_and_a_refused_record_does_not_hold_up_the_rest(db):
+    user = Accounts(db).create("quinn", PASSWORD)
+    Usage(db).write([UsageEvent("api", "/v1/chat/completions", "x\ud800y\x00z", 404, 1.0, user_id=user.id)])
+    assert [r.model for r in Usage(db).summary(["model"], user.id)] == ["x?yz"]
+
+    async def run():
+        recorder = UsageRecorder(db, flush_interval_s=0.05)
+        await recorder.start()
+        recorder.record(UsageEvent("api", "/v1/completions", "m", 200, 1.0, 1, 2, user_id=user.id))
+        recorder.record(UsageEvent("api", "/v1/completions", "m", 200, 1.0, 1, 2, user_id=10**6))  # no such user
+        recorder.record(UsageEvent("api", "/v1/completions", "m", 200, 1.0, 3, 4, user_id=user.id))
+        await recorder.stop()
+        return recorder.written
+
+    assert asyncio.run(run()) == 2
+    totals = Usage(db).summary(["model"], user.id)
+    assert {r.model: (r.requests, r.total_tokens) for r in totals}["m"] == (2, 10)
+
+
+def test_a_usage_csv_cell_a_spreadsheet_would_run_is_quoted(db):
+    user = Accounts(db).create("rita", PASSWORD)
+    Usage(db).write([UsageEvent("api", "/v1/chat/completions", "=HYPERLINK(\"http://x\")", 404, 1.0, user_id=user.id)])
+    row = next(csv.DictReader(io.StringIO(to_csv(Usage(db).summary(["model"]), ["model"]))))
+    assert row["model"] == "'=HYPERLINK(\"http://x\")"

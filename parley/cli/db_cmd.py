@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     export.set_defaults(run=run_export)
 
 
-def _db(args):
+def open_db(args):
     from parley.store.database import Database
 
     db = Database(db_url(args))
@@ -41,7 +41,7 @@ def _db(args):
 
 
 def run_upgrade(args: argparse.Namespace) -> int:
-    db = _db(args)
+    db = open_db(args)
     print(f"{db.display_url}: at revision {db.revision()}")
     return 0
 
@@ -49,7 +49,7 @@ def run_upgrade(args: argparse.Namespace) -> int:
 def run_stats(args: argparse.Namespace) -> int:
     from parley.store.votes import Votes
 
-    print(Votes(_db(args)).stats().model_dump_json(indent=2))
+    print(Votes(open_db(args)).stats().model_dump_json(indent=2))
     return 0
 
 
@@ -62,7 +62,7 @@ def run_create_user(args: argparse.Namespace) -> int:
         password = getpass.getpass(f"password for {args.username}: ")
         if getpass.getpass("again: ") != password:
             raise ParleyError("the passwords differ")
-    user = Accounts(_db(args)).create(args.username, password, is_admin=args.admin)
+    user = Accounts(open_db(args)).create(args.username, password, is_admin=args.admin)
     print(f"created {'admin ' if user.is_admin else ''}user {user.username}")
     return 0
 
@@ -70,6 +70,6 @@ def run_create_user(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from parley.store.votes import Votes
 
-    n = Votes(_db(args)).export_fastchat_log(args.output)
+    n = Votes(open_db(args)).export_fastchat_log(args.output)
     print(f"wrote {n} votes to {args.output}")
     return 0

@@ -11,7 +11,8 @@ import argparse
 import sys
 from datetime import date
 
-from parley.cli.secret_args import add_db_url_arguments, db_url
+from parley.cli.db_cmd import open_db
+from parley.cli.secret_args import add_db_url_arguments
 from parley.errors import ParleyError
 
 
@@ -82,14 +83,6 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run_users_password)
 
 
-def _db(args):
-    from parley.store.database import Database
-
-    db = Database(db_url(args))
-    db.upgrade()
-    return db
-
-
 def _user(accounts, username: str | None):
     if username is None:
         return accounts.local_user()
@@ -123,7 +116,7 @@ def run_keys_create(args: argparse.Namespace) -> int:
     from parley.store.accounts import Accounts
     from parley.store.api_keys import ApiKeys, KeySpec
 
-    db = _db(args)
+    db = open_db(args)
     user = _user(Accounts(db), args.user)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models is not None else None
     try:
@@ -144,7 +137,7 @@ def run_keys_list(args: argparse.Namespace) -> int:
     from parley.store.accounts import Accounts
     from parley.store.api_keys import ApiKeys
 
-    db = _db(args)
+    db = open_db(args)
     user = _user(Accounts(db), args.user) if args.user else None
     table = Table("id", "name", "owner", "prefix", "created", "limits", "models", "revoked")
     for k in ApiKeys(db).list(user):
@@ -160,7 +153,7 @@ def run_keys_revoke(args: argparse.Namespace) -> int:
     from parley.store.api_keys import ApiKeys
     from parley.store.conversations import NotFound
 
-    db = _db(args)
+    db = open_db(args)
     try:
         key = ApiKeys(db).revoke(Accounts(db).local_user(), args.key_id)  # the local user is an admin
     except NotFound:
@@ -179,7 +172,7 @@ def run_usage(args: argparse.Namespace) -> int:
     unknown = sorted(set(by) - set(GROUPS))
     if unknown:
         raise ParleyError(f"--by takes {', '.join(GROUPS)}; not {', '.join(unknown)}")
-    db = _db(args)
+    db = open_db(args)
     user_id = _user(Accounts(db), args.user).id if args.user else None
     rows = Usage(db).summary(by, user_id=user_id, since=args.since, until=args.until)
     if args.csv:
@@ -203,7 +196,7 @@ def run_users_list(args: argparse.Namespace) -> int:
     from parley.store.accounts import Accounts
 
     table = Table("id", "username", "status", "admin", "sign-in", "created", "last sign-in", "limits")
-    for u in Accounts(_db(args)).list():
+    for u in Accounts(open_db(args)).list():
         table.add_row(str(u.id), u.username, u.status, "yes" if u.is_admin else "", u.sign_in,
                       f"{u.created_at:%Y-%m-%d}", f"{u.last_login_at:%Y-%m-%d %H:%M}" if u.last_login_at else "",
                       u.limits.describe())
@@ -214,7 +207,7 @@ def run_users_list(args: argparse.Namespace) -> int:
 def _update(args, **change) -> int:
     from parley.store.accounts import Accounts
 
-    accounts = Accounts(_db(args))
+    accounts = Accounts(open_db(args))
     user = accounts.update(_user(accounts, args.username).id, **change)
     print(f"{user.username}: {user.status}{', admin' if user.is_admin else ''}")
     return 0
@@ -231,7 +224,7 @@ def run_users_admin(args: argparse.Namespace) -> int:
 def run_users_limits(args: argparse.Namespace) -> int:
     from parley.store.accounts import Accounts
 
-    accounts = Accounts(_db(args))
+    accounts = Accounts(open_db(args))
     limits = _limits(args)
     accounts.update(_user(accounts, args.username).id, limits=limits)
     print(f"{args.username}: limits {limits.describe()}")
@@ -243,7 +236,7 @@ def run_users_password(args: argparse.Namespace) -> int:
 
     from parley.store.accounts import Accounts
 
-    accounts = Accounts(_db(args))
+    accounts = Accounts(open_db(args))
     user = _user(accounts, args.username)
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")

@@ -243,11 +243,14 @@ class OpenAIServing:
                       usage_event: Callable[[UsageInfo], BaseModel], include_usage: bool) -> StreamingResponse:
         """With `include_usage` every event has a `usage` key (null until the last event, `usage_event`), as OpenAI
         sends them; without, no event has one (the usage recorded is the same either way)."""
+        # With each delta's token ids, so that a stream the client leaves early is charged what it generated.
+        requests = [r.model_copy(update={"return_token_ids": True}) for r in requests]
         replies = await self._open(request, model, requests)
         exclude = None if include_usage else {"usage"}
 
         async def events() -> AsyncIterator[bytes]:
             finals: dict[int, Delta] = {}
+            generated = [0] * len(requests)  # tokens streamed so far, per choice
             status: int | str = 200
             first = True
             try:
@@ -257,6 +260,7 @@ class OpenAIServing:
                     if d.chunk.text and first:
                         self.metrics.observe_ttft(request.endpoint, request.started)
                         first = False
+                    generated[d.index] += len(d.chunk.token_ids)
                     if d.chunk.finish_reason is not None:
                         finals[d.index] = d
                     for event in render(d):
@@ -270,8 +274,14 @@ class OpenAIServing:
                 log.exception("reply stream failed")
                 status = 500
                 yield sse(APIError(500, f"internal server error: {type(exc).__name__}", type="server_error").body())
+            except (asyncio.CancelledError, GeneratorExit):
+                status = 499  # the client went away mid-stream
+                raise
             finally:
-                self._record(request, status, model, self._usage(finals, prompt_groups) if finals else None)
+                usage = self._usage(finals, prompt_groups)
+                # Choices the client left before their end: the tokens they streamed (their prompt's are not known).
+                usage.add(0, sum(n for i, n in enumerate(generated) if i not in finals))
+                self._record(request, status, model, usage)
             yield sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream",

@@ -20,6 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 from sqlalchemy import Date, String, case, cast, func, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from parley.store.database import Database
 from parley.store.limits import Counters, Scope
@@ -33,6 +34,7 @@ GroupBy = Literal["user", "key", "model", "day"]
 ANONYMOUS_BATTLE = "arena-anonymous"
 HIDDEN_MODEL = "(anonymous battle)"
 GROUPS: tuple[str, ...] = ("user", "key", "model", "day")
+MAX_QUEUED = 1_000_000  # usage records held while the database is unreachable (about 0.5 GB at most)
 
 
 @dataclass
@@ -48,6 +50,12 @@ class UsageEvent:
     key_id: str | None = None
     charge: list[Scope] = field(default_factory=list)  # the scopes whose token limits this counts against
     at: float = field(default_factory=time.time)
+
+
+def _text(value: str, length: int) -> str:
+    """A client's text as every database stores it: no NUL (PostgreSQL refuses it), no lone surrogate (no driver
+    encodes it), at most `length` characters. A model name is whatever the request said."""
+    return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")[:length]
 
 
 class UsageRow(BaseModel):
@@ -76,7 +84,8 @@ class Usage:
             return
         with self.db.session() as s:
             s.add_all([UsageRecord(created_at=datetime.fromtimestamp(e.at, timezone.utc), user_id=e.user_id,
-                                   key_id=e.key_id, source=e.source, endpoint=e.endpoint[:64], model=e.model[:200],
+                                   key_id=e.key_id, source=e.source, endpoint=_text(e.endpoint, 64),
+                                   model=_text(e.model, 200),
                                    prompt_tokens=e.prompt_tokens, completion_tokens=e.completion_tokens,
                                    latency_ms=e.latency_ms, status=e.status) for e in events])
             for e in events:
@@ -129,13 +138,19 @@ CSV_FIELDS = ("day", "user", "key", "key_id", "model", "requests", "prompt_token
               "total_tokens", "errors", "mean_latency_ms")
 
 
+def _cell(value):
+    """A spreadsheet runs a cell that starts with = + - @ (or a tab or carriage return) as a formula: key and model
+    names are anyone's text, so such a cell is written with a leading apostrophe."""
+    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
 def to_csv(rows: list[UsageRow], by: list[str]) -> str:
     fields = [f for f in CSV_FIELDS if f in by or (f == "key_id" and "key" in by) or f not in GROUPS + ("key_id",)]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        values = row.model_dump()
+        values = {k: _cell(v) for k, v in row.model_dump().items()}
         values["mean_latency_ms"] = f"{row.mean_latency_ms:.1f}"
         writer.writerow(values)
     return out.getvalue()
@@ -152,8 +167,14 @@ class UsageRecorder:
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self.written = 0
+        self.dropped = 0
 
     def record(self, event: UsageEvent) -> None:
+        if self._queue.qsize() >= MAX_QUEUED:  # the database has been down a long while: keep the memory bounded
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.error("the usage queue is full (%d records): dropped %d so far", MAX_QUEUED, self.dropped)
+            return
         self._queue.put_nowait(event)
 
     async def start(self) -> None:
@@ -170,19 +191,37 @@ class UsageRecorder:
                 events.append(self._queue.get_nowait())
             stopping = None in events
             events = [e for e in events if e is not None]
-            while events:
-                try:
-                    await asyncio.to_thread(self.usage.write, events)
-                    self.written += len(events)
-                    break
-                except Exception:  # noqa: BLE001 - a database hiccup must not lose the events or stop the writer
-                    log.exception("could not store %d usage records; trying again in 1 s", len(events))
-                    await asyncio.sleep(1.0)
-                    if stopping:
-                        raise
+            await self._store(events, stopping)
             if stopping and not self._queue.empty():
                 stopping = False  # events came after the stop: write them too
                 self._queue.put_nowait(None)
+
+    async def _store(self, events: list[UsageEvent], stopping: bool) -> None:
+        """Write a batch. While the database is unreachable, try again each second (three times when stopping, then
+        say what is lost). A batch the database refuses for its content is written one event at a time, and an event
+        it still refuses is logged and dropped: one bad event never holds up the others."""
+        attempt = 0
+        while True:
+            try:
+                await asyncio.to_thread(self.usage.write, events)
+                self.written += len(events)
+                return
+            except (OperationalError, InterfaceError) as exc:
+                attempt += 1
+                if stopping and attempt >= 3:
+                    log.error("lost %d usage records: the database is unreachable at shutdown (%s)", len(events), exc)
+                    return
+                if attempt == 1 or attempt % 60 == 0:
+                    log.warning("could not store %d usage records (%s); trying again each second", len(events), exc)
+                await asyncio.sleep(1.0)
+            except Exception:  # noqa: BLE001 - one of the events: find it
+                break
+        for event in events:
+            try:
+                await asyncio.to_thread(self.usage.write, [event])
+                self.written += 1
+            except Exception:  # noqa: BLE001 - whichever error the database gives for it
+                log.exception("dropped a usage record the database refuses: %r", event)
 
     async def stop(self) -> None:
         """Write everything still queued (a clean shutdown loses nothing), then stop."""

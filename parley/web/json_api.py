@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from parley.errors import ParleyError
 from parley.serving.api_errors import APIError
+from parley.serving.key_auth import limit_error
 from parley.store.accounts import SignupPolicy
 from parley.store.api_keys import user_scope
 from parley.store.assistants import is_assistant_id
@@ -98,17 +99,6 @@ def with_retry_after(error: APIError, seconds: int) -> APIError:
     """The error with a Retry-After header (the error handler sends an APIError's `headers`)."""
     error.headers = {"Retry-After": str(max(1, int(seconds)))}
     return error
-
-
-def limit_error(exc: LimitExceeded) -> APIError:
-    """A limit reached, as the OpenAI API says it: 429 rate_limit_exceeded (type requests or tokens), or
-    insufficient_quota for a spent budget; with Retry-After."""
-    if exc.quota:
-        error = APIError(429, exc.message, type="insufficient_quota", code="insufficient_quota")
-    else:
-        kind = "tokens" if "tokens per minute" in exc.message else "requests"
-        error = APIError(429, exc.message, type=kind, code="rate_limit_exceeded")
-    return with_retry_after(error, exc.retry_after_s)
 
 
 def sign_in(request: Request, user: User) -> None:

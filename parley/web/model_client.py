@@ -29,7 +29,8 @@ class ReplyProgress(BaseModel):
     error: str | None = None
     finish_reason: str | None = None
     prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    completion_tokens: int | None = None  # as the model reported them at the end
+    generated_tokens: int = 0  # streamed so far (what a reply stopped early is charged)
     first_token_s: float | None = None
     latency_s: float | None = None
 
@@ -60,11 +61,13 @@ class ModelClient:
         request = ChatCompletionRequest.model_validate({
             "model": model, "messages": messages, "temperature": params.temperature, "top_p": params.top_p,
             "max_tokens": params.max_tokens, "continue_final_message": continue_final}).to_generation_request(new_id("web"))
+        request.return_token_ids = True  # counted as they stream
         try:
             async for chunk in self.cluster.generate_stream(model, request):
                 if chunk.text and progress.first_token_s is None:
                     progress.first_token_s = time.perf_counter() - started
                 progress.text += chunk.text
+                progress.generated_tokens += len(chunk.token_ids)
                 if chunk.usage is not None:
                     progress.prompt_tokens = chunk.usage.prompt_tokens
                     progress.completion_tokens = chunk.usage.completion_tokens

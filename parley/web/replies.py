@@ -107,14 +107,15 @@ class StreamedReply:
             completion_tokens=p.completion_tokens))
 
     def usage_event(self, charge: Scope, endpoint: str = "web") -> UsageEvent:
-        """The reply's usage, with the token counts stored with it (none for a reply stopped before the model
-        reported them); its tokens count against `charge`'s limits. `endpoint`: web (a chat), arena (side by
-        side) or arena-anonymous (a battle's side, whose model its user's own usage does not name)."""
+        """The reply's usage, with the token counts stored with it (for a reply stopped before the model reported
+        them: the tokens it streamed); its tokens count against `charge`'s limits. `endpoint`: web (a chat), arena
+        (side by side) or arena-anonymous (a battle's side, whose model its user's own usage does not name)."""
         p = self.progress or ReplyProgress()
         elapsed = self.elapsed_s if self.elapsed_s is not None else time.monotonic() - self._started
         return UsageEvent(source="web", endpoint=endpoint, model=self.model, status=self.status,
                           latency_ms=elapsed * 1000, prompt_tokens=p.prompt_tokens or 0,
-                          completion_tokens=p.completion_tokens or 0, user_id=self._user_id, charge=[charge])
+                          completion_tokens=p.generated_tokens if p.completion_tokens is None else p.completion_tokens,
+                          user_id=self._user_id, charge=[charge])
 
     def _save(self, **details) -> asyncio.Task:
         self._saved_at = time.monotonic()
