@@ -105,7 +105,7 @@ def test_fifty_requests_at_once_against_ten_per_minute_admit_exactly_ten(db):
     with ThreadPoolExecutor(16) as pool:
         admitted = sum(pool.map(attempt, range(50)))
     assert admitted == 10
-    assert counters.used(scope, now)["requests_this_minute"] == 10  # refused ones counted nothing
+    assert counters.used(scope, now).requests_this_minute == 10  # refused ones counted nothing
     counters.admit([scope], now + 60)  # the next minute admits again
 
 
@@ -117,7 +117,7 @@ def test_a_refused_scope_counts_nothing_for_the_others(db):
     counters.admit([key, user], now)
     with pytest.raises(LimitExceeded, match="the user: 1 requests per minute"):
         counters.admit([key, user], now)
-    assert counters.used(key, now)["requests_this_minute"] == 1
+    assert counters.used(key, now).requests_this_minute == 1
 
 
 def test_tokens_per_minute_and_budgets_refuse_once_crossed(db):
@@ -185,7 +185,7 @@ def test_the_recorder_writes_off_the_request_path_and_loses_nothing_on_stop(db):
     assert queued[0].requests == 0  # recorded without touching the database: queued for the writer
     total = Usage(db).summary([], user_id=user.id)[0]
     assert total.requests == 200 and total.prompt_tokens == sum(range(200))
-    assert Counters(db).used(scope, now)["tokens_this_minute"] == sum(range(200)) + 200
+    assert Counters(db).used(scope, now).tokens_this_minute == sum(range(200)) + 200
 
 
 def test_a_users_own_usage_does_not_name_the_models_of_anonymous_battles(db):
@@ -207,7 +207,7 @@ def test_a_budget_beyond_32_bits_is_stored_and_counted(db):
     Usage(db).write([UsageEvent("api", "/v1/completions", "m", 200, 1.0, 1_000_000_000, 0, user.id,
                                 charge=grant.scopes(), at=now) for _ in range(3)])
     Counters(db).admit(grant.scopes(), now)
-    assert Counters(db).used(grant.scopes()[0], now)["tokens_this_minute"] == 3_000_000_000
+    assert Counters(db).used(grant.scopes()[0], now).tokens_this_minute == 3_000_000_000
     with pytest.raises(ValueError):
         KeySpec(name="x", rpm=2**31)
 

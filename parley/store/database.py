@@ -115,7 +115,7 @@ class Database:
         # See autocommit(). Made now (no connection is opened until one is used), so that threads share one.
         self._autocommit_engine: Engine = (
             self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_sqlite
-            else create_engine(self.url, isolation_level="AUTOCOMMIT", pool_size=10, max_overflow=20))
+            else create_engine(self.url, isolation_level="AUTOCOMMIT", pool_size=4, max_overflow=8))
 
     @property
     def display_url(self) -> str:

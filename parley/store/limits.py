@@ -55,6 +55,14 @@ class Limits(BaseModel):
         return ", ".join(p for p in parts if p) or "none"
 
 
+class Used(BaseModel):
+    """What a scope's limits have counted in their current windows (a limit that is not set counts nothing)."""
+
+    requests_this_minute: int
+    tokens_this_minute: int
+    tokens_this_period: int  # the budget's day or month
+
+
 @dataclass(frozen=True)
 class Scope:
     """What one set of limits applies to: `name` is its counters' key (key:ID, user:ID), `label` how an error names it."""
@@ -228,15 +236,15 @@ class Counters:
             requests, _ = add(s, scope, bucket, ends, requests=1)
         return int(ends - now) + 1 if requests > limit else None
 
-    def used(self, scope: Scope, now: float | None = None) -> dict[str, int]:
+    def used(self, scope: Scope, now: float | None = None) -> Used:
         """What a scope has used in its current windows: requests and tokens this minute, tokens this period."""
         now = time.time() if now is None else now
         minute, _ = minute_bucket(now)
         with self.db.session() as s:
             row = s.get(LimitCounter, (scope.name, minute))
             period = period_bucket(now, scope.limits.budget_period or "month")[0]
-            return {"requests_this_minute": row.requests if row else 0, "tokens_this_minute": row.tokens if row else 0,
-                    "tokens_this_period": _tokens(s, scope.name, period)}
+            return Used(requests_this_minute=row.requests if row else 0, tokens_this_minute=row.tokens if row else 0,
+                        tokens_this_period=_tokens(s, scope.name, period))
 
     @staticmethod
     def purge(session: Session, now: float) -> None:

@@ -13,7 +13,7 @@ from parley.store.conversations import (
     ConversationView,
     MessageView,
 )
-from parley.store.limits import Limits
+from parley.store.limits import Limits, Used
 from parley.web.model_client import ReplyParams
 
 
@@ -54,7 +54,7 @@ class SignupResult(Closed):
 class AccountView(UserView):
     """The signed-in user, with what their limits have counted so far."""
 
-    used: dict[str, int]  # requests_this_minute, tokens_this_minute, tokens_this_period
+    used: Used
 
 
 class PasswordChange(Closed):
