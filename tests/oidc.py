@@ -15,7 +15,6 @@ import os
 import queue
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -27,6 +26,8 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
 import pytest
+
+from tests.servers import interrupt
 
 REPO = Path(__file__).resolve().parents[1]
 PROVIDER_DIR = REPO / "tests" / "oidc_provider"
@@ -111,14 +112,7 @@ class OIDCProvider:
         return httpx.get(self.discovery_url, timeout=10).raise_for_status().json()
 
     def stop(self, timeout: float = 10) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return interrupt(self.proc, timeout)
 
     def __enter__(self) -> OIDCProvider:
         return self

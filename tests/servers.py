@@ -41,6 +41,18 @@ def wait_for(ready: Callable[[], bool], proc: subprocess.Popen, what: str, timeo
         time.sleep(0.1)
 
 
+def interrupt(proc: subprocess.Popen, timeout: float = 30) -> int:
+    """Stop a process as Ctrl-C does (SIGINT), killing it if it has not exited within `timeout`; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class Server:
     """A `parley ...` subprocess whose output goes to a file (read it with `.log()`)."""
 
@@ -68,14 +80,7 @@ class Server:
         self.proc.wait()
 
     def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return interrupt(self.proc, timeout)
 
 
 def start_controller(*extra: str, port: int | None = None, secret: str | None = None) -> Server:

@@ -53,15 +53,20 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_password(args: argparse.Namespace, prompt: str) -> str:
+    """A password from standard input (--password-stdin), else typed twice at the terminal."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    password = getpass.getpass(prompt)
+    if getpass.getpass("again: ") != password:
+        raise ParleyError("the passwords differ")
+    return password
+
+
 def run_create_user(args: argparse.Namespace) -> int:
     from parley.store.accounts import Accounts
 
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = getpass.getpass(f"password for {args.username}: ")
-        if getpass.getpass("again: ") != password:
-            raise ParleyError("the passwords differ")
+    password = read_password(args, f"password for {args.username}: ")
     user = Accounts(open_db(args)).create(args.username, password, is_admin=args.admin)
     print(f"created {'admin ' if user.is_admin else ''}user {user.username}")
     return 0

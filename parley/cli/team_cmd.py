@@ -11,7 +11,7 @@ import argparse
 import sys
 from datetime import date
 
-from parley.cli.db_cmd import open_db
+from parley.cli.db_cmd import open_db, read_password
 from parley.cli.secret_args import add_db_url_arguments
 from parley.errors import ParleyError
 
@@ -232,18 +232,10 @@ def run_users_limits(args: argparse.Namespace) -> int:
 
 
 def run_users_password(args: argparse.Namespace) -> int:
-    import getpass
-
     from parley.store.accounts import Accounts
 
     accounts = Accounts(open_db(args))
     user = _user(accounts, args.username)
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = getpass.getpass(f"new password for {user.username}: ")
-        if getpass.getpass("again: ") != password:
-            raise ParleyError("the passwords differ")
-    accounts.set_password(user.id, password)
+    accounts.set_password(user.id, read_password(args, f"new password for {user.username}: "))
     print(f"{user.username}: password set; their sessions have ended")
     return 0
