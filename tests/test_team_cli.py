@@ -49,4 +49,4 @@ def test_keys_users_and_usage_from_the_command_line(tmp_path):
     rows = list(csv.DictReader(io.StringIO(run_parley("usage", "--by", "model", "--csv", env=env).stdout)))
     assert {(r["model"], r["total_tokens"]) for r in rows} == {("m1", "30"), ("m2", "11")}
     bad = run_parley("usage", "--by", "colour", env=env)
-    assert bad.returncode != 0 and "--by takes user, key, model, day" in bad.stderr
+    assert bad.returncode != 0 and "grouped by user, key, model, day; not by colour" in bad.stderr

@@ -28,8 +28,8 @@ def start_web(controller: Server, db_url: str, *extra: str) -> Server:
 class Client:
     """A browser's view of the API: a cookie jar and the CSRF token of its session."""
 
-    def __init__(self, url: str):
-        self.http = httpx.Client(base_url=url + "/api", timeout=30)
+    def __init__(self, url: str, headers: dict | None = None):
+        self.http = httpx.Client(base_url=url + "/api", timeout=30, headers=headers)
         self.csrf = self.http.get("/session").json()["csrf_token"]
 
     def call(self, method: str, path: str, **kw) -> httpx.Response:

@@ -32,7 +32,7 @@ from parley.web.app import session_key
 from parley.web.services import WebSettings
 from tests.oidc import OIDCProvider, login_with_httpx, start_oidc_provider
 from tests.servers import Server, free_port, start_controller, start_worker
-from tests.test_web_api import parse_sse
+from tests.test_web_api import Client as WebClient
 
 SECRET = "web-team-test-cluster-secret-0123456"
 ECHO, ECHO_B = "echo-model", "echo-model-b"
@@ -41,25 +41,15 @@ POLICIES = ("closed", "open", "approval")
 IDP_NAME = "Test IdP"
 
 
-class Client:
-    """A browser: a cookie jar, the CSRF token of its session, and a client address of its own."""
+class Client(WebClient):
+    """A browser (test_web_api's), with a client address of its own."""
 
     def __init__(self, url: str, address: str | None = None):
         self.address = address or "10." + ".".join(str(random.randrange(256)) for _ in range(3))
-        self.http = httpx.Client(base_url=url + "/api", timeout=30, headers={"X-Forwarded-For": self.address})
-        self.csrf = self.session()["csrf_token"]
+        super().__init__(url, headers={"X-Forwarded-For": self.address})
 
     def session(self) -> dict:
         return self.http.get("/session").json()
-
-    def call(self, method: str, path: str, **kw) -> httpx.Response:
-        return self.http.request(method, path, headers={"X-CSRF-Token": self.csrf}, **kw)
-
-    def login(self, username: str, password: str) -> httpx.Response:
-        r = self.call("POST", "/login", json={"username": username, "password": password})
-        if r.status_code == 200:
-            self.csrf = r.json()["csrf_token"]
-        return r
 
     def signup(self, username: str, password: str) -> httpx.Response:
         r = self.call("POST", "/signup", json={"username": username, "password": password})
@@ -68,15 +58,7 @@ class Client:
         return r
 
     def ask(self, conversation_id: str, content: str) -> list[tuple[str, dict]]:
-        with self.http.stream("POST", f"/conversations/{conversation_id}/messages", headers={"X-CSRF-Token": self.csrf},
-                              json={"content": content, "model": ECHO}) as r:
-            assert r.status_code == 200, r.read()
-            return parse_sse(r.iter_lines())
-
-    def new_conversation(self) -> str:
-        r = self.call("POST", "/conversations", json={"model": ECHO})
-        assert r.status_code == 201, r.text
-        return r.json()["id"]
+        return self.events("POST", f"/conversations/{conversation_id}/messages", json={"content": content, "model": ECHO})
 
 
 @dataclass

@@ -166,12 +166,12 @@ def run_usage(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from parley.store.accounts import Accounts
-    from parley.store.usage import GROUPS, Usage, to_csv
+    from parley.store.usage import GROUPS, Usage, parse_groups, to_csv
 
-    by = [b.strip() for b in args.by.split(",") if b.strip()]
-    unknown = sorted(set(by) - set(GROUPS))
-    if unknown:
-        raise ParleyError(f"--by takes {', '.join(GROUPS)}; not {', '.join(unknown)}")
+    try:
+        by = parse_groups(args.by)
+    except ValueError as exc:
+        raise ParleyError(f"--by: {exc}") from None
     db = open_db(args)
     user_id = _user(Accounts(db), args.user).id if args.user else None
     rows = Usage(db).summary(by, user_id=user_id, since=args.since, until=args.until)

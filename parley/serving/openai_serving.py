@@ -171,7 +171,7 @@ class OpenAIServing:
             return ModelCard(id=a.id, owned_by=a.owner, name=a.name, description=a.description,
                              base_model=a.base_model)
         if model_id not in await self.model_names():
-            raise APIError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
+            raise model_not_found(model_id)
         return ModelCard(id=model_id)
 
     async def _with_assistant(self, body: ChatCompletionRequest, caller: Caller

@@ -52,6 +52,15 @@ class UsageEvent:
     at: float = field(default_factory=time.time)
 
 
+def parse_groups(by: str) -> list[str]:
+    """`by` as given (comma-separated, any order) as a list of GROUPS; a ValueError names anything else."""
+    wanted = [g.strip() for g in by.split(",") if g.strip()]
+    unknown = [g for g in wanted if g not in GROUPS]
+    if unknown:
+        raise ValueError(f"usage is grouped by {', '.join(GROUPS)}; not by {', '.join(unknown)}")
+    return wanted
+
+
 def _text(value: str, length: int) -> str:
     """A client's text as every database stores it: no NUL (PostgreSQL refuses it), no lone surrogate (no driver
     encodes it), at most `length` characters. A model name is whatever the request said."""

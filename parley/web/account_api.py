@@ -16,9 +16,15 @@ from parley.store.accounts import UserView
 from parley.store.api_keys import KeyView, NewKey, user_scope
 from parley.store.conversations import NotFound
 from parley.store.models import User
-from parley.store.usage import GROUPS, UsageRow, to_csv
+from parley.store.usage import UsageRow, parse_groups, to_csv
 from parley.web.api_schemas import AccountView, NewKeyRequest, PasswordChange
-from parley.web.json_api import SESSION_VERSION, _services, check_csrf, count_attempt, current_user
+from parley.web.json_api import (
+    SESSION_VERSION,
+    _services,
+    check_csrf,
+    count_attempt,
+    current_user,
+)
 from parley.web.services import WebServices
 
 UsageFormat = Literal["json", "csv"]
@@ -27,12 +33,10 @@ CSV_NAME = "parley-usage.csv"
 
 def groups(by: str) -> list[str]:
     """`by` as a list of GROUPS (user, key, model, day), in any order; 400 for anything else."""
-    wanted = [g.strip() for g in by.split(",") if g.strip()]
-    unknown = [g for g in wanted if g not in GROUPS]
-    if unknown:
-        raise APIError(400, f"cannot group usage by {', '.join(unknown)}: by is a comma-separated list of "
-                            f"{', '.join(GROUPS)}", param="by", code="invalid_group")
-    return wanted
+    try:
+        return parse_groups(by)
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="by", code="invalid_group") from None
 
 
 async def usage_answer(services: WebServices, by: str, user_id: int | None, since: date | None, until: date | None,

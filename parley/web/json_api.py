@@ -95,12 +95,6 @@ async def check_csrf(request: Request) -> None:
                        type="permission_error", code="csrf_failed")
 
 
-def with_retry_after(error: APIError, seconds: int) -> APIError:
-    """The error with a Retry-After header (the error handler sends an APIError's `headers`)."""
-    error.headers = {"Retry-After": str(max(1, int(seconds)))}
-    return error
-
-
 def sign_in(request: Request, user: User) -> None:
     """Start a new session for `user`: nothing of the session before it is kept (a CSRF token from before the
     sign-in is not valid after it)."""
@@ -161,8 +155,8 @@ async def count_attempt(request: Request, what: str, username: str | None = None
 
     wait = await asyncio.to_thread(hit)
     if wait is not None:
-        raise with_retry_after(APIError(429, f"too many attempts: try again in {_minutes(wait)}",
-                                        type="requests", code="too_many_attempts"), wait)
+        raise APIError(429, f"too many attempts: try again in {_minutes(wait)}", type="requests",
+                       code="too_many_attempts", headers={"Retry-After": str(wait)})
 
 
 def _minutes(seconds: int) -> str:

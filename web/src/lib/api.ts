@@ -261,6 +261,11 @@ export type ArenaEvent =
   | { event: "ended"; side: number; data: { reply: Message } }
   | { event: "turn"; can_vote: boolean; why_no_vote: string | null };
 
+/** What an error says to the person at the screen (an ApiError's message is the server's). */
+export function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
 export class ApiError extends Error {
   constructor(
     public status: number,

@@ -1,7 +1,7 @@
 // What the sign-in screen says (it is in the app's first load: the Account and Admin pages' helpers are in
 // ./account, loaded with them).
 
-import { ApiError } from "./api";
+import { ApiError, messageOf } from "./api";
 
 export const MIN_PASSWORD = 8; // as the server (parley.store.accounts) checks
 
@@ -18,7 +18,7 @@ export function waitText(seconds: number): string {
 
 /** What a failed sign-in or sign-up says to the person at the screen. */
 export function signInMessage(e: unknown): string {
-  if (!(e instanceof ApiError)) return e instanceof Error ? e.message : String(e);
+  if (!(e instanceof ApiError)) return messageOf(e);
   switch (e.code) {
     case "account_pending":
       return "Your account awaits an admin's approval: you can sign in once it is approved.";
