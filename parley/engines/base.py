@@ -207,6 +207,8 @@ class GenerationChunk(BaseModel):
     """One step of a stream: new text (never a split character, never part of a stop string)."""
 
     text: str = ""
+    # The model's reasoning (the text inside a reasoning model's `<think>` markers), apart from `text`, the answer.
+    reasoning: str = ""
     token_ids: list[int] = Field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None  # one per token in token_ids, when asked for
     tool_calls: list[ToolCallDelta] | None = None  # when tools were offered and the model calls them
@@ -277,6 +279,9 @@ class EngineOptions(BaseModel):
 
     model_name: str | None = None
     conv_template: str | None = None  # a named chat template instead of the model's own
+    # How reasoning is read apart from the answer (parley.conversation.reasoning): None: by the model's template and
+    # name; "none": never.
+    reasoning_parser: str | None = None
 
 
 class Engine(ABC):

@@ -208,7 +208,7 @@ def merged_chunks(chunks: list[GenerationChunk]) -> GenerationChunk:
     last = chunks[-1]
     logprobs = [lp for c in chunks for lp in (c.logprobs or [])]
     calls = [t for c in chunks for t in (c.tool_calls or [])]
-    return GenerationChunk(text="".join(c.text for c in chunks), token_ids=[t for c in chunks for t in c.token_ids],
+    return GenerationChunk(text="".join(c.text for c in chunks), reasoning="".join(c.reasoning for c in chunks), token_ids=[t for c in chunks for t in c.token_ids],
                            logprobs=logprobs or None, tool_calls=calls or None, finish_reason=last.finish_reason,
                            usage=last.usage)
 
