@@ -26,7 +26,7 @@ from tests.conftest import REPO, run_parley
 
 TABLES = {"users", "conversations", "messages", "votes", "feedback", "assistants", "collections",
           "assistant_collections", "documents", "chunks"}
-HEAD = "0006"
+HEAD = "0007"
 
 
 def schema_differences(connection) -> list:

@@ -148,6 +148,7 @@ class Message(Base):
     finish_reason: Mapped[str | None] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(Text)  # why a reply failed
     sources: Mapped[list | None] = mapped_column(JSON)  # the knowledge a reply was given, numbered as it cites them
+    reasoning: Mapped[str | None] = mapped_column(Text)  # a reasoning model's thinking before its answer (content)
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
 
 
@@ -291,6 +292,21 @@ class UsageRecord(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     latency_ms: Mapped[float] = mapped_column(Float)
     status: Mapped[int] = mapped_column(Integer)  # the HTTP status the client got
+
+
+class StoredResponse(Base):
+    """A response of the API's /v1/responses kept with `store`: what `previous_response_id` continues and `GET
+    /v1/responses/{id}` returns, for the user it was made for (None: the API's local user, or a static key)."""
+
+    __tablename__ = "responses"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    previous_response_id: Mapped[str | None] = mapped_column(String(64))
+    input_items: Mapped[list] = mapped_column(JSON)  # the whole conversation it answered, as input items
+    response: Mapped[dict] = mapped_column(JSON)  # the response object, as the API returned it
 
 
 class LimitCounter(Base):
