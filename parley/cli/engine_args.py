@@ -18,7 +18,7 @@ from parley.engines.registry import EngineRegistry
 from parley.errors import ParleyError
 from parley.models.source import ModelSource, SourceKind, resolve_model_source
 
-COMMON = frozenset(EngineOptions.model_fields)  # set by the command itself (--model-name, --conv-template)
+COMMON = frozenset({"model_name", "conv_template"})  # set by the command itself (--model-name, --conv-template)
 
 
 def _flag_kwargs(field: FieldInfo, default) -> dict:

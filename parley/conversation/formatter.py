@@ -101,13 +101,15 @@ class ChatFormatter:
         return self._model_template is not None and "tools" in self._model_template
 
     def render(self, messages: Sequence[Mapping | ChatMessage], add_generation_prompt: bool = True,
-               tools: Sequence[Mapping] | None = None, continue_final: bool = False) -> RenderedPrompt:
+               tools: Sequence[Mapping] | None = None, continue_final: bool = False,
+               variables: Mapping | None = None) -> RenderedPrompt:
         """`tools` (OpenAI's tool objects) and messages carrying `tool_calls` or the `tool` role are
         rendered by the template when it knows tools, else in the Hermes convention. `continue_final`: the
         prompt ends inside the last message (the assistant's), cut after its text, so that the reply goes on
-        with it."""
+        with it. `variables`: more for a model's own template to read (`enable_thinking`, `reasoning_effort`)."""
         if continue_final:
-            return self._continuing(messages)
+            return self._continuing(messages, variables)
+        extra = dict(variables or {}) | self._special
         raw = [m.model_dump() if isinstance(m, ChatMessage) else dict(m) for m in messages]
         if tools or any(m.get("role") == "tool" or m.get("tool_calls") for m in raw):
             functions = tool_calls.functions_of(tools or [])
@@ -115,7 +117,7 @@ class ChatFormatter:
                 text = render_jinja_template(
                     conversations=[tool_calls.for_tool_template(raw)], chat_template=self._model_template,
                     tools=[{"type": "function", "function": f} for f in functions] or None,
-                    add_generation_prompt=add_generation_prompt, **self._special,
+                    add_generation_prompt=add_generation_prompt, **extra,
                 )[0][0]
                 return RenderedPrompt(text=text, add_special_tokens=False, template="model")
             messages = tool_calls.flatten(raw, functions)
@@ -124,17 +126,17 @@ class ChatFormatter:
             chat = [m.model_dump() for m in parsed]
             text = render_jinja_template(
                 conversations=[chat], chat_template=self._model_template,
-                add_generation_prompt=add_generation_prompt, **self._special,
+                add_generation_prompt=add_generation_prompt, **extra,
             )[0][0]
             return RenderedPrompt(text=text, add_special_tokens=False, template="model")
         return self._render_named(self.named, parsed, add_generation_prompt)
 
-    def _continuing(self, messages: Sequence[Mapping | ChatMessage]) -> RenderedPrompt:
+    def _continuing(self, messages: Sequence[Mapping | ChatMessage], variables: Mapping | None) -> RenderedPrompt:
         raw = [m.model_dump() if isinstance(m, ChatMessage) else dict(m) for m in messages]
         final = str(raw[-1].get("content") or "").strip() if raw else ""
         if not raw or raw[-1].get("role") != "assistant" or not final:
             raise InvalidRequestError("continuing needs a last message from the assistant, with text")
-        rendered = self.render(raw, add_generation_prompt=False)
+        rendered = self.render(raw, add_generation_prompt=False, variables=variables)
         at = rendered.text.rfind(final)
         if at < 0:
             raise InvalidRequestError("this chat template changes the assistant's text, so a reply cannot be "

@@ -10,11 +10,12 @@ from __future__ import annotations
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from parley.errors import ParleyError
+from parley.errors import InvalidRequestError, ParleyError
 from parley.models.source import ModelSource
 
 FinishReason = Literal["stop", "length", "tool_calls"]
@@ -33,7 +34,8 @@ RepetitionPenalty = Annotated[float, Field(gt=0.0, le=100.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]  # presence and frequency
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 LogprobCount = Annotated[int, Field(ge=0, le=20, description="the chosen token's and the N likeliest")]
-MaxTokens = Annotated[int, Field(ge=1)]
+MaxTokens = Annotated[int, Field(ge=0, description="0: nothing is generated (with echo and logprobs: the prompt's "
+                                                    "log-probabilities only)")]
 MAX_STOPS = 64  # a client's stop strings plus the chat template's
 StopText = Annotated[str, Field(max_length=1024)]
 MAX_MESSAGES = 4096
@@ -139,7 +141,17 @@ class GenerationRequest(BaseModel):
     # The reply continues the last message (an assistant's, e.g. one cut at its token limit) instead of
     # starting a new one: the prompt ends inside that message, without its end-of-turn.
     continue_final_message: bool = False
+    # How hard a reasoning model thinks (OpenAI's values); what each engine does with it: README, "Reasoning models".
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     request_id: str = Field(default_factory=lambda: uuid.uuid4().hex, max_length=100)
+
+    @property
+    def prompt_logprobs(self) -> int | None:
+        """With `echo` and `params.logprobs` (N): the reply's log-probabilities start with one entry per prompt token
+        (each with the N likeliest tokens at its place), before the generated tokens' (what lm-evaluation-harness
+        reads). The first prompt token has nothing before it: its entry has logprob 0.0 and no alternatives, and
+        the API shows null there, as OpenAI did. None: not asked for."""
+        return self.params.logprobs if self.echo else None
 
     @model_validator(mode="after")
     def _exactly_one_prompt(self) -> GenerationRequest:
@@ -279,9 +291,28 @@ class EngineOptions(BaseModel):
 
     model_name: str | None = None
     conv_template: str | None = None  # a named chat template instead of the model's own
-    # How reasoning is read apart from the answer (parley.conversation.reasoning): None: by the model's template and
-    # name; "none": never.
-    reasoning_parser: str | None = None
+    reasoning_parser: str | None = Field(None, description="read a reasoning model's thinking apart from its answer: "
+                                         "think (aliases deepseek_r1, qwen3) or none (default: think for a model whose "
+                                         "chat template or name is a reasoning model's)")
+
+    chat_template: str | None = Field(None, description="a Jinja chat template file to render conversations with "
+                                      "instead of the model's own", json_schema_extra={"metavar": "FILE"})
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_file(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"no such chat template file: {value}")
+        return value
+
+    @field_validator("reasoning_parser")
+    @classmethod
+    def _known_parser(cls, value: str | None) -> str | None:
+        from parley.conversation.reasoning import PARSERS
+
+        if value is not None and value.lower() not in PARSERS:
+            raise ValueError(f"unknown reasoning parser {value!r}; choose one of {', '.join(sorted(PARSERS))}")
+        return value
 
 
 class Engine(ABC):
@@ -293,6 +324,9 @@ class Engine(ABC):
 
     name: str = "engine"
     takes_model_path: bool = True  # False: the engine is configured by its options alone (the openai proxy)
+
+    reasoning_parser: str | None = None  # EngineOptions.reasoning_parser (None: by the model's template and name)
+    chat_template_text: str | None = None  # EngineOptions.chat_template's text (None: the model's own template)
 
     @classmethod
     def create(cls, source: ModelSource | None, options: EngineOptions) -> Engine:
@@ -316,6 +350,15 @@ class Engine(ABC):
 
     @abstractmethod
     async def count_tokens(self, text: str, add_special_tokens: bool = True) -> int: ...
+
+    async def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """The model's token ids for `text` (the API's /tokenize)."""
+        raise InvalidRequestError(f"the {self.name} engine does not tokenize text for clients")
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        """The text of token ids, special tokens included (the API's /detokenize); ids outside the vocabulary are
+        an InvalidRequestError."""
+        raise InvalidRequestError(f"the {self.name} engine does not detokenize for clients")
 
     @abstractmethod
     async def embed(self, texts: list[str]) -> EmbeddingResult: ...

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from abc import abstractmethod
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from functools import cached_property
 
 from jinja2 import TemplateError
@@ -24,6 +25,12 @@ from parley.conversation.output_constraints import (
     ReplyReader,
     ToolPlan,
     guided_from_response_format,
+)
+from parley.conversation.reasoning import (
+    ReasoningSplitter,
+    open_block,
+    parser_name,
+    starts_inside,
 )
 from parley.engines.base import (
     Engine,
@@ -61,6 +68,8 @@ class PromptEngine(Engine):
 
     @cached_property
     def formatter(self) -> ChatFormatter:
+        if self.chat_template_text is not None:  # --chat-template FILE
+            return ChatFormatter.for_model(self.model_info.model_copy(update={"chat_template": self.chat_template_text}))
         return ChatFormatter.for_model(self.model_info, self._conv_template)
 
     @property
@@ -80,9 +89,16 @@ class PromptEngine(Engine):
         if p.logprobs is not None and request.echo:
             raise InvalidRequestError("logprobs together with echo are not supported")
 
-    def prepare(self, request: GenerationRequest) -> tuple[GenerationRequest, ReplyReader | None]:
-        """The prompt request for `_generate_prompt` and, when tools are offered, how to read the reply
-        back into tool calls. Rendering a long conversation takes a while: call it off the event loop."""
+    @cached_property
+    def reasoning(self) -> str:
+        """How this engine's chat replies are read: "think" (reasoning apart from the answer) or "none"."""
+        template = self.chat_template_text or (None if self._conv_template else self.model_info.chat_template)
+        return parser_name(self.reasoning_parser, template, self.model_info.name)
+
+    def prepare(self, request: GenerationRequest) -> Prepared:
+        """The prompt request for `_generate_prompt`, how to read the reply back into tool calls (when tools are
+        offered), and into reasoning and answer (for a reasoning model's chat reply). Rendering a long
+        conversation takes a while: call it off the event loop."""
         self._refuse_what_it_cannot_do(request)
         guided = request.params.guided or guided_from_response_format(request.response_format)
         plan = ToolPlan.of(request.tools, request.tool_choice) if request.tools else None
@@ -92,23 +108,35 @@ class PromptEngine(Engine):
             raise InvalidRequestError(f"structured output and forced tool calls are not supported by the {self.name} engine")
         params = request.params if guided is request.params.guided else request.params.model_copy(update={"guided": guided})
         update: dict = {"messages": None, "response_format": None, "tools": None, "tool_choice": None, "params": params,
-                        "continue_final_message": False}
+                        "continue_final_message": False, "reasoning_effort": None}
+        splitter = None
         if request.messages is not None:
             offered = request.tools if plan is not None and plan.mode != "none" else None
+            variables = None
+            if request.reasoning_effort is not None:  # Qwen3's templates read enable_thinking, gpt-oss's the effort
+                variables = {"reasoning_effort": request.reasoning_effort,
+                             "enable_thinking": request.reasoning_effort not in ("none", "minimal")}
             try:
                 rendered = self.formatter.render([m.model_dump(exclude_none=True) for m in request.messages], tools=offered,
-                                                 continue_final=request.continue_final_message)
+                                                 continue_final=request.continue_final_message, variables=variables)
             except TemplateError as exc:  # a template that refuses these messages (`raise_exception`)
                 raise InvalidPromptError(f"the chat template refused these messages: {exc}") from None
             except InvalidRequestError as exc:
                 raise InvalidPromptError(str(exc)) from None
             update |= {"prompt": rendered.text, "add_special_tokens": rendered.add_special_tokens,
                        "params": params.with_stops(rendered.stop, rendered.stop_token_ids)}
-        return request.model_copy(update=update), (plan.reader() if plan is not None else None)
+            if self.reasoning == "think" and guided is None:
+                inside = (open_block(request.messages[-1].content) if request.continue_final_message
+                          else starts_inside(rendered.text))
+                splitter = ReasoningSplitter(inside)
+        return Prepared(request.model_copy(update=update), plan.reader() if plan is not None else None, splitter)
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        prompt_request, reader = await asyncio.to_thread(self.prepare, request)
+        prepared = await asyncio.to_thread(self.prepare, request)
+        prompt_request, reader, splitter = prepared.request, prepared.reader, prepared.splitter
         chunks = self._generate_prompt(prompt_request)
+        if splitter is not None:
+            chunks = _reasoning_apart(chunks, splitter)
         if reader is None:
             prefix = prompt_request.prompt if request.echo and prompt_request.prompt else ""
             async for chunk in chunks:
@@ -128,5 +156,24 @@ class PromptEngine(Engine):
             sent = content
             deltas = tool_call_deltas(calls, sent_calls) if calls else []
             sent_calls = calls or sent_calls
-            if new or deltas or chunk.logprobs or finish is not None:
+            if new or deltas or chunk.reasoning or chunk.logprobs or finish is not None:
                 yield chunk.model_copy(update={"text": new, "tool_calls": deltas or None, "finish_reason": finish})
+
+
+@dataclass
+class Prepared:
+    request: GenerationRequest  # with a prompt, for `_generate_prompt`
+    reader: ReplyReader | None  # tool calls, when tools are offered
+    splitter: ReasoningSplitter | None  # reasoning and answer, for a reasoning model's chat reply
+
+
+async def _reasoning_apart(chunks: AsyncIterator[GenerationChunk], splitter: ReasoningSplitter
+                           ) -> AsyncIterator[GenerationChunk]:
+    """The chunks with their text read as reasoning and answer (what could still be a marker waits for the next)."""
+    async for chunk in chunks:
+        split = splitter.feed(chunk.text)
+        if chunk.finish_reason is not None:
+            rest = splitter.finish()
+            split.reasoning += rest.reasoning
+            split.content += rest.content
+        yield chunk.model_copy(update={"text": split.content, "reasoning": split.reasoning})

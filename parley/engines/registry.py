@@ -9,6 +9,7 @@ would declare its own; tests can add engines to a registry instance directly (an
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 
 from parley.engines.base import Engine, EngineOptions
 from parley.errors import ParleyError
@@ -63,4 +64,8 @@ class EngineRegistry:
             raise ParleyError(f"unknown engine {name!r}; available: {', '.join(self.names())}") from None
 
     def create(self, name: str, source: ModelSource | None, options: EngineOptions) -> Engine:
-        return self.get(name).create(source, options)
+        engine = self.get(name).create(source, options)
+        engine.reasoning_parser = options.reasoning_parser
+        if options.chat_template is not None:
+            engine.chat_template_text = Path(options.chat_template).read_text(encoding="utf-8")
+        return engine

@@ -175,7 +175,8 @@ class ChatCompletionRequest(_GenerationRequest):
     metadata: dict | None = None
     store: bool | None = None
     service_tier: str | None = None
-    reasoning_effort: str | None = None
+    # How hard a reasoning model thinks; what it does on each engine: README, "Reasoning models".
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     verbosity: str | None = None
     modalities: list[str] | None = None
     audio: dict | None = None
@@ -208,7 +209,8 @@ class ChatCompletionRequest(_GenerationRequest):
             model=self.model, messages=[m.to_message() for m in self.messages], request_id=request_id,
             params=self.sampling_params(self.max_completion_tokens or self.max_tokens, logprobs),
             response_format=self.response_format or None, tools=self.tools or None,
-            tool_choice=self.tool_choice if self.tools else None, continue_final_message=self.continue_final_message)
+            tool_choice=self.tool_choice if self.tools else None, continue_final_message=self.continue_final_message,
+            reasoning_effort=self.reasoning_effort)
 
 
 class CompletionRequest(_GenerationRequest):
@@ -339,10 +341,13 @@ class ChatLogprobs(BaseModel):
 
 
 class AssistantMessage(_Response):
-    _omit_if_none = frozenset({"tool_calls"})
+    # `reasoning_content`: a reasoning model's thinking, apart from its answer (vLLM's and DeepSeek's field); absent
+    # for other models.
+    _omit_if_none = frozenset({"tool_calls", "reasoning_content"})
 
     role: Literal["assistant"] = "assistant"
     content: str | None
+    reasoning_content: str | None = None
     refusal: None = None
     tool_calls: list[ToolCall] | None = None
 
@@ -392,10 +397,11 @@ class ChatCompletion(_WithSources, _Generated):
 
 
 class ChatDelta(_Response):
-    _omit_if_none = frozenset({"role", "content", "tool_calls"})
+    _omit_if_none = frozenset({"role", "content", "reasoning_content", "tool_calls"})
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ToolCall] | None = None
 
 

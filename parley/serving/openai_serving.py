@@ -129,6 +129,7 @@ class Choice:
 
     def __init__(self) -> None:
         self.text: list[str] = []
+        self.reasoning: list[str] = []
         self.logprobs: list[TokenLogprob] = []
         self.calls = ToolCallsSoFar()
         self.last: Delta | None = None
@@ -136,6 +137,7 @@ class Choice:
     def add(self, d: Delta) -> None:
         c = d.chunk
         self.text.append(c.text)
+        self.reasoning.append(c.reasoning)
         self.logprobs += c.logprobs or []
         self.calls.add(c.tool_calls)
         if c.finish_reason is not None:
@@ -227,7 +229,7 @@ class OpenAIServing:
         first = True
         try:
             async for d in merged_deltas(replies):
-                if d.chunk.text and first:
+                if (d.chunk.text or d.chunk.reasoning) and first:
                     self.metrics.observe_ttft(request.endpoint, request.started)
                     first = False
                 choices[d.index].add(d)
@@ -257,7 +259,7 @@ class OpenAIServing:
                 for event in prelude:
                     yield sse(event, exclude)
                 async for d in merged_deltas(replies):
-                    if d.chunk.text and first:
+                    if (d.chunk.text or d.chunk.reasoning) and first:
                         self.metrics.observe_ttft(request.endpoint, request.started)
                         first = False
                     generated[d.index] += len(d.chunk.token_ids)
@@ -303,6 +305,8 @@ class OpenAIServing:
 
             def render(d: Delta) -> list[BaseModel]:
                 c, events = d.chunk, []
+                if c.reasoning:
+                    events.append(chunk(ChatChunkChoice(index=d.index, delta=ChatDelta(reasoning_content=c.reasoning))))
                 if c.text or c.logprobs:
                     events.append(chunk(ChatChunkChoice(index=d.index, delta=ChatDelta(content=c.text), logprobs=ChatLogprobs(
                         content=c.logprobs) if c.logprobs else None)))
@@ -326,7 +330,8 @@ class OpenAIServing:
         for i, c in enumerate(choices):
             text = "".join(c.text)
             calls = [ToolCall.model_validate(call) for call in c.calls.calls()] or None
-            message = AssistantMessage(content=(text or None) if calls else text, tool_calls=calls)
+            message = AssistantMessage(content=(text or None) if calls else text, tool_calls=calls,
+                                       reasoning_content="".join(c.reasoning) or None)
             out.append(ChatChoice(index=i, message=message, finish_reason=c.last.chunk.finish_reason,
                                   logprobs=ChatLogprobs(content=c.logprobs) if generation.params.logprobs is not None
                                   else None))
