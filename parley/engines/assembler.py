@@ -25,6 +25,11 @@ class OutputAssembler:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def push_prompt_logprobs(self, entries: Sequence[TokenLogprob]) -> None:
+        """The prompt's log-probabilities (GenerationRequest.prompt_logprobs): they go out with the first chunk,
+        before the generated tokens'."""
+        self._logprobs[:0] = entries
+
     def push(self, token_ids: Sequence[int], finish: FinishReason | None = None, hidden_last: bool = False,
              logprobs: Sequence[TokenLogprob] | None = None) -> GenerationChunk | None:
         """Add sampled tokens. `finish` is the backend's verdict for this step (stop token or length);

@@ -22,7 +22,7 @@ from parley.engines.base import (
     ModelInfo,
 )
 from parley.engines.prompted import PromptEngine
-from parley.errors import ContextLengthError
+from parley.errors import ContextLengthError, InvalidRequestError
 from parley.models.source import ModelSource
 
 _TOKEN = re.compile(r"\s*\S+\s*|\s+")
@@ -53,7 +53,7 @@ class EchoEngine(PromptEngine):
     def model_info(self) -> ModelInfo:
         return self._info
 
-    def tokenize(self, text: str) -> list[int]:
+    def _tokenize(self, text: str) -> list[int]:
         ids = []
         for piece in _TOKEN.findall(text):
             if piece not in self._vocab:
@@ -66,13 +66,19 @@ class EchoEngine(PromptEngine):
         return "".join(self._words[i] for i in ids)
 
     async def _generate_prompt(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        ids = request.prompt_token_ids or self.tokenize(request.prompt or "")
+        ids = request.prompt_token_ids or self._tokenize(request.prompt or "")
+        if request.prompt_token_ids and not all(t < len(self._words) for t in ids):
+            raise InvalidRequestError(f"prompt_token_ids must be ids this echo engine has seen (0 to {len(self._words) - 1})")
         if len(ids) >= self._info.context_length:
             raise ContextLengthError(len(ids), self._info.context_length)
         params = request.params
-        budget = min(params.max_new_tokens or self._info.context_length, self._info.context_length - len(ids))
+        asked = self._info.context_length if params.max_new_tokens is None else params.max_new_tokens
+        budget = min(asked, self._info.context_length - len(ids))
         out = ids[:budget]
         assembler = OutputAssembler(self._decode, params.stop, len(ids))
+        if not out:  # max_tokens 0
+            yield assembler.push([], "length")
+            return
         for i, token in enumerate(out):
             if self._delay:
                 await asyncio.sleep(self._delay)
@@ -90,6 +96,14 @@ class EchoEngine(PromptEngine):
 
     async def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
         return len(_TOKEN.findall(text))
+
+    async def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tokenize(text)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        if not all(t < len(self._words) for t in token_ids):
+            raise InvalidRequestError(f"token ids must be ids this echo engine has seen (0 to {len(self._words) - 1})")
+        return self._decode(token_ids)
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         vectors = []

@@ -32,6 +32,7 @@ from parley.engines.engine_options import LlamaCppOptions
 from parley.engines.model_loop import LocalEngine, ModelLoop
 from parley.engines.prefix_cache import MIN_REUSE_TOKENS, PrefixCache, common_prefix
 from parley.engines.sampling import (
+    PromptLogprobs,
     SamplerFactory,
     SequenceState,
     TokenEvent,
@@ -72,6 +73,8 @@ class _Slot:
     leader: _Slot | None = None
     shared: int = 0
     _prompt: np.ndarray | None = None
+    # The prompt's log-probabilities so far, one part per prefill chunk (when the request asks for them).
+    prompt_logprobs: list[PromptLogprobs] | None = None
 
     @property
     def prefilling(self) -> bool:
@@ -152,6 +155,10 @@ class LlamaCppBatcher(ModelLoop):
                 self.stats.joined_running_batch += 1
             # n_seq + max_entries ids, fewer than n_seq running and at most max_entries cached: one is free
             slot = _Slot(seq, self._free_ids.pop())
+            if seq.prompt_logprobs is not None:  # every prompt position is computed for its logits: nothing reused
+                slot.prompt_logprobs = []
+                self._running.append(slot)
+                continue
             leader, shared = self._leader_for(slot)
             reuse = self._prefixes.best(slot.prompt, longer_than=shared)
             if reuse is not None:
@@ -291,16 +298,18 @@ class LlamaCppBatcher(ModelLoop):
 
     def _decode(self, pieces: list[_Piece]) -> list[tuple[_Piece, np.ndarray | None]]:
         """One `llama_decode` of the pieces; each piece with its logits row when it samples. On
-        failure the cache is left as it was before."""
+        failure the cache is left as it was before. A prompt chunk of a sequence that asks for its
+        prompt's log-probabilities has logits at every token (`_prompt_logprobs`)."""
         batch, n = self._batch, 0
         rows_at: list[int] = []
         for piece in pieces:
             slot = piece.slot
+            every = piece.prompt and slot.prompt_logprobs is not None
             for i, token in enumerate(piece.tokens):
                 batch.token[n], batch.pos[n] = token, slot.n_past + i
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = slot.seq_id
-                batch.logits[n] = piece.samples and i == len(piece.tokens) - 1
+                batch.logits[n] = every or (piece.samples and i == len(piece.tokens) - 1)
                 n += 1
             rows_at.append(n - 1)
         batch.n_tokens = n
@@ -314,6 +323,8 @@ class LlamaCppBatcher(ModelLoop):
             raise
         done: list[tuple[_Piece, np.ndarray | None]] = []
         for piece, index in zip(pieces, rows_at):
+            if piece.prompt and piece.slot.prompt_logprobs is not None:
+                self._prompt_logprobs(piece, index)
             piece.slot.n_past += len(piece.tokens)
             row = None
             if piece.samples:
@@ -321,6 +332,24 @@ class LlamaCppBatcher(ModelLoop):
                 row = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
             done.append((piece, row))
         return done
+
+    def _prompt_logprobs(self, piece: _Piece, last: int) -> None:
+        """The log-probabilities of the prompt tokens this chunk's logits predict (batch rows `last - len + 1` to
+        `last`); once the prompt is all computed they go to the request, before its first token."""
+        slot, seq = piece.slot, piece.slot.seq
+        first = last - len(piece.tokens) + 1
+        follows = seq.prompt_ids[slot.n_past + 1: slot.n_past + len(piece.tokens) + 1]  # the token after each place
+        rows = np.empty((len(follows), self._n_vocab), dtype=np.float32)
+        for i in range(len(follows)):
+            rows[i] = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._ctx.ctx, first + i), shape=(self._n_vocab,))
+        assert slot.prompt_logprobs is not None and seq.prompt_logprobs is not None
+        slot.prompt_logprobs.append(PromptLogprobs.of(rows, follows, seq.prompt_logprobs))
+        if slot.n_past + len(piece.tokens) == len(seq.prompt_ids):
+            try:
+                seq.emit(PromptLogprobs.joined(slot.prompt_logprobs))
+            except RuntimeError:  # the consumer's event loop is gone
+                seq.cancelled = True
+            slot.prompt_logprobs = []
 
     def _decode_failed(self, pieces: list[_Piece], exc: Exception) -> None:
         stage = "the model failed on this prompt" if pieces[0].prompt else "the model failed while generating"
@@ -444,13 +473,16 @@ class LlamaCppEngine(LocalEngine):
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return self._model.tokenize(text.encode(), add_bos=add_special_tokens and self._add_bos, special=True)
 
-    def _piece(self, token: int) -> bytes:
+    def _piece(self, token: int, special: bool = False) -> bytes:
         buf = ctypes.create_string_buffer(256)
-        n = self._lib.llama_token_to_piece(self._model.vocab, token, buf, len(buf), 0, False)
+        n = self._lib.llama_token_to_piece(self._model.vocab, token, buf, len(buf), 0, special)
         return bytes(buf[: max(n, 0)])
 
     def _decode(self, ids) -> str:
         return b"".join(self._piece(t) for t in ids).decode("utf-8", errors="replace")
+
+    def _decode_all(self, ids) -> str:
+        return b"".join(self._piece(t, special=True) for t in ids).decode("utf-8", errors="replace")
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         """Mean-pooled, normalized embeddings from a second context in embedding mode."""

@@ -31,9 +31,16 @@ from parley.engines.base import (
     GenerationChunk,
     GenerationRequest,
     RequestFailedError,
+    TokenLogprob,
 )
 from parley.engines.prompted import PromptEngine
-from parley.engines.sampling import Emit, RequestSampler, SamplerFactory, SequenceState
+from parley.engines.sampling import (
+    Emit,
+    PromptLogprobs,
+    RequestSampler,
+    SamplerFactory,
+    SequenceState,
+)
 from parley.errors import ContextLengthError, EngineClosedError, InvalidRequestError
 
 log = logging.getLogger(__name__)
@@ -175,9 +182,11 @@ class ModelLoop(ABC):
         self._fail(seqs, exc)
 
 
-async def stream_sequence(loop: ModelLoop, make_seq: Callable[[Emit], SequenceState],
-                          assembler: OutputAssembler) -> AsyncIterator[GenerationChunk]:
-    """Submit one request and stream its chunks; closing the stream early cancels it."""
+async def stream_sequence(loop: ModelLoop, make_seq: Callable[[Emit], SequenceState], assembler: OutputAssembler,
+                          prompt_entries: Callable[[PromptLogprobs], list[TokenLogprob]] | None = None
+                          ) -> AsyncIterator[GenerationChunk]:
+    """Submit one request and stream its chunks; closing the stream early cancels it. `prompt_entries` turns the
+    prompt's log-probabilities, when the request asked for them, into its entries."""
     aloop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
     seq = make_seq(lambda event: aloop.call_soon_threadsafe(events.put_nowait, event))
@@ -187,6 +196,10 @@ async def stream_sequence(loop: ModelLoop, make_seq: Callable[[Emit], SequenceSt
             event = await events.get()
             if isinstance(event, BaseException):
                 raise event
+            if isinstance(event, PromptLogprobs):
+                assert prompt_entries is not None
+                assembler.push_prompt_logprobs(prompt_entries(event))
+                continue
             chunk = assembler.push(event.token_ids, event.finish, event.hidden_last, event.logprobs)
             if chunk is not None:
                 yield chunk
@@ -216,6 +229,24 @@ class LocalEngine(PromptEngine):
     async def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
         return len(await asyncio.to_thread(self._encode, text, add_special_tokens))
 
+    async def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(await asyncio.to_thread(self._encode, text, add_special_tokens))
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        self._check_ids(token_ids, "token ids")
+        return await asyncio.to_thread(self._decode_all, token_ids)
+
+    @abstractmethod
+    def _decode_all(self, ids) -> str:
+        """The text of `ids` with special tokens written out (`_decode` leaves them out of replies)."""
+
+    def _check_ids(self, ids: list[int], what: str) -> None:
+        if not all(0 <= t < self._vocab_size for t in ids):
+            # an id past the embedding table would fail the prefill (on CUDA: the whole process)
+            bad = next(t for t in ids if not 0 <= t < self._vocab_size)
+            raise InvalidRequestError(f"{what} must be ids of this model's vocabulary (0 to {self._vocab_size - 1}); "
+                                      f"{bad} is not")
+
     supports_logprobs = supports_penalties = supports_guided = True
 
     async def _generate_prompt(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
@@ -223,22 +254,32 @@ class LocalEngine(PromptEngine):
         # Tokenizing a long prompt takes a while: not on the event loop, which serves every other stream.
         prompt_ids = request.prompt_token_ids or await asyncio.to_thread(self._encode, request.prompt or "",
                                                                          request.add_special_tokens)
-        if request.prompt_token_ids and not all(0 <= t < self._vocab_size for t in prompt_ids):
-            # an id past the embedding table would fail the prefill (on CUDA: the whole process)
-            raise InvalidRequestError(f"prompt_token_ids must be ids of this model's vocabulary (0 to {self._vocab_size - 1})")
+        if request.prompt_token_ids:
+            self._check_ids(prompt_ids, "prompt_token_ids")
         if len(prompt_ids) >= self._context_length:
             raise ContextLengthError(len(prompt_ids), self._context_length)
+        assembler = OutputAssembler(self._decode, params.stop, len(prompt_ids))
+        top_n = request.prompt_logprobs
+        if params.max_new_tokens == 0 and top_n is None:  # nothing to compute
+            yield assembler.push([], "length")
+            return
         sampler = await self._vocab.sampler(params)
+        prompt_entries = None
+        if top_n is not None:
+            factory = await self._vocab.factory()  # built by `sampler` already (logprobs are asked for)
+
+            def prompt_entries(event: PromptLogprobs) -> list[TokenLogprob]:
+                return event.entries(prompt_ids, lambda t: factory.tokenizer.decode_bytes([t]))
 
         def new_sequence(emit: Emit) -> SequenceState:
+            asked = self._context_length if params.max_new_tokens is None else params.max_new_tokens
             return SequenceState(
                 prompt_ids=list(prompt_ids), params=params,
-                max_new_tokens=min(params.max_new_tokens or self._context_length, self._context_length - len(prompt_ids)),
+                max_new_tokens=min(asked, self._context_length - len(prompt_ids)),
                 stop_ids=frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self._eos_ids),
-                emit=emit, sampler=sampler)
+                emit=emit, sampler=sampler, prompt_logprobs=top_n)
 
-        assembler = OutputAssembler(self._decode, params.stop, len(prompt_ids))
-        async for chunk in stream_sequence(self._loop, new_sequence, assembler):
+        async for chunk in stream_sequence(self._loop, new_sequence, assembler, prompt_entries):
             yield chunk
 
     async def aclose(self) -> None:

@@ -145,7 +145,7 @@ class OpenAIProxyEngine(Engine):
                 common[key] = getattr(p, key)
         if p.stop:
             common["stop"] = p.stop
-        if p.max_new_tokens:
+        if p.max_new_tokens is not None:  # 0 too: with echo and logprobs, the prompt's log-probabilities only
             common["max_tokens"] = p.max_new_tokens
         extra = {k: getattr(p, k) for k, off in (("top_k", 0), ("min_p", 0.0), ("repetition_penalty", 1.0),
                                                   ("ignore_eos", False), ("stop_token_ids", [])) if getattr(p, k) != off}
@@ -153,8 +153,6 @@ class OpenAIProxyEngine(Engine):
             extra["continue_final_message"], extra["add_generation_prompt"] = True, False
         if p.guided is not None:
             raise InvalidRequestError("the openai engine forwards response_format and tools, not a grammar")
-        if request.prompt_token_ids is not None:
-            raise InvalidRequestError("the openai engine forwards text prompts, not token ids")
         if request.messages is not None:
             common["messages"] = [m.model_dump(exclude_none=True) for m in request.messages]
             if p.logprobs is not None:
@@ -165,7 +163,10 @@ class OpenAIProxyEngine(Engine):
                 if getattr(request, key) is not None:
                     common[key] = getattr(request, key)
         else:
-            common |= {"prompt": request.prompt, "echo": request.echo}
+            # Token ids go as they are (OpenAI's completions take them); with echo and logprobs the upstream answers
+            # with the prompt's log-probabilities first, its first null read as 0.0 (GenerationRequest.prompt_logprobs).
+            prompt = request.prompt if request.prompt is not None else request.prompt_token_ids
+            common |= {"prompt": prompt, "echo": request.echo}
             if p.logprobs is not None:
                 common["logprobs"] = p.logprobs
         return common, extra

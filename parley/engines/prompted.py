@@ -86,8 +86,8 @@ class PromptEngine(Engine):
             raise InvalidRequestError(f"presence_penalty and frequency_penalty are not supported by the {self.name} engine")
         if p.logprobs is not None and not self.supports_logprobs:
             raise InvalidRequestError(f"logprobs are not supported by the {self.name} engine")
-        if p.logprobs is not None and request.echo:
-            raise InvalidRequestError("logprobs together with echo are not supported")
+        if request.prompt_logprobs is not None and request.messages is not None:
+            raise InvalidRequestError("the prompt's log-probabilities (echo with logprobs) need a prompt, not messages")
 
     @cached_property
     def reasoning(self) -> str:
@@ -138,10 +138,11 @@ class PromptEngine(Engine):
         if splitter is not None:
             chunks = _reasoning_apart(chunks, splitter)
         if reader is None:
-            prefix = prompt_request.prompt if request.echo and prompt_request.prompt else ""
+            echo = request.echo
             async for chunk in chunks:
-                if prefix:  # the reply starts with the prompt, in the first chunk
-                    chunk, prefix = chunk.model_copy(update={"text": prefix + chunk.text}), ""
+                if echo:  # the reply starts with the prompt (token ids: their text), in the first chunk
+                    prefix = prompt_request.prompt or await self.detokenize(prompt_request.prompt_token_ids or [])
+                    chunk, echo = chunk.model_copy(update={"text": prefix + chunk.text}), False
                 yield chunk
             return
         text, sent, sent_calls = "", "", []

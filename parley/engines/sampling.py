@@ -36,7 +36,67 @@ class TokenEvent:
     logprobs: list[TokenLogprob] | None = None
 
 
-Emit = Callable[[Any], None]  # receives TokenEvent or an exception; must be thread-safe
+@dataclass
+class PromptLogprobs:
+    """The log-probabilities of a prompt's tokens (each given the tokens before it), computed in its prefill:
+    entry i is about prompt token i + 1. `top_ids`/`top_logprobs`: the N likeliest tokens at each place, likeliest
+    first ([n - 1, N])."""
+
+    logprobs: np.ndarray
+    top_ids: np.ndarray
+    top_logprobs: np.ndarray
+
+    @classmethod
+    def of(cls, logits: Any, next_ids: Sequence[int], top_n: int) -> PromptLogprobs:
+        """From the logits at the prompt's places ([k, vocab], a numpy array or a torch tensor) and the tokens
+        that follow each place ([k]), in float32 as the model computed them."""
+        if not isinstance(logits, np.ndarray):  # torch (the transformers engine): log_softmax where the logits are
+            import torch
+
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            chosen = logp.gather(1, torch.as_tensor(list(next_ids), device=logp.device).view(-1, 1)).squeeze(1)
+            top = logp.topk(top_n, dim=-1) if top_n else None
+            return cls(chosen.cpu().numpy(), top.indices.cpu().numpy() if top is not None else _no_top(len(next_ids)),
+                       top.values.cpu().numpy() if top is not None else _no_top(len(next_ids), np.float32))
+        scores = np.asarray(logits, dtype=np.float32)
+        shifted = scores - scores.max(axis=1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        chosen = logp[np.arange(len(next_ids)), np.asarray(next_ids, dtype=np.int64)]
+        if not top_n:
+            return cls(chosen, _no_top(len(next_ids)), _no_top(len(next_ids), np.float32))
+        ids = np.argpartition(-logp, top_n - 1, axis=1)[:, :top_n]
+        values = np.take_along_axis(logp, ids, axis=1)
+        order = np.argsort(-values, axis=1, kind="stable")
+        return cls(chosen, np.take_along_axis(ids, order, axis=1), np.take_along_axis(values, order, axis=1))
+
+    @classmethod
+    def joined(cls, parts: list[PromptLogprobs]) -> PromptLogprobs:
+        """A prompt's, from those of its prefill chunks in order."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("logprobs", "top_ids", "top_logprobs")))
+
+    def entries(self, prompt_ids: Sequence[int], token_bytes: TokenBytes) -> list[TokenLogprob]:
+        """One TokenLogprob per prompt token; the first token's has logprob 0.0 and no alternatives (nothing
+        precedes it: see GenerationRequest.prompt_logprobs)."""
+        def entry(token: int, logprob: float) -> TopLogprob:
+            raw = token_bytes(token)
+            return TopLogprob(token=raw.decode("utf-8", errors="replace"), logprob=max(logprob, -9999.0), bytes=list(raw))
+
+        first = entry(prompt_ids[0], 0.0)
+        out = [TokenLogprob(**first.model_dump())]
+        for i, token in enumerate(prompt_ids[1:]):
+            chosen = entry(token, float(self.logprobs[i]))
+            top = [entry(int(t), float(v)) for t, v in zip(self.top_ids[i], self.top_logprobs[i])]
+            out.append(TokenLogprob(token=chosen.token, logprob=chosen.logprob, bytes=chosen.bytes, top_logprobs=top))
+        return out
+
+
+def _no_top(rows: int, dtype=np.int64) -> np.ndarray:
+    return np.zeros((rows, 0), dtype=dtype)
+
+
+Emit = Callable[[Any], None]  # receives TokenEvent, PromptLogprobs or an exception; must be thread-safe
 
 
 DRAW_BLOCK = 512  # tokens per block of the inverse-transform draw
@@ -221,6 +281,9 @@ class SequenceState:
     generated: list[int] = field(default_factory=list)
     cancelled: bool = False  # set by the consumer (client gone, stop string found)
     sampler: RequestSampler | None = None
+    # N: the prompt's log-probabilities (with the N likeliest at each place) are computed in its prefill, every
+    # position of it (no prefix reused), and emitted as PromptLogprobs before the first token; None: not asked for.
+    prompt_logprobs: int | None = None
 
 
 def advance_rows(seqs: Sequence[SequenceState], logits: Any, on_finish: Callable[[], None]) -> list[int]:
@@ -230,6 +293,13 @@ def advance_rows(seqs: Sequence[SequenceState], logits: Any, on_finish: Callable
     greedy = logits.argmax(-1).tolist()
     keep: list[int] = []
     for row, seq in enumerate(seqs):
+        if seq.max_new_tokens <= 0:  # only the prompt was asked for (its log-probabilities): nothing to sample
+            try:
+                seq.emit(TokenEvent([], "length"))
+            except RuntimeError:
+                seq.cancelled = True
+            on_finish()
+            continue
         try:
             token, logprob, finish = _next_token(seq, logits, row, greedy[row])
         except Exception as exc:  # this request's sampler or grammar failed: end it, not the batch

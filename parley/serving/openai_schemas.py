@@ -214,29 +214,39 @@ class ChatCompletionRequest(_GenerationRequest):
 
 
 class CompletionRequest(_GenerationRequest):
+    """A prompt is text, or token ids (taken as they are: no BOS is added); a list of either is several prompts.
+    With `echo` and `logprobs`, the reply's log-probabilities start with the prompt's (what lm-evaluation-harness
+    reads); `max_tokens` 0 generates nothing (with echo: the reply is the prompt)."""
+
     prompt: str | Annotated[list[str], Field(max_length=MAX_PROMPTS)] | TokenIds \
         | Annotated[list[TokenIds], Field(max_length=MAX_PROMPTS)]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+    max_tokens: int | None = Field(16, ge=0)  # OpenAI's default for completions
     echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     best_of: int | None = None
     suffix: str | None = None
 
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, each text or token ids."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if self.prompt and all(isinstance(t, int) for t in self.prompt):
+            return [self.prompt]  # type: ignore[list-item]  # one prompt of token ids
+        return list(self.prompt)  # type: ignore[arg-type]
+
     def to_generation_requests(self, request_id: str) -> list[GenerationRequest]:
         """parley's request for each prompt (one choice each)."""
         self._refuse({"logit_bias": bool(self.logit_bias), "suffix": bool(self.suffix),
                       "best_of": self.best_of not in (None, 1)})
-        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise UnsupportedField("prompt", "prompt must be a string or a list of strings (token-id prompts are "
-                                             "not supported)")
-        if any(not p for p in prompts):
+        prompts = self.prompts()
+        if not prompts or any(not p for p in prompts):
             raise UnsupportedField("prompt", "prompt must not be empty")
         if (self.n or 1) * len(prompts) > MAX_CHOICES:
             raise UnsupportedField("n", f"n × the number of prompts is {(self.n or 1) * len(prompts)}; one request "
                                         f"may ask for at most {MAX_CHOICES} choices")
         params = self.sampling_params(self.max_tokens, self.logprobs)
-        return [GenerationRequest(model=self.model, prompt=p, echo=bool(self.echo), params=params, request_id=request_id)
+        return [GenerationRequest(model=self.model, echo=bool(self.echo), params=params, request_id=request_id,
+                                  **({"prompt": p} if isinstance(p, str) else {"prompt_token_ids": p}))
                 for p in prompts]
 
 
@@ -422,21 +432,32 @@ class ChatCompletionChunk(_WithSources, _Generated):
 
 
 class CompletionLogprobs(BaseModel):
-    """The legacy completions shape of log-probabilities."""
+    """The legacy completions shape of log-probabilities. With echo, the first entry is the prompt's first token's,
+    which nothing precedes: its logprob and top_logprobs are null, as OpenAI sent them."""
 
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
     @classmethod
-    def of(cls, entries: list[TokenLogprob]) -> CompletionLogprobs:
-        offsets, position = [], 0
+    def of(cls, entries: list[TokenLogprob], prompt_first: bool = False, offset: int = 0) -> CompletionLogprobs:
+        """`prompt_first`: `entries` start with the prompt's first token's (GenerationRequest.prompt_logprobs);
+        `offset`: where in the choice's text the first entry's token starts (in a stream, after earlier events')."""
+        offsets, position = [], offset
         for e in entries:
             offsets.append(position)
             position += len(e.token)
-        return cls(tokens=[e.token for e in entries], token_logprobs=[e.logprob for e in entries],
-                   top_logprobs=[{t.token: t.logprob for t in e.top_logprobs} for e in entries], text_offset=offsets)
+        logprobs: list[float | None] = [e.logprob for e in entries]
+        tops: list[dict[str, float] | None] = [{t.token: t.logprob for t in e.top_logprobs} for e in entries]
+        if prompt_first and entries:
+            logprobs[0] = tops[0] = None
+        return cls(tokens=[e.token for e in entries], token_logprobs=logprobs, top_logprobs=tops, text_offset=offsets)
+
+    @property
+    def text_length(self) -> int:
+        """How far into the choice's text these entries reach (their tokens' characters)."""
+        return sum(len(t) for t in self.tokens)
 
 
 class CompletionChoice(BaseModel):

@@ -348,21 +348,29 @@ class OpenAIServing:
             requests += [with_seed(generation, s) for s in seeds(body.seed, n)]
             groups += [p_index] * n
         head = {"id": cid, "created": created, "model": body.model}
+        # With echo and logprobs the first entry of each choice is its prompt's first token's: null, as OpenAI's.
+        prompt_first = per_prompt[0].prompt_logprobs is not None
         if body.stream:
+            offsets: dict[int, int] = {}  # per choice: how far into its text the log-probabilities so far reach
+
             def render(d: Delta) -> list[BaseModel]:
                 c = d.chunk
                 if not c.text and c.finish_reason is None and not c.logprobs:
                     return []
+                logprobs = None
+                if c.logprobs:
+                    logprobs = CompletionLogprobs.of(c.logprobs, prompt_first and d.index not in offsets,
+                                                     offsets.get(d.index, 0))
+                    offsets[d.index] = offsets.get(d.index, 0) + logprobs.text_length
                 return [Completion(**head, choices=[CompletionChoice(
-                    index=d.index, text=c.text, finish_reason=c.finish_reason,
-                    logprobs=CompletionLogprobs.of(c.logprobs) if c.logprobs else None)])]
+                    index=d.index, text=c.text, finish_reason=c.finish_reason, logprobs=logprobs)])]
 
             return await self._stream(request, body.model, requests, groups, [], render,
                                       lambda usage: Completion(**head, choices=[], usage=usage), body.include_usage)
         choices, usage = await self._run(request, body.model, requests, groups)
         return Completion(**head, usage=usage, choices=[CompletionChoice(
             index=i, text="".join(c.text), finish_reason=c.last.chunk.finish_reason,
-            logprobs=CompletionLogprobs.of(c.logprobs) if body.logprobs is not None else None)
+            logprobs=CompletionLogprobs.of(c.logprobs, prompt_first) if body.logprobs is not None else None)
             for i, c in enumerate(choices)])
 
     # -- embeddings ----------------------------------------------------------------------

@@ -28,9 +28,14 @@ from transformers import DynamicCache
 
 from parley.engines.base import RequestFailedError
 from parley.engines.model_loop import ModelLoop
-from parley.engines.sampling import SequenceState, advance_rows
+from parley.engines.sampling import PromptLogprobs, SequenceState, advance_rows
 
 log = logging.getLogger(__name__)
+
+# Prompts that ask for their log-probabilities keep the logits of every position: a prefill with some of them holds
+# at most this many rows × positions of logits (at SmolLM2's 49,152 tokens, 2,048 × 49,152 × 4 bytes: 400 MB).
+# A longer prompt is prefilled alone.
+PROMPT_LOGITS_BUDGET = 2048
 
 
 def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
@@ -124,10 +129,12 @@ class ContinuousBatcher(ModelLoop):
             self._join(batch, logits)
 
     def _next_prefill(self) -> list[SequenceState]:
-        """The waiting requests to prefill together: as many as the batch and the token budget allow."""
+        """The waiting requests to prefill together: as many as the batch and the token budget allow (and, when
+        some ask for their prompt's log-probabilities, the logits budget: see `_prefill`)."""
         running = len(self._batch) if self._batch else 0
         new: list[SequenceState] = []
         budget = self._max_prefill_tokens
+        longest_scored = 0  # the longest prompt whose every position's logits are kept
         while self._waiting and running + len(new) < self._max_batch:
             seq = self._waiting[0]
             if seq.cancelled:
@@ -135,6 +142,10 @@ class ContinuousBatcher(ModelLoop):
                 continue
             if new and len(seq.prompt_ids) > budget:
                 break
+            scored = max(longest_scored, len(seq.prompt_ids) if seq.prompt_logprobs is not None else 0)
+            if new and scored and (len(new) + 1) * scored > PROMPT_LOGITS_BUDGET:
+                break
+            longest_scored = scored
             budget -= len(seq.prompt_ids)
             new.append(self._waiting.popleft())
         return new
@@ -171,7 +182,9 @@ class ContinuousBatcher(ModelLoop):
             self._fail(seqs, RequestFailedError("the engine failed to start this reply", exc))
 
     def _prefill(self, seqs: list[SequenceState]) -> tuple[_Batch, torch.Tensor]:
-        """One left-padded forward pass over the prompts: their KV cache and last logits."""
+        """One left-padded forward pass over the prompts: their KV cache and last logits. When some ask for their
+        prompt's log-probabilities, the logits of the last columns (as many as the longest of those prompts) are
+        kept, for every row, and each of those requests gets its PromptLogprobs here, before its first token."""
         width = max(len(s.prompt_ids) for s in seqs)
         ids = torch.zeros(len(seqs), width, dtype=torch.long)
         mask = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -182,10 +195,19 @@ class ContinuousBatcher(ModelLoop):
         ids, mask = ids.to(self._device), mask.to(self._device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self._model.config)
-        out = self._model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1
-        )
+        scored = max((len(s.prompt_ids) for s in seqs if s.prompt_logprobs is not None), default=0)
+        out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                          use_cache=True, logits_to_keep=max(scored, 1))
         self.stats.prefill_batches += 1
+        for row, seq in enumerate(seqs):
+            if seq.prompt_logprobs is not None:
+                n = len(seq.prompt_ids)  # its logits are the last n columns; all but the last predict a prompt token
+                scores = PromptLogprobs.of(out.logits[row, scored - n: scored - 1, :], seq.prompt_ids[1:],
+                                           seq.prompt_logprobs)
+                try:
+                    seq.emit(scores)
+                except RuntimeError:  # the consumer's event loop is gone
+                    seq.cancelled = True
         return _Batch(out.past_key_values, mask, list(seqs)), out.logits[:, -1, :]
 
     def _step(self) -> None:

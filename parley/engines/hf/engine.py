@@ -95,6 +95,9 @@ class TransformersEngine(LocalEngine):
     def _decode(self, ids) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True)
 
+    def _decode_all(self, ids) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
+
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return self._tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
 
