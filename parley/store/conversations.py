@@ -41,7 +41,8 @@ class MessageView(BaseModel):
     parent_id: int | None = None
     position: int
     role: str
-    content: str
+    content: str  # a reply's answer
+    reasoning: str | None = None  # a reasoning model's thinking before its answer; None for other models' replies
     model: str | None = None
     parameters: dict | None = None
     created_at: datetime
@@ -76,7 +77,9 @@ class ConversationView(ConversationSummary):
         """The conversation as a model sees it, up to (not including) the message with id `before`.
         A question whose reply failed with nothing written (and so its empty reply) is left out, as are the
         unanswered user turns that versions before replies were kept could store in a row; the last user
-        turn (the one being answered) always stays. So roles alternate, whatever happened to earlier replies."""
+        turn (the one being answered) always stays. So roles alternate, whatever happened to earlier replies.
+        A reply is given by its answer alone: its reasoning is not sent back (as OpenAI's and vLLM's servers
+        drop earlier turns' reasoning), and a reply that only reasoned counts as one with nothing written."""
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         shown: list[MessageView] = []
         for m in self.messages:
@@ -160,9 +163,9 @@ class Conversations:
                 raise ParleyError("there is no message to reply to")
             elif last.role == "assistant" and not last.content:  # nothing was written (it failed): replaced
                 s.execute(delete(Feedback).where(Feedback.message_id == last.id))
-                for key, value in {"content": "", "finish_reason": INCOMPLETE, "error": None, "created_at": utcnow(),
-                                   "latency_s": None, "first_token_s": None, "prompt_tokens": None,
-                                   "completion_tokens": None, **details}.items():
+                for key, value in {"content": "", "reasoning": None, "finish_reason": INCOMPLETE, "error": None,
+                                   "created_at": utcnow(), "latency_s": None, "first_token_s": None,
+                                   "prompt_tokens": None, "completion_tokens": None, **details}.items():
                     setattr(last, key, value)
                 s.flush()
                 return MessageView.model_validate(last, from_attributes=True)
@@ -347,5 +350,8 @@ class Conversations:
             lines += ["**System**", "", c.system_prompt, ""]
         for m in c.messages:
             who = "User" if m.role == "user" else (m.model or "Assistant") if m.role == "assistant" else m.role.title()
-            lines += [f"**{who}**", "", m.content, ""]
+            lines += [f"**{who}**", ""]
+            if m.reasoning:  # folded, as the app shows it
+                lines += ["<details><summary>Reasoning</summary>", "", m.reasoning, "", "</details>", ""]
+            lines += [m.content, ""]
         return "\n".join(lines)

@@ -157,7 +157,10 @@ class ReplyStarted(Closed):
 
 
 class ReplyText(Closed):
-    text: str  # what the reply gained since the last event
+    """What the reply gained since the last event: its answer's text, and a reasoning model's thinking (the
+    reasoning comes first; either may be empty)."""
+    text: str
+    reasoning: str = ""
 
 
 class ReplyEnded(Closed):

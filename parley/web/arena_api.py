@@ -31,6 +31,7 @@ from parley.web.api_schemas import (
 )
 from parley.web.arena import pick_pair
 from parley.web.json_api import _services, _sse, admit_reply, current_user, start_reply, stored_reply
+from parley.web.live_replies import Growth
 from parley.web.services import WebServices
 from parley.web.user_input import check_input
 
@@ -147,12 +148,12 @@ def build_arena_router() -> APIRouter:
                 services.live.release(cid)
 
         async def events() -> AsyncIterator[str]:
-            queue: asyncio.Queue[tuple[int, str | None]] = asyncio.Queue()
+            queue: asyncio.Queue[tuple[int, Growth | None]] = asyncio.Queue()
 
             async def pump(side: int) -> None:
                 try:
-                    async for text in started[side][1].follow():
-                        await queue.put((side, text))
+                    async for growth in started[side][1].follow():
+                        await queue.put((side, growth))
                 finally:
                     await queue.put((side, None))
 
@@ -161,11 +162,11 @@ def build_arena_router() -> APIRouter:
                     conversation=first.conversation.model_copy(update={"model": None}) if anonymous else first.conversation,
                     user_message=first.user_message, reply=_hidden(first.reply, anonymous))))
             pumps = [asyncio.create_task(pump(side)) for side in range(len(started))]
-            sent, open_sides = [0] * len(started), len(started)
+            open_sides = len(started)
             try:
                 while open_sides:
-                    side, text = await queue.get()
-                    if text is None:
+                    side, growth = await queue.get()
+                    if growth is None:
                         open_sides -= 1
                         live = started[side][1]
                         await live.done.wait()
@@ -173,8 +174,7 @@ def build_arena_router() -> APIRouter:
                         if reply is not None:
                             yield _sse("ended", SideEvent(side=side, data=ReplyEnded(reply=_hidden(reply, anonymous))))
                         continue
-                    yield _sse("text", SideEvent(side=side, data=ReplyText(text=text[sent[side]:])))
-                    sent[side] = len(text)
+                    yield _sse("text", SideEvent(side=side, data=ReplyText(text=growth.text, reasoning=growth.reasoning)))
             finally:
                 for task in pumps:
                     task.cancel()

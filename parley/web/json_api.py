@@ -6,7 +6,8 @@ user's conversations, as the store does. A session holds the user's id, the acco
 before) and when it signed in (a sign-in lasts `--session-hours`); each request checks all three. Requests
 that change something carry the session's CSRF token in the X-CSRF-Token header. Errors are rendered as the
 OpenAI API renders them. A reply streams as server-sent events: `started` (what was stored), `text` (each
-piece as it is written) and `ended` (the reply as stored); it is written by a task of its own, so a page that
+piece as it is written: of the answer, and of a reasoning model's thinking apart from it) and `ended` (the reply as
+stored); it is written by a task of its own, so a page that
 goes away loses nothing. Each reply counts against the user's limits and is recorded as usage."""
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from parley.web.api_schemas import (
     Stopped,
     SwitchVersion,
 )
-from parley.web.live_replies import LiveReply
+from parley.web.live_replies import LiveReply, SoFar
 from parley.web.model_client import ReplyParams
 from parley.web.replies import StreamedReply
 from parley.web.services import WebServices
@@ -398,7 +399,8 @@ def build_router() -> APIRouter:
         live = services.live.get(conversation_id)
         if live is None:
             raise APIError(404, "no reply is being written in this conversation", code="no_reply")
-        reply = next(m for m in conversation.messages if m.id == live.reply_id).model_copy(update={"content": live.base})
+        reply = next(m for m in conversation.messages if m.id == live.reply_id).model_copy(
+            update={"content": live.base.text, "reasoning": live.base.reasoning or None})
         started = ReplyStarted(conversation=conversation, user_message=None, reply=reply)
         return _stream(services, user, conversation_id, started, live)
 
@@ -496,7 +498,8 @@ async def _start_reply(services: WebServices, user: User, conversation_id: str, 
         raise APIError(404, str(exc), code="not_found") from None
     conversation = await asyncio.to_thread(services.conversations.get, user.id, conversation_id)
     context = conversation.openai_messages(before=None if continuing else reply.id)
-    base = reply.content if continuing else ""  # continue_reply stored it without trailing space
+    # what Continue goes on from: continue_reply stored its text without trailing space; its reasoning stays
+    base = SoFar(reply.content, reply.reasoning or "") if continuing else SoFar()
     index = next(i for i, m in enumerate(conversation.messages) if m.id == reply.id)
     reply = conversation.messages[index]  # with its versions
     asked = conversation.messages[index - 1] if text is not None and index else None
@@ -504,8 +507,8 @@ async def _start_reply(services: WebServices, user: User, conversation_id: str, 
     async def write(grew) -> None:
         streamed = StreamedReply(services, user.id, reply.id, model, params, base=base)
         try:
-            async with contextlib.aclosing(streamed.stream(context)) as texts:
-                async for so_far in texts:
+            async with contextlib.aclosing(streamed.stream(context)) as growing:
+                async for so_far in growing:
                     grew(so_far)
         finally:
             try:
@@ -521,10 +524,8 @@ def _stream(services: WebServices, user: User, conversation_id: str, started: Re
             live: LiveReply) -> StreamingResponse:
     async def events() -> AsyncIterator[str]:
         yield _sse("started", started)
-        sent = len(live.base)
-        async for text in live.follow():
-            yield _sse("text", ReplyText(text=text[sent:]))
-            sent = len(text)
+        async for growth in live.follow():
+            yield _sse("text", ReplyText(text=growth.text, reasoning=growth.reasoning))
         await live.done.wait()
         ended = await stored_reply(services, user, conversation_id, live.reply_id)
         if ended is not None:

@@ -3,7 +3,7 @@
 A reply runs as a task of its own, not inside the request that asked for it: the page that asked may
 go away (a reload, a closed tab) and the reply is still written to the end and stored. Any number of
 listeners follow it (the page that sent the message, the same conversation opened in another tab);
-each is first given the text so far. Stop ends it from any request, stored as stopped."""
+each is first given what was written so far. Stop ends it from any request, stored as stopped."""
 
 from __future__ import annotations
 
@@ -11,45 +11,70 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
-# What a writer reports: the reply's text so far, each time it grows.
-Writer = Callable[[Callable[[str], None]], Awaitable[None]]
+
+class SoFar(NamedTuple):
+    """What a reply holds: its answer and a reasoning model's thinking before it (each only ever grows)."""
+
+    text: str = ""
+    reasoning: str = ""
+
+
+class Growth(NamedTuple):
+    """What a reply gained since a listener last heard of it."""
+
+    text: str
+    reasoning: str
+
+
+# What a writer reports: the reply so far, each time it grows.
+Writer = Callable[[Callable[[SoFar], None]], Awaitable[None]]
 
 
 class LiveReply:
-    def __init__(self, reply_id: int, base: str = ""):
+    def __init__(self, reply_id: int, base: SoFar = SoFar()):
         self.reply_id = reply_id
-        self.base = base  # the text it continues (Continue); listeners get it in the `started` event
-        self.text = base
+        self.base = base  # what it continues (Continue); listeners get it in the `started` event
+        self.so_far = base
         self.done = asyncio.Event()
-        self._listeners: set[asyncio.Queue[str | None]] = set()
+        self._listeners: set[asyncio.Queue[SoFar | None]] = set()
         self.task: asyncio.Task | None = None
 
-    def grew(self, text: str) -> None:
-        self.text = text
+    def grew(self, so_far: SoFar) -> None:
+        self.so_far = so_far
         for queue in self._listeners:
-            queue.put_nowait(text)
+            queue.put_nowait(so_far)
 
     def finished(self) -> None:
         self.done.set()
         for queue in self._listeners:
             queue.put_nowait(None)
 
-    async def follow(self) -> AsyncIterator[str]:
-        """The text so far (when there is any), then each time it grows, until the reply ends."""
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
+    async def follow(self) -> AsyncIterator[Growth]:
+        """What it gained beyond its base so far (when it gained anything), then each time it grows, until the
+        reply ends."""
+        queue: asyncio.Queue[SoFar | None] = asyncio.Queue()
         self._listeners.add(queue)
+        sent = self.base
         try:
-            if self.text != self.base:
-                yield self.text
+            if self.so_far != sent:
+                yield _growth(sent, self.so_far)
+                sent = self.so_far
             if self.done.is_set():
                 return
-            while (text := await queue.get()) is not None:
-                yield text
+            while (so_far := await queue.get()) is not None:
+                if so_far != sent:
+                    yield _growth(sent, so_far)
+                    sent = so_far
         finally:
             self._listeners.discard(queue)
+
+
+def _growth(before: SoFar, now: SoFar) -> Growth:
+    return Growth(text=now.text[len(before.text):], reasoning=now.reasoning[len(before.reasoning):])
 
 
 class LiveReplies:
@@ -74,8 +99,8 @@ class LiveReplies:
     def release(self, conversation_id: str) -> None:
         self._claimed.discard(conversation_id)
 
-    def start(self, conversation_id: str, reply_id: int, write: Writer, base: str = "") -> LiveReply:
-        """Run `write` as the conversation's reply; it is given the function to call as the text grows."""
+    def start(self, conversation_id: str, reply_id: int, write: Writer, base: SoFar = SoFar()) -> LiveReply:
+        """Run `write` as the conversation's reply; it is given the function to call as the reply grows."""
         live = LiveReply(reply_id, base)
         self._claimed.discard(conversation_id)
         self._by_conversation[conversation_id] = live

@@ -24,7 +24,8 @@ class ReplyParams(BaseModel):
 
 
 class ReplyProgress(BaseModel):
-    text: str = ""
+    text: str = ""  # the answer so far
+    reasoning: str = ""  # a reasoning model's thinking so far (its `<think>` block, as the worker split it out)
     done: bool = False
     error: str | None = None
     finish_reason: str | None = None
@@ -54,7 +55,8 @@ class ModelClient:
 
     async def stream(self, model: str, messages: list[dict], params: ReplyParams,
                      continue_final: bool = False) -> AsyncIterator[ReplyProgress]:
-        """Progress of one reply: the text so far, then a last item with `done` (and `error`, if it failed).
+        """Progress of one reply: the text (and reasoning) so far, then a last item with `done` (and `error`, if it
+        failed).
         `continue_final`: the reply goes on with the last message (the assistant's), which the text excludes."""
         started = time.perf_counter()
         progress = ReplyProgress()
@@ -64,9 +66,10 @@ class ModelClient:
         request.return_token_ids = True  # counted as they stream
         try:
             async for chunk in self.cluster.generate_stream(model, request):
-                if chunk.text and progress.first_token_s is None:
-                    progress.first_token_s = time.perf_counter() - started
+                if (chunk.text or chunk.reasoning) and progress.first_token_s is None:
+                    progress.first_token_s = time.perf_counter() - started  # a thought is a token too
                 progress.text += chunk.text
+                progress.reasoning += chunk.reasoning
                 progress.generated_tokens += len(chunk.token_ids)
                 if chunk.usage is not None:
                     progress.prompt_tokens = chunk.usage.prompt_tokens

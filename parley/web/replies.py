@@ -20,6 +20,7 @@ from parley.store.conversations import (
 from parley.store.knowledge import KnowledgeError
 from parley.store.limits import Scope
 from parley.store.usage import UsageEvent
+from parley.web.live_replies import SoFar
 from parley.web.model_client import ReplyParams, ReplyProgress
 from parley.web.reply_slots import Busy
 
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# At most this often a streaming reply's text is written to the store (a crash loses at most this much).
+# At most this often a streaming reply's text (and reasoning) is written to the store (a crash loses at most this
+# much).
 SAVE_EVERY_S = 0.5
 
 
@@ -37,10 +39,10 @@ class StreamedReply:
     (at most every SAVE_EVERY_S) and once more at its end, whatever the end is (done, an error, Stop, busy)."""
 
     def __init__(self, services: WebServices, user_id: int, reply_id: int, model: str, params: ReplyParams,
-                 base: str = ""):
+                 base: SoFar = SoFar()):
         self._services, self._user_id, self.reply_id, self.model, self.params = services, user_id, reply_id, model, params
-        self.base = base  # the text it continues (Continue), else ""
-        self.text = base
+        self.base = base  # the reply it continues (Continue), else nothing
+        self.text, self.reasoning = base  # a reasoning model's thinking is stored apart from the answer (`text`)
         self.finish_reason = STOPPED  # until the stream ends by itself, the user stopped it
         self.error: str | None = None
         self.status = 200  # as its usage records it: 200 (also when stopped), 404, 502 failed, 503 busy
@@ -64,22 +66,23 @@ class StreamedReply:
             self._save(finish_reason=INCOMPLETE)
         return assistant.base_model, messages
 
-    async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
-        """The reply's text so far, each time it grows."""
+    async def stream(self, messages: list[dict]) -> AsyncIterator[SoFar]:
+        """The reply so far (its text and reasoning), each time it grows."""
         try:
             async with self._services.reply_slots.hold():
                 model, messages = await self._grounded(messages)
                 async for progress in self._services.client.stream(model, messages, self.params,
-                                                                   continue_final=bool(self.base)):
+                                                                   continue_final=bool(self.base.text)):
                     self.progress = progress
                     if progress.error:
                         self.error = progress.error
                         break
-                    if self.base + progress.text != self.text:
-                        self.text = self.base + progress.text
+                    so_far = SoFar(self.base.text + progress.text, self.base.reasoning + progress.reasoning)
+                    if so_far != (self.text, self.reasoning):
+                        self.text, self.reasoning = so_far
                         if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
                             self._save(finish_reason=INCOMPLETE)  # runs beside the stream; saves keep their order
-                        yield self.text
+                        yield so_far
         except Busy as exc:
             self.error, self.status = str(exc), 503
         except NotFound:
@@ -121,6 +124,8 @@ class StreamedReply:
         self._saved_at = time.monotonic()
         if self.sources is not None:
             details["sources"] = self.sources
+        if self.reasoning:  # a reply without reasoning leaves it None
+            details["reasoning"] = self.reasoning
         previous, text = self._last_save, self.text
 
         async def save() -> None:
