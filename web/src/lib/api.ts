@@ -188,7 +188,8 @@ export interface Message {
   id: number;
   position: number;
   role: "system" | "user" | "assistant";
-  content: string;
+  content: string; // a reply's answer
+  reasoning?: string | null; // a reasoning model's thinking before its answer (null for other models)
   model: string | null;
   parameters: Parameters | null;
   created_at: string;
@@ -218,7 +219,7 @@ export interface Conversation extends ConversationSummary {
 
 export type ReplyEvent =
   | { event: "started"; conversation: ConversationSummary; user_message: Message | null; reply: Message }
-  | { event: "text"; text: string }
+  | { event: "text"; text: string; reasoning?: string }
   | { event: "ended"; reply: Message };
 
 export interface BattleSide {
@@ -257,7 +258,7 @@ export interface Leaderboard {
 type Started = { conversation: ConversationSummary; user_message: Message | null; reply: Message };
 export type ArenaEvent =
   | { event: "started"; side: number; data: Started }
-  | { event: "text"; side: number; data: { text: string } }
+  | { event: "text"; side: number; data: { text: string; reasoning?: string } }
   | { event: "ended"; side: number; data: { reply: Message } }
   | { event: "turn"; can_vote: boolean; why_no_vote: string | null };
 
