@@ -255,7 +255,7 @@ class LocalEngine(PromptEngine):
         prompt_ids = request.prompt_token_ids or await asyncio.to_thread(self._encode, request.prompt or "",
                                                                          request.add_special_tokens)
         if request.prompt_token_ids:
-            self._check_ids(prompt_ids, "prompt_token_ids")
+            self._check_ids(prompt_ids, "prompt token ids")
         if len(prompt_ids) >= self._context_length:
             raise ContextLengthError(len(prompt_ids), self._context_length)
         assembler = OutputAssembler(self._decode, params.stop, len(prompt_ids))

@@ -45,6 +45,7 @@ from parley.serving.request_limits import (
     BodySizeLimit,
     SendTimeout,
 )
+from parley.serving.tokenizer_routes import install_tokenizer_routes
 from parley.store.database import Database
 from parley.store.usage import UsageRecorder
 
@@ -145,6 +146,7 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
     cluster = app.state.cluster = ClusterClient(http, settings.controller_address)
     assistants = AssistantRequests(db, cluster) if db is not None else None
     serving = OpenAIServing(cluster, metrics, assistants)
+    install_tokenizer_routes(app, cluster, keys)  # /tokenize, /detokenize, /tokenizer_info (vLLM's)
 
     async def caller_of(request: Request) -> Caller:
         return await keys.check(request.headers.get("authorization"))

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from parley.conversation.formatter import ChatFormatter
 from parley.engines.base import GenerationChunk, GenerationRequest
@@ -32,10 +33,19 @@ from parley.serving.cluster_errors import (
 )
 from parley.serving.fastchat_conv import named_template_from_fastchat
 from parley.serving.protocol import (
+    DETOKENIZE_PATH,
     NATIVE_PROTOCOL,
     NATIVE_STREAM_PATH,
+    TOKENIZE_PATH,
+    TOKENIZER_INFO_PATH,
+    DetokenizeReply,
+    DetokenizeRequest,
     KnownModelsResponse,
     StreamFrame,
+    TokenizeReply,
+    TokenizeRequest,
+    TokenizerError,
+    TokenizerInfo,
 )
 
 log = logging.getLogger("parley.api")
@@ -213,6 +223,53 @@ class ClusterClient:
                 log.error("embedding request to %s failed: %r", address, exc)
                 raise WorkerFailed(f"the worker serving '{model}' failed to answer") from None
             return _embedding_answer(model, address, response, len(texts))
+        raise ModelUnavailable(f"no reachable worker serves the model '{model}' ({last_error})")
+
+    # -- the model's tokenizer (the API's /tokenize, /detokenize and /tokenizer_info) ---------------
+
+    async def tokenize(self, model: str, text: str, add_special_tokens: bool = True) -> TokenizeReply:
+        return TokenizeReply.model_validate(await self._tokenizer_call(
+            model, TOKENIZE_PATH, TokenizeRequest(prompt=text, add_special_tokens=add_special_tokens)))
+
+    async def detokenize(self, model: str, token_ids: list[int]) -> DetokenizeReply:
+        return DetokenizeReply.model_validate(await self._tokenizer_call(
+            model, DETOKENIZE_PATH, DetokenizeRequest(tokens=token_ids)))
+
+    async def tokenizer_info(self, model: str) -> TokenizerInfo:
+        return TokenizerInfo.model_validate(await self._tokenizer_call(model, TOKENIZER_INFO_PATH, None))
+
+    async def _tokenizer_call(self, model: str, path: str, body: BaseModel | None) -> dict:
+        """A parley worker's answer to one of its tokenizer endpoints; its refusal as RequestRejected. These are
+        cheap and repeatable: an unreachable worker is reported and another one asked."""
+        last_error = ""
+        for _ in range(self.attempts):
+            address = await self.worker_for(model)
+            try:
+                if not (await self.worker_info(address)).native:
+                    raise RequestRejected(f"the model '{model}' is served by a FastChat worker, which has no tokenizer "
+                                          "endpoints", param="model")
+                response = await self.http.post(address + path, json=body.model_dump() if body else {}, timeout=60.0)
+            except _CONNECT_FAILURES as exc:
+                last_error = type(exc).__name__
+                self._info.pop(address, None)
+                await self.report_failure(address, last_error)
+                continue
+            except httpx.TimeoutException:
+                raise WorkerTimeout(f"the worker serving '{model}' did not answer in time") from None
+            except httpx.HTTPError as exc:
+                log.error("tokenizer request to %s failed: %r", address, exc)
+                raise WorkerFailed(f"the worker serving '{model}' failed to answer") from None
+            try:
+                answer = response.json()
+            except ValueError:
+                answer = None
+            if response.status_code == 200 and isinstance(answer, dict):
+                return answer
+            try:
+                error = TokenizerError.model_validate(answer).error
+            except ValidationError:
+                raise _refused(address, response) from None
+            raise RequestRejected.from_worker(error.code, error.message)
         raise ModelUnavailable(f"no reachable worker serves the model '{model}' ({last_error})")
 
 

@@ -11,7 +11,13 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from parley.engines.base import MAX_MESSAGES, MAX_STOPS, GenerationChunk, StopText
+from parley.engines.base import (
+    MAX_MESSAGES,
+    MAX_STOPS,
+    GenerationChunk,
+    StopText,
+    TokenId,
+)
 
 # FastChat's defaults: a worker sends a heartbeat every 45 s; the controller forgets a worker
 # it has not heard from for 90 s.
@@ -137,6 +143,53 @@ class StreamFrame(GenerationChunk):
     """One line of the native stream: a `GenerationChunk`, or an error that ends the stream."""
 
     error: StreamError | None = None
+
+
+# -- parley's tokenizer endpoints: the model's own tokenizer, for the API's /tokenize, /detokenize, /tokenizer_info
+#
+# A worker answers each with its reply (200) or with `TokenizerError` (4xx/5xx: the code says why).
+
+TOKENIZE_PATH = "/parley/tokenize"
+DETOKENIZE_PATH = "/parley/detokenize"
+TOKENIZER_INFO_PATH = "/parley/tokenizer_info"
+MAX_DETOKENIZE_IDS = 1_000_000
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    add_special_tokens: bool = True  # BOS and the like, where the model's tokenizer adds them
+
+
+class TokenizeReply(BaseModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int  # the model's context window
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: list[TokenId] = Field(max_length=MAX_DETOKENIZE_IDS)
+
+
+class DetokenizeReply(BaseModel):
+    prompt: str  # the text of the ids, special tokens written out
+
+
+class TokenizerInfo(BaseModel):
+    """What lm-evaluation-harness reads of a served model's tokenizer (vLLM's /tokenizer_info)."""
+
+    eos_token: str | None = None
+    bos_token: str | None = None
+    pad_token: str | None = None  # None: the engine does not say
+    chat_template: str | None = None
+    model_max_length: int
+
+
+class TokenizerError(BaseModel):
+    error: StreamError
 
 
 # -- FastChat's worker protocol (parley.serving.fastchat_worker adapts it) -------------------------

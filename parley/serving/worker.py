@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from parley.conversation.matching import DEFAULT_TEMPLATE, template_for_model_name
@@ -31,14 +31,23 @@ from parley.serving.fastchat_conv import fastchat_conversation
 from parley.serving.fastchat_worker import install_fastchat_routes
 from parley.serving.metrics import ServerMetrics, install_metrics
 from parley.serving.protocol import (
+    DETOKENIZE_PATH,
     HEART_BEAT_INTERVAL_S,
     NATIVE_PROTOCOL,
     NATIVE_STREAM_PATH,
+    TOKENIZE_PATH,
+    TOKENIZER_INFO_PATH,
     CountTokenRequest,
+    DetokenizeReply,
+    DetokenizeRequest,
     EmbeddingsRequest,
     ErrorCode,
     StreamError,
     StreamFrame,
+    TokenizeReply,
+    TokenizeRequest,
+    TokenizerError,
+    TokenizerInfo,
     WorkerStatus,
 )
 from parley.serving.request_limits import (
@@ -292,6 +301,36 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
             return {"text": message, "error_code": code}
         metrics.observe_tokens(settings.model_names[0], result.prompt_tokens, 0)
         return {"embedding": result.embeddings, "token_num": result.prompt_tokens}
+
+    def tokenizer_failure(exc: Exception, what: str) -> JSONResponse:
+        code, message = failure_for_client(exc, f"wrk-{uuid.uuid4().hex[:16]}", what)
+        status = 400 if 40000 <= code < 50000 else 500
+        return JSONResponse(TokenizerError(error=StreamError(code=code, message=message)).model_dump(), status_code=status)
+
+    @app.post(TOKENIZE_PATH, response_model=TokenizeReply)
+    async def parley_tokenize(request: Request):
+        """The engine's token ids for a text (the API's /tokenize)."""
+        try:
+            body = parsed(await json_body(request), TokenizeRequest, ErrorCode.PARAM_OUT_OF_RANGE)
+            tokens = await engine.tokenize(body.prompt, body.add_special_tokens)
+        except Exception as exc:  # the engine cannot tokenize, or failed on this text
+            return tokenizer_failure(exc, "tokenization")
+        return TokenizeReply(tokens=tokens, count=len(tokens), max_model_len=engine.model_info.context_length)
+
+    @app.post(DETOKENIZE_PATH, response_model=DetokenizeReply)
+    async def parley_detokenize(request: Request):
+        """The text of token ids (the API's /detokenize); ids outside the vocabulary are refused."""
+        try:
+            body = parsed(await json_body(request), DetokenizeRequest, ErrorCode.PARAM_OUT_OF_RANGE)
+            return DetokenizeReply(prompt=await engine.detokenize(body.tokens))
+        except Exception as exc:
+            return tokenizer_failure(exc, "detokenization")
+
+    @app.post(TOKENIZER_INFO_PATH)
+    async def parley_tokenizer_info() -> TokenizerInfo:
+        info = engine.model_info
+        return TokenizerInfo(eos_token=info.eos_token, bos_token=info.bos_token, chat_template=info.chat_template,
+                             model_max_length=info.context_length)
 
     @app.post("/worker_get_status")
     async def worker_get_status() -> WorkerStatus:
