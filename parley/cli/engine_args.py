@@ -117,7 +117,7 @@ def load_engine(args: argparse.Namespace, registry: EngineRegistry | None = None
     engine_cls = registry.get(name)
     options = engine_options(args, registry.options_model(name))
     if not engine_cls.takes_model_path:
-        return engine_cls.create(None, options)
+        return registry.create(name, None, options)
     source = source or resolve_model_source(args.model_path)
     with Console(stderr=True).status(f"loading {source.name} ({name})…"):
-        return engine_cls.create(source, options)
+        return registry.create(name, source, options)

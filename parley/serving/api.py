@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import httpx
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel, Field, model_validator
 
@@ -45,8 +45,16 @@ from parley.serving.request_limits import (
     BodySizeLimit,
     SendTimeout,
 )
+from parley.serving.responses_schemas import (
+    DeletedResponse,
+    InputItemList,
+    ResponseObject,
+    ResponsesRequest,
+)
+from parley.serving.responses_serving import ResponsesServing
 from parley.serving.tokenizer_routes import install_tokenizer_routes
 from parley.store.database import Database
+from parley.store.responses import ResponseStore
 from parley.store.usage import UsageRecorder
 
 log = logging.getLogger("parley.api")
@@ -97,7 +105,7 @@ class APISettings(BaseModel):
 
 # -- the app ----------------------------------------------------------------------------------
 
-_Body = TypeVar("_Body", ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
+_Body = TypeVar("_Body", ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponsesRequest)
 _Result = TypeVar("_Result")
 
 
@@ -139,7 +147,7 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
     app.add_middleware(SendTimeout, timeout_s=settings.send_timeout_s)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     metrics: ServerMetrics = install_metrics(app, "api", count_all_requests=True, self_counted=frozenset(
-        {"/v1/chat/completions", "/v1/completions"}))
+        {"/v1/chat/completions", "/v1/completions", "/v1/responses"}))
     if settings.allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
@@ -147,6 +155,7 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
     assistants = AssistantRequests(db, cluster) if db is not None else None
     serving = OpenAIServing(cluster, metrics, assistants)
     install_tokenizer_routes(app, cluster, keys)  # /tokenize, /detokenize, /tokenizer_info (vLLM's)
+    responses = ResponsesServing(serving, ResponseStore(db) if db is not None else None)
 
     async def caller_of(request: Request) -> Caller:
         return await keys.check(request.headers.get("authorization"))
@@ -181,6 +190,26 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
     @app.post("/v1/completions", response_model=Completion, responses=_responses("text_completion"))
     async def completions(body: CompletionRequest, caller: Caller = asking):
         return await served("/v1/completions", body, caller, serving.completions)
+
+    @app.post("/v1/responses", response_model=ResponseObject, responses=_ERRORS | {200: {
+        "description": "the response; with `stream: true`, OpenAI's typed server-sent events (`event: TYPE`, "
+                       "`data: {...}`), from `response.created` to `response.completed`",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+    async def create_response(body: ResponsesRequest, caller: Caller = asking):
+        return await served("/v1/responses", body, caller, responses.create)
+
+    @app.get("/v1/responses/{response_id}", responses=_ERRORS)
+    async def get_response(response_id: str, caller: Caller = asking) -> ResponseObject:
+        return await responses.get(response_id, caller.user_id)
+
+    @app.delete("/v1/responses/{response_id}", responses=_ERRORS)
+    async def delete_response(response_id: str, caller: Caller = asking) -> DeletedResponse:
+        return await responses.delete(response_id, caller.user_id)
+
+    @app.get("/v1/responses/{response_id}/input_items", responses=_ERRORS)
+    async def response_input_items(response_id: str, order: Literal["asc", "desc"] = "desc",
+                                   limit: int = Query(20, ge=1, le=100), caller: Caller = asking) -> InputItemList:
+        return await responses.input_items(response_id, caller.user_id, order, limit)
 
     @app.post("/v1/embeddings", responses=_ERRORS)
     async def embeddings(body: EmbeddingRequest, caller: Caller = asking) -> EmbeddingList:
