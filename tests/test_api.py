@@ -163,7 +163,7 @@ def test_requests_are_routed_by_model_name(client):
     (lambda c: c.chat.completions.create(model="no-such-model", messages=QUESTION), 404, "does not exist"),
     (lambda c: c.chat.completions.create(model=REAL, messages=[{"role": "user", "content": "word " * 9000}]), 400,
      "context window"),
-    (lambda c: c.completions.create(model=REAL, prompt=[1, 2, 3]), 400, "token-id"),
+    (lambda c: c.completions.create(model=REAL, prompt=[1, 2, 10**6]), 400, "vocabulary"),  # token ids are taken; bad ones refused
     (lambda c: c.embeddings.create(model=REAL, input=""), 400, "empty"),
 ])
 def test_errors_have_openai_bodies_and_statuses(client, call, status, fragment):
@@ -401,15 +401,16 @@ def test_parley_bench_measures_a_server(stack, tmp_path):
     out = tmp_path / "bench.json"
     result = run_parley("bench", "--base-url", stack["api"].url + "/v1", "--api-key", KEY, "--model", REAL,
                         "--concurrency", "1,2", "--max-tokens", "4", "--num-requests", "2", "--ignore-eos",
-                        "--output", str(out), timeout=300)
+                        "--api", "chat,responses", "--output", str(out), timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "tokens/s" in result.stdout and "TTFT p50 ms" in result.stdout
+    assert "tokens/s" in result.stdout and "TTFT p50 ms" in result.stdout and "vs chat plain" in result.stdout
     import json
 
     levels = json.loads(out.read_text())
-    assert [lv["concurrency"] for lv in levels] == [1, 2]
+    assert [(lv["api"], lv["concurrency"]) for lv in levels] == [("chat", 1), ("responses", 1), ("chat", 2),
+                                                                  ("responses", 2)]
     assert all(lv["requests"] == 2 and lv["failed"] == 0 and lv["output_tokens"] == 8 for lv in levels)
     assert all(lv["tokens_per_s"] > 0 and lv["ttft_ms"]["p50"] > 0 for lv in levels)
     wrong = run_parley("bench", "--base-url", stack["api"].url + "/v1", "--model", REAL, "--num-requests", "1",
                        "--concurrency", "1", timeout=120)  # no key: every request fails
-    assert wrong.returncode == 2 and "every plain request failed" in wrong.stderr
+    assert wrong.returncode == 2 and "every chat plain request failed" in wrong.stderr

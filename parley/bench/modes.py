@@ -1,4 +1,5 @@
-"""The request shapes `parley bench` compares: plain, JSON-schema output, a forced tool call."""
+"""The request shapes `parley bench` compares: plain, JSON-schema output, a forced tool call; each in the chat
+completions API's terms (MODES) and the Responses API's (RESPONSES_MODES)."""
 
 from __future__ import annotations
 
@@ -13,4 +14,11 @@ MODES: dict[str, dict] = {
     "tools": {"tools": [{"type": "function", "function": {"name": "publish_story", "description": "Publish a story",
                                                           "parameters": STORY_SCHEMA}}],
               "tool_choice": {"type": "function", "function": {"name": "publish_story"}}},
+}
+RESPONSES_MODES: dict[str, dict] = {
+    "plain": {},
+    "json": {"text": {"format": {"type": "json_schema", "name": "story", "schema": STORY_SCHEMA}}},
+    "tools": {"tools": [{"type": "function", "name": "publish_story", "description": "Publish a story",
+                         "parameters": STORY_SCHEMA}],
+              "tool_choice": {"type": "function", "name": "publish_story"}},
 }

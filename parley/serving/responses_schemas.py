@@ -214,6 +214,8 @@ class ResponsesRequest(_Request):
     max_tool_calls: int | None = Field(None, ge=1)
     conversation: str | dict | None = None
     prompt: dict | None = None
+    # vLLM's extension, as on chat: exactly max_output_tokens tokens (what `parley bench --ignore-eos` asks).
+    ignore_eos: bool | None = None
 
     def input_items(self) -> list[BaseModel]:
         """The input as items (a string is one user message), each checked: anything but text is refused."""
@@ -270,6 +272,7 @@ class ResponsesRequest(_Request):
             "response_format": self.text.format.as_response_format() if self.text else None,
             "reasoning_effort": self.reasoning.effort if self.reasoning else None,
             "logprobs": True if self.top_logprobs is not None else None, "top_logprobs": self.top_logprobs,
+            "ignore_eos": self.ignore_eos,
         }
         return ChatCompletionRequest.model_validate({k: v for k, v in body.items() if v is not None})
 
