@@ -107,6 +107,7 @@ def test_a_message_streams_its_reply_and_both_are_stored(local):
     streamed = "".join(data["text"] for name, data in events if name == "text")
     assert ended["reply"]["content"] == streamed and "sailor" in streamed  # the echo model repeats the system prompt
     assert ended["reply"]["finish_reason"] in ("stop", "length")
+    assert ended["reply"]["reasoning"] is None  # a model that does not reason (tests/test_web_reasoning.py: one that does)
     stored = client.call("GET", f"/conversations/{cid}").json()
     assert [(m["role"], m["content"]) for m in stored["messages"]] == [("user", "tell me about the sea"),
                                                                        ("assistant", streamed)]
