@@ -17,7 +17,15 @@ import pytest
 from tests.browser import CHROMIUM, SHOTS, browser, wait_until  # noqa: F401 - the browser fixture
 from tests.servers import start_controller, start_worker
 from tests.test_web_api import Client, start_web
-from tests.test_web_app import AXE, axe_violations, open_app, pick, replies, send, wait_done
+from tests.test_web_app import (
+    AXE,
+    axe_violations,
+    open_app,
+    pick,
+    replies,
+    send,
+    wait_done,
+)
 
 SECRET = "web-reasoning-test-cluster-secret-01"
 THINKER, RAW = "echo-thinker", "echo-raw-thinker"
