@@ -13,7 +13,12 @@ from parley.engines.text_stream import Decode, IncrementalDetokenizer, StopStrin
 
 
 class OutputAssembler:
-    def __init__(self, decode: Decode, stop: Sequence[str], prompt_tokens: int):
+    """`all_logprobs`: a hidden last token (EOS, a stop token id) keeps its log-probability entry though its text is
+    not shown: with the prompt's log-probabilities, the entries are one per token, prompt and generated, as
+    lm-evaluation-harness counts them (it drops the last, the generated token's)."""
+
+    def __init__(self, decode: Decode, stop: Sequence[str], prompt_tokens: int, all_logprobs: bool = False):
+        self._all_logprobs = all_logprobs
         self._detok = IncrementalDetokenizer(decode)
         self._stops = StopStringMatcher(stop)
         self.prompt_tokens = prompt_tokens
@@ -40,7 +45,7 @@ class OutputAssembler:
             return None
         self.completion_tokens += len(token_ids)
         if logprobs:
-            self._logprobs.extend(logprobs[:-1] if hidden_last else logprobs)
+            self._logprobs.extend(logprobs[:-1] if hidden_last and not self._all_logprobs else logprobs)
         visible = token_ids[:-1] if hidden_last else token_ids
         text = self._stops.push(self._detok.push(visible))
         if self._stops.stopped:

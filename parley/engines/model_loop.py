@@ -258,8 +258,8 @@ class LocalEngine(PromptEngine):
             self._check_ids(prompt_ids, "prompt token ids")
         if len(prompt_ids) >= self._context_length:
             raise ContextLengthError(len(prompt_ids), self._context_length)
-        assembler = OutputAssembler(self._decode, params.stop, len(prompt_ids))
         top_n = request.prompt_logprobs
+        assembler = OutputAssembler(self._decode, params.stop, len(prompt_ids), all_logprobs=top_n is not None)
         if params.max_new_tokens == 0 and top_n is None:  # nothing to compute
             yield assembler.push([], "length")
             return

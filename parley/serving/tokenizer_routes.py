@@ -26,6 +26,8 @@ _ERRORS: dict = {status: {"model": ErrorResponse, "description": what} for statu
          "an engine without a tokenizer)",
     401: "no API key, or a wrong one",
     404: "no such model, or one the API key may not use",
+    413: "the request body is larger than the server accepts",
+    500: "the server failed",
     502: "the worker failed", 503: "no worker serves the model now", 504: "the worker did not answer in time"}.items()}
 
 
