@@ -50,7 +50,7 @@ MODEL = "echo"
 FUZZ_TIMEOUT_S = 10.0  # per fuzzed call: the echo engine answers in milliseconds
 HOSTILE_TIMEOUT_S = 30.0  # per hostile call: slower than that is a hang
 FUZZ_MAX_EXAMPLES = 40  # per operation, fuzzing phase only (the coverage phase has its own fixed set)
-GENERATION_REQUESTS = ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest")
+GENERATION_REQUESTS = ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "ResponsesRequest")
 
 # With PARLEY_FUZZ_ALL_CHECKS=1 the fuzzing also runs the check `make test` leaves out (positive-data
 # acceptance, see the module's docstring) and lists what it finds in the summary, without failing on it.

@@ -194,7 +194,9 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
     @app.post("/v1/responses", response_model=ResponseObject, responses=_ERRORS | {200: {
         "description": "the response; with `stream: true`, OpenAI's typed server-sent events (`event: TYPE`, "
                        "`data: {...}`), from `response.created` to `response.completed`",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+        "content": {"text/event-stream": {"schema": {
+            "type": "object", "required": ["event", "data"],
+            "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}}}}})
     async def create_response(body: ResponsesRequest, caller: Caller = asking):
         return await served("/v1/responses", body, caller, responses.create)
 

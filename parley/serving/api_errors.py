@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from parley.serving.openai_schemas import UnsupportedField
 
@@ -98,5 +99,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        headers = getattr(exc, "headers", None)  # e.g. a 405's Allow
+        if exc.status_code == 405:  # Starlette names the first route of the path only; a path may have several
+            headers = dict(headers or {}) | {"Allow": ", ".join(_methods_of(app, request.scope))}
         return JSONResponse(APIError(exc.status_code, str(exc.detail), type=kind).body(), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))  # e.g. a 405's Allow
+                            headers=headers)
+
+
+def _methods_of(app: FastAPI, scope) -> list[str]:
+    """Every method the routes of this request's path take."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope | {"method": "GET"})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)

@@ -38,7 +38,7 @@ def item_id(prefix: str) -> str:
 class ContentPart(BaseModel):
     """A part of a message's content. Only text is supported: images, files and audio are refused."""
 
-    model_config = ConfigDict(extra="allow")  # annotations, logprobs of an output_text given back
+    model_config = ConfigDict(extra="allow", strict=True)  # annotations, logprobs of an output_text given back
 
     type: str
     text: str | None = None
@@ -54,7 +54,7 @@ def _text(content: str | list[ContentPart]) -> str:
 
 
 class MessageItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["message"] = "message"
     role: Literal["user", "system", "developer", "assistant"]
@@ -65,7 +65,7 @@ class MessageItem(BaseModel):
 
 
 class FunctionCallItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["function_call"]
     call_id: str
@@ -76,7 +76,7 @@ class FunctionCallItem(BaseModel):
 
 
 class FunctionCallOutputItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["function_call_output"]
     call_id: str
@@ -88,7 +88,7 @@ class FunctionCallOutputItem(BaseModel):
 class ReasoningItem(BaseModel):
     """A reasoning item given back: as with chat, earlier reasoning is not shown to the model again."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["reasoning"]
     id: str | None = None
@@ -104,7 +104,7 @@ def _item_type(value: Any) -> str:
 
 
 class UnsupportedItem(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     type: str
 
 
@@ -117,7 +117,7 @@ InputItem = Annotated[
 
 
 class FunctionTool(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["function"]
     name: str = Field(max_length=64)
@@ -135,14 +135,14 @@ class FunctionTool(BaseModel):
 
 
 class FunctionChoice(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["function"]
     name: str
 
 
 class TextFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["text", "json_object", "json_schema"] = "text"
     name: str | None = None
@@ -167,14 +167,14 @@ class TextFormat(BaseModel):
 
 
 class TextConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     format: TextFormat = Field(default_factory=TextFormat)
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
 class ReasoningConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     summary: Literal["auto", "concise", "detailed"] | None = None
