@@ -193,7 +193,7 @@ def test_empty_or_ambiguous_prompt_is_refused(bad):
         GenerationRequest(**bad)
 
 
-@pytest.mark.parametrize("bad", [{"temperature": -1}, {"top_p": 1.5}, {"max_new_tokens": 0}, {"min_p": 1.5},
+@pytest.mark.parametrize("bad", [{"temperature": -1}, {"top_p": 1.5}, {"max_new_tokens": -1}, {"min_p": 1.5},
                                  {"stop": ["x"] * 65}])
 def test_bad_sampling_parameters_are_refused(bad):
     with pytest.raises(ValidationError):
