@@ -24,6 +24,7 @@ from tests.servers import start_api, start_controller, start_worker
 CHAT = "smollm2-135m-instruct"  # the bundled model
 THINKER = "smollm2-thinking"  # the bundled model under a reasoning model's template
 ECHO = "echo-thinking"  # echoes the user's message, read by the reasoning parser
+PROXIED = "proxied-thinking"  # the openai engine in front of THINKER
 TEMPLATE = Path(__file__).parent / "data" / "think_chat_template.jinja"
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
@@ -40,6 +41,12 @@ def site(tmp_path_factory):
                start_worker(controller, "--chat-template", str(TEMPLATE), names=THINKER),
                start_worker(controller, "--conv-template", "raw", "--reasoning-parser", "think", names=ECHO, echo=True)]
     api = start_api(controller, "--auth", "--db-url", url)
+    # The openai engine in front of this API's reasoning model: its reasoning_content comes through as parley's.
+    upstream_key = tmp_path_factory.mktemp("upstream") / "key"
+    upstream_key.write_text(new_key(db))
+    workers.append(start_worker(controller, "--engine", "openai", "--upstream-base-url", api.url + "/v1",
+                                "--upstream-model", THINKER, "--upstream-api-key-file", str(upstream_key),
+                                names=PROXIED))
     yield db, api
     api.stop()
     for w in workers:
@@ -280,3 +287,18 @@ def test_reasoning_and_answer_split_to_the_character(client):
     plain = client.chat.completions.create(model=ECHO, messages=[{"role": "user", "content": "a <think> b"}])
     assert plain.choices[0].message.content == "a <think> b"
     assert plain.choices[0].message.model_extra.get("reasoning_content") is None
+
+
+def test_the_openai_engine_passes_reasoning_through(client):
+    """In front of a server with a reasoning model: its reasoning_content arrives as parley's, and reasoning_effort
+    reaches it (with "none" the upstream's template closes the block, and the tokens are the answer)."""
+    question = [{"role": "user", "content": "Why is the sky blue?"}]
+    direct = client.chat.completions.create(model=THINKER, messages=question, max_tokens=12, temperature=0)
+    proxied = client.chat.completions.create(model=PROXIED, messages=question, max_tokens=12, temperature=0)
+    assert proxied.choices[0].message.model_extra["reasoning_content"] == \
+        direct.choices[0].message.model_extra["reasoning_content"]
+    r = client.responses.create(model=PROXIED, input="Why is the sky blue?", max_output_tokens=12, temperature=0,
+                                reasoning={"effort": "none"})
+    off = client.chat.completions.create(model=THINKER, messages=question, max_tokens=12, temperature=0,
+                                         reasoning_effort="none")
+    assert [o.type for o in r.output] == ["message"] and r.output_text == off.choices[0].message.content

@@ -82,6 +82,14 @@ def _chat_logprobs(choice) -> list[TokenLogprob]:
     return [TokenLogprob.model_validate(e.model_dump()) for e in content or []]
 
 
+def _reasoning(delta) -> str:
+    """A reasoning model's thinking in an upstream's delta: `reasoning_content` (DeepSeek's, vLLM's, parley's) or
+    `reasoning` (vLLM's newer name, Ollama's, OpenRouter's)."""
+    extra = delta.model_extra or {}
+    value = extra.get("reasoning_content") or extra.get("reasoning")
+    return value if isinstance(value, str) else ""
+
+
 def _completion_logprobs(choice) -> list[TokenLogprob]:
     lp = choice.logprobs
     if not lp or not lp.tokens:
@@ -159,7 +167,7 @@ class OpenAIProxyEngine(Engine):
                 common["logprobs"] = True
                 if p.logprobs:
                     common["top_logprobs"] = p.logprobs
-            for key in ("response_format", "tools", "tool_choice"):
+            for key in ("response_format", "tools", "tool_choice", "reasoning_effort"):
                 if getattr(request, key) is not None:
                     common[key] = getattr(request, key)
         else:
@@ -206,9 +214,11 @@ class OpenAIProxyEngine(Engine):
                                                  if v is not None})
                          for d in delta.tool_calls or []]
                 logprobs = _chat_logprobs(choice)
+                reasoning = _reasoning(delta)
                 finish = choice.finish_reason or finish
-                if delta.content or calls or logprobs:
-                    yield GenerationChunk(text=delta.content or "", tool_calls=calls or None, logprobs=logprobs or None)
+                if delta.content or reasoning or calls or logprobs:
+                    yield GenerationChunk(text=delta.content or "", reasoning=reasoning, tool_calls=calls or None,
+                                          logprobs=logprobs or None)
         yield cls._last(finish, usage)
 
     @classmethod
