@@ -2,12 +2,13 @@
 
     python benchmarks/lm_eval_throughput.py [--copies 5] [--rounds 2] [--concurrency 1 8]
 
-`parley serve` on the bundled model (llama.cpp engine); lm-eval's `local-completions` model (its Python API,
-`lm_eval.simple_evaluate`, with `tokenized_requests=True`: it tokenizes through parley's /tokenize and scores
-through /v1/completions with echo, logprobs and token-id prompts) runs the tiny local multiple-choice task of
-benchmarks/lm_eval_task, its ten questions repeated --copies times (4 log-likelihood requests a question). Each
-concurrency runs --rounds times, alternating; the table has the median. The time is lm-eval's whole evaluation
-(tokenizing included), so requests/s is what a user of lm-eval gets. Prints a table; writes
+`parley serve --embedding-model none` on the bundled model (llama.cpp engine; the only model served, since
+lm-eval's tokenizer calls name none); lm-eval's `local-completions` model (its Python API, `lm_eval.simple_evaluate`,
+with `tokenized_requests=True`: it tokenizes through parley's /tokenize and scores through /v1/completions with
+echo, logprobs and token-id prompts) runs the tiny local multiple-choice task of benchmarks/lm_eval_task, its ten
+questions repeated --copies times (4 log-likelihood requests a question). Each concurrency runs --rounds times,
+alternating; the table has the median. The time is lm-eval's whole evaluation (tokenizing included), so requests/s
+is what a user of lm-eval gets. Prints a table; writes
 benchmarks/results/lm_eval_throughput.json.
 """
 
@@ -61,13 +62,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "lm_eval_throughput.json"))
     args = parser.parse_args()
-    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     for name in ("lm_eval", "httpx", "datasets"):
         logging.getLogger(name).setLevel(logging.WARNING)
     from lm_eval.tasks import TaskManager
 
     console = Console()
-    proc, url, model = start_serve(console)
+    proc, url, model = start_serve(console, "--embedding-model", "none", "--no-web")  # lm-eval names no model
     runs: dict[int, list[tuple[float, int, float]]] = {c: [] for c in args.concurrency}
     try:
         with tempfile.TemporaryDirectory() as tmp:
