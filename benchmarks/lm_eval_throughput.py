@@ -2,8 +2,8 @@
 
     python benchmarks/lm_eval_throughput.py [--copies 5] [--rounds 2] [--concurrency 1 8]
 
-`parley serve --embedding-model none` on the bundled model (llama.cpp engine; the only model served, since
-lm-eval's tokenizer calls name none); lm-eval's `local-completions` model (its Python API, `lm_eval.simple_evaluate`,
+`parley serve --embedding-model none` on the bundled model (llama.cpp engine; no embedding model beside it, so
+nothing else takes the CPU); lm-eval's `local-completions` model (its Python API, `lm_eval.simple_evaluate`,
 with `tokenized_requests=True`: it tokenizes through parley's /tokenize and scores through /v1/completions with
 echo, logprobs and token-id prompts) runs the tiny local multiple-choice task of benchmarks/lm_eval_task, its ten
 questions repeated --copies times (4 log-likelihood requests a question). Each concurrency runs --rounds times,
@@ -68,7 +68,7 @@ def main() -> None:
     from lm_eval.tasks import TaskManager
 
     console = Console()
-    proc, url, model = start_serve(console, "--embedding-model", "none", "--no-web")  # lm-eval names no model
+    proc, url, model = start_serve(console, "--embedding-model", "none", "--no-web")
     runs: dict[int, list[tuple[float, int, float]]] = {c: [] for c in args.concurrency}
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -129,3 +130,15 @@ def test_an_embedding_model_refuses_chat_clearly(client):
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=EMBEDDER, messages=QUESTION)
     assert "embedding model" in info.value.body["message"]
+
+
+def test_the_tokenizer_endpoints_mean_the_one_model_that_tokenizes(stack, client):
+    """lm-eval's tokenizer calls name no model: here only the local model tokenizes (the proxies and the embedding
+    model do not), so it is the one meant, as with `parley serve` and its embedding model."""
+    tokens = httpx.post(stack["api"].url + "/tokenize", json={"prompt": "Hello there", "add_special_tokens": False},
+                        timeout=30)
+    assert tokens.status_code == 200, tokens.text
+    echoed = client.completions.create(model=LOCAL, prompt=tokens.json()["tokens"], max_tokens=0, echo=True)
+    assert echoed.choices[0].text == "Hello there"
+    info = httpx.get(stack["api"].url + "/tokenizer_info", timeout=30).json()
+    assert info["model_max_length"] > 0 and info["eos_token"]

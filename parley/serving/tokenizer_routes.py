@@ -2,12 +2,15 @@
 
 lm-evaluation-harness's `local-completions` model looks for them (`check_remote_tokenizer_support`) and, when they
 answer, tokenizes through the served model's own tokenizer instead of downloading one from a hub. It sends no
-model: with exactly one model served (that the API key may use) that one is meant; with several, the request must
-name one (`model` in the body, or `?model=` for /tokenizer_info) and a 400 lists them. The API key is checked as
+model: with exactly one model served (that the API key may use), or one whose engine tokenizes for clients (the
+embedding model of `parley serve` does not), that one is meant; otherwise the request must name one (`model` in
+the body, or `?model=` for /tokenizer_info) and a 400 lists them. The API key is checked as
 on every other route; these calls are not counted against rate limits (an evaluation tokenizes every request).
 """
 
 from __future__ import annotations
+
+import time
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +23,8 @@ from parley.serving.key_auth import Caller, KeyAuth
 from parley.serving.openai_schemas import ErrorResponse
 from parley.serving.openai_serving import api_error
 from parley.serving.protocol import MAX_DETOKENIZE_IDS, TokenizerInfo
+
+TOKENIZES_TTL_S = 30.0
 
 _ERRORS: dict = {status: {"model": ErrorResponse, "description": what} for status, what in {
     400: "the request is invalid (several models are served and none is named, a token id outside the vocabulary, "
@@ -67,11 +72,32 @@ def install_tokenizer_routes(app: FastAPI, cluster: ClusterClient, keys: KeyAuth
             served = [m for m in await cluster.list_models() if caller.may_use(m)]
         except ClusterError as exc:
             raise api_error(exc) from None
+        if len(served) > 1:  # the embedding model of `parley serve` does not tokenize for clients: not meant
+            served = [m for m in served if await tokenizes(m)] or served
         if len(served) == 1:
             return served[0]
         if not served:
             raise APIError(503, "no model is served now", type="server_error", code="model_unavailable")
         raise bad_request(f"several models are served ({', '.join(sorted(served))}): name one with 'model'", "model")
+
+    known: dict[str, tuple[float, bool]] = {}  # model: (when it was asked, whether its engine tokenizes)
+
+    async def tokenizes(model: str) -> bool:
+        """Whether the model's engine tokenizes for clients (asked once every TOKENIZES_TTL_S)."""
+        asked = known.get(model)
+        if asked is not None and time.monotonic() - asked[0] < TOKENIZES_TTL_S:
+            return asked[1]
+        try:
+            await cluster.tokenize(model, "", False)
+            answer = True
+        except ClusterError as exc:
+            if exc.status != 400:  # not the engine's refusal (unreachable, overloaded...): ask again next time
+                return True
+            answer = False
+        if len(known) > 1000:  # models come and go: forget them all now and then
+            known.clear()
+        known[model] = (time.monotonic(), answer)
+        return answer
 
     @app.get("/tokenizer_info", responses=_ERRORS)
     async def tokenizer_info(request: Request, model: str | None = None) -> TokenizerInfo:
