@@ -9,7 +9,12 @@ stored, as OpenAI's default `store` asks); streamed requests, greedy, EOS ignore
 `parley bench --api chat,responses` does once), so drift on a shared machine hits both; the table has the median
 of the rounds and the ratio Responses / chat. The issue's target: within 5%.
 
-Prints a table; writes benchmarks/results/responses_vs_chat.json (or --output).
+Then TTFT at the wire: the same number of requests one at a time (--wire-requests each, alternating), timed with
+httpx to the first bytes of the first output delta, which leaves out the openai SDK's parsing of events (the
+Responses stream's first two events carry the whole response object, which the SDK turns into typed objects
+before the first delta).
+
+Prints two tables; writes benchmarks/results/responses_vs_chat.json (or --output).
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 from serve_stack import cpu_model
 
-from parley.bench.load import run_load
+from parley.bench.load import DEFAULT_PROMPT, run_load
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -37,11 +44,30 @@ MODEL = "smollm2-135m-instruct"
 APIS = ("chat", "responses")
 
 
+def wire_ttft_ms(http: httpx.Client, url: str, api_name: str, max_tokens: int) -> float:
+    """One streamed request: milliseconds to the first bytes of its first output delta."""
+    if api_name == "chat":
+        body = {"model": MODEL, "messages": [{"role": "user", "content": DEFAULT_PROMPT}], "max_tokens": max_tokens,
+                "temperature": 0, "stream": True, "ignore_eos": True}
+        path, marker = "/v1/chat/completions", '"content":"'
+    else:
+        body = {"model": MODEL, "input": DEFAULT_PROMPT, "max_output_tokens": max_tokens, "temperature": 0,
+                "stream": True, "ignore_eos": True}
+        path, marker = "/v1/responses", "response.output_text.delta"
+    started, first = time.perf_counter(), None
+    with http.stream("POST", url + path, json=body) as reply:
+        for line in reply.iter_lines():
+            if first is None and marker in line and '"content":""' not in line:
+                first = time.perf_counter() - started
+    return (first or time.perf_counter() - started) * 1000
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--wire-requests", type=int, default=30)
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "responses_vs_chat.json"))
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -65,6 +91,11 @@ def main() -> int:
                             runs[(api_name, level)].append(result)
 
         asyncio.run(measure())
+        wire = {name: [] for name in APIS}
+        with httpx.Client(timeout=120) as http:  # one kept-alive connection, as the SDK's
+            for _ in range(args.wire_requests):
+                for api_name in APIS:
+                    wire[api_name].append(wire_ttft_ms(http, api.url, api_name, args.max_tokens))
     finally:
         api.stop()
         worker.stop()
@@ -91,9 +122,16 @@ def main() -> int:
                       f"{row['ttft_ms_p50']:.0f}", f"{row['ttft_ms_p90']:.0f}", str(row["failed"]),
                       f"{row['vs_chat']:.3f}")
     console.print(table)
+    wire_rows = {name: {"p50": statistics.median(v), "mean": statistics.fmean(v)} for name, v in wire.items()}
+    table = Table(title=f"TTFT at the wire, one request at a time, {args.wire_requests} each ({cpu})")
+    for column in ("API", "TTFT p50 ms", "TTFT mean ms", "vs chat"):
+        table.add_column(column, justify="right" if column != "API" else "left")
+    for name, row in wire_rows.items():
+        table.add_row(name, f"{row['p50']:.1f}", f"{row['mean']:.1f}", f"{row['p50'] / wire_rows['chat']['p50']:.3f}")
+    console.print(table)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({"cpu": cpu, "model": MODEL, "max_tokens": args.max_tokens,
-                                             "rounds": args.rounds, "rows": rows}, indent=2))
+                                             "rounds": args.rounds, "rows": rows, "wire_ttft_ms": wire_rows}, indent=2))
     console.print(f"written to {args.output}")
     return 0
 
