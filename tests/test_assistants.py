@@ -125,6 +125,7 @@ def test_who_may_use_an_assistant(stack, client):
     assert team.chat.completions.create(model=shared, messages=[{"role": "user", "content": "hi"}]).model == shared
 
 
+@pytest.mark.slow  # 15-50 s each: kept out of `make test` for its time budget; `make test-slow` (CI) runs it
 def test_assistants_export_and_import_as_json(stack, tmp_path):
     parley(stack, "knowledge", "create", "Air notes")
     parley(stack, "assistant", "create", "--name", "Air modeller", "--base-model", "echo", "--knowledge",

@@ -26,6 +26,7 @@ async def greedy(engine) -> list[list[int]]:
     return [r.token_ids for r in replies], replies[0].text
 
 
+@pytest.mark.slow  # 15-50 s each: kept out of `make test` for its time budget; `make test-slow` (CI) runs it
 async def test_the_default_weights_answer_as_the_float_model_does(tmp_path, monkeypatch):
     monkeypatch.setenv("PARLEY_CACHE_DIR", str(tmp_path))  # the F16 copy is made here, once
     from parley.engines.llamacpp import LlamaCppEngine

@@ -54,7 +54,7 @@ def evaluation(api, tmp_path_factory) -> tuple[dict, list[dict]]:
 def test_lm_eval_scores_a_multiple_choice_task(evaluation):
     results, samples = evaluation
     scores = results["results"][TASK]
-    assert 0.0 <= scores["acc,none"] <= 1.0 and "acc_norm,none" in scores
+    assert "acc_norm,none" in scores
     assert len(samples) == 10 and all(len(s["filtered_resps"]) == len(s["doc"]["choices"]) for s in samples)
     assert scores["acc,none"] >= 0.5  # ten easy questions: the model gets most of them (measured: 8 of 10)
 

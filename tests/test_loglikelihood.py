@@ -193,3 +193,14 @@ def test_tokenizer_endpoints_need_the_key_and_a_model_when_several_are_served(st
     assert HF in several.json()["error"]["message"] and GGUF in several.json()["error"]["message"]
     assert http.get("/tokenizer_info").status_code == 400
     assert http.post("/tokenize", json={"model": "no-such-model", "prompt": "hi"}).status_code == 404
+
+
+@pytest.mark.parametrize("model", [HF, GGUF])
+def test_a_one_token_prompt_has_only_its_null_entry(http, model):
+    """Nothing comes before the first token: a one-token prompt's only entry is null (alone, and batched with a
+    longer prompt, whose entries are unaffected)."""
+    alone = complete(http, model=model, prompt=[[504]], echo=True, logprobs=1, max_tokens=0)
+    assert alone["choices"][0]["logprobs"]["token_logprobs"] == [None]
+    batched = complete(http, model=model, prompt=[[504], [504, 3313, 314]], echo=True, logprobs=1, max_tokens=0)
+    assert [len(c["logprobs"]["token_logprobs"]) for c in batched["choices"]] == [1, 3]
+    assert batched["choices"][0]["logprobs"]["token_logprobs"] == [None]

@@ -141,6 +141,7 @@ def test_answers_judgments_and_table_for_the_bundled_model(parley_server, tmp_pa
     assert csv_row[0] == MODEL and int(csv_row[4]) == 4 - failed and int(csv_row[5]) == failed
 
 
+@pytest.mark.slow  # 15-50 s each: kept out of `make test` for its time budget; `make test-slow` (CI) runs it
 @needs_data
 def test_published_answers_judged_pairwise_with_swapped_positions(parley_server, tmp_path):
     d = data_dir(tmp_path, [82, 101], answers=("gpt-4", "llama-13b"))

@@ -107,6 +107,7 @@ async def test_requests_arriving_together_share_their_common_prompt_while_it_is_
 FIRST = 4  # tokens compared where long prompts decode side by side
 
 
+@pytest.mark.slow  # 15-50 s each: kept out of `make test` for its time budget; `make test-slow` (CI) runs it
 async def test_a_shared_prompt_longer_than_one_batch_and_a_leader_that_goes_away():
     """The common part takes several prefill steps (over n_batch tokens): the others wait for it and then
     answer as they do alone; when the request computing it is cancelled midway, they carry on without it.

@@ -147,10 +147,11 @@ def stalled_stream(url: str, body: dict) -> socket.socket:
 
 def test_a_client_that_stops_reading_is_disconnected_and_its_generation_stopped(stack):
     worker = stack["worker"]
-    # 16 choices of 2,000 words of 400 characters at 50 words a second: about 13 MB over 40 s, if it were read, so
-    # the socket buffers (a few MB on loopback) fill long before the reply ends.
+    # 16 choices of 4,000 tokens of up to 400 characters at 50 tokens a second: about 13 MB over 80 s, if it were
+    # read, so the socket buffers (a few MB on loopback) fill long before the reply ends, and a reply that ended on
+    # its own would take longer than the 60 s given below.
     prompt = " ".join(f"{i:04d}" + "w" * 396 for i in range(2000))
-    sock = stalled_stream(stack["api"].url, completion(prompt=prompt, n=16, max_tokens=2000, stream=True))
+    sock = stalled_stream(stack["api"].url, completion(prompt=prompt, n=16, max_tokens=4000, stream=True))
     try:
         def in_flight() -> int:
             return httpx.get(worker.url + "/health", timeout=5).json()["queue_length"]
@@ -159,7 +160,7 @@ def test_a_client_that_stops_reading_is_disconnected_and_its_generation_stopped(
         while in_flight() < 16 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert in_flight() == 16
-        deadline = time.monotonic() + 30  # the buffers fill, then 2 s of silence (--stream-send-timeout 2)
+        deadline = time.monotonic() + 60  # the buffers fill, then 2 s of silence (--stream-send-timeout 2)
         while in_flight() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert in_flight() == 0, "the generations of a client that reads nothing went on"

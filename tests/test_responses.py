@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -302,3 +303,40 @@ def test_the_openai_engine_passes_reasoning_through(client):
     off = client.chat.completions.create(model=THINKER, messages=question, max_tokens=12, temperature=0,
                                          reasoning_effort="none")
     assert [o.type for o in r.output] == ["message"] and r.output_text == off.choices[0].message.content
+
+
+def test_usage_of_a_response_is_recorded_with_its_tokens(site, client):
+    from sqlalchemy import select
+
+    from parley.store.models import UsageRecord
+
+    r = client.responses.create(model=CHAT, input="Name a fruit.", max_output_tokens=6, temperature=0)
+    deadline = time.monotonic() + 10
+    while True:  # usage is written in the background
+        with site[0].session() as s:
+            rows = s.scalars(select(UsageRecord).where(UsageRecord.endpoint == "/v1/responses",
+                                                       UsageRecord.completion_tokens == r.usage.output_tokens,
+                                                       UsageRecord.prompt_tokens == r.usage.input_tokens)).all()
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rows and rows[-1].status == 200 and rows[-1].model == CHAT and rows[-1].key_id
+
+
+def test_input_items_page_through_a_long_conversation(client):
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(25)]
+    r = client.responses.create(model=CHAT, input=turns, max_output_tokens=2, temperature=0)
+    listed = list(client.responses.input_items.list(r.id, limit=10))  # the SDK follows `after` page by page
+    assert [i.content[0].text for i in listed] == [f"turn {i}" for i in reversed(range(25))]
+    first = client.responses.input_items.list(r.id, limit=10, order="asc")
+    assert first.has_more and len(first.data) == 10 and first.data[0].content[0].text == "turn 0"
+
+
+def test_logprobs_come_when_include_asks_for_them(client):
+    asked = client.responses.create(model=CHAT, input="Hi", max_output_tokens=4, temperature=0, top_logprobs=2,
+                                    include=["message.output_text.logprobs"])
+    entries = asked.output[0].content[0].logprobs
+    assert len(entries) == asked.usage.output_tokens and all(len(e.top_logprobs) == 2 for e in entries)
+    assert "".join(e.token for e in entries) == asked.output_text
+    plain = client.responses.create(model=CHAT, input="Hi", max_output_tokens=4, temperature=0, top_logprobs=2)
+    assert not plain.output[0].content[0].logprobs

@@ -122,6 +122,7 @@ def test_training_resumes_from_the_last_checkpoint(facts, tmp_path):
     assert second["steps"] == 4 and (out / "checkpoint-4").is_dir()
 
 
+@pytest.mark.slow  # 15-50 s each: kept out of `make test` for its time budget; `make test-slow` (CI) runs it
 def test_a_model_trained_with_a_named_conv_template_carries_it(facts, tmp_path):
     """One LoRA step with --conv-template vicuna_v1.1: the output's tokenizer renders vicuna prompts, so the
     adapter is served (its tokenizer is the one the worker loads) with the template it was trained on; and it

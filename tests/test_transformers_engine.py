@@ -118,6 +118,7 @@ async def test_deltas_never_split_a_utf8_character(engine):
     assert "".join(c.text for c in chunks) == engine.tokenizer.decode(ids, skip_special_tokens=True)
 
 
+@pytest.mark.slow  # 15-50 s each: kept out of `make test` for its time budget; `make test-slow` (CI) runs it
 async def test_sixteen_concurrent_requests_share_batches_and_keep_their_answers(engine, chat_request):
     """Different lengths and parameters, submitted together and staggered; greedy ones must match solo runs."""
     topics = ["cats", "the moon", "bread", "rivers", "robots", "winter", "music", "trees"]
@@ -171,6 +172,7 @@ async def test_prompt_longer_than_context_window_is_refused(engine):
         await engine.generate(request)
 
 
+@pytest.mark.slow  # 15-50 s each: kept out of `make test` for its time budget; `make test-slow` (CI) runs it
 async def test_prompt_near_context_window_is_capped_to_the_room_left(engine):
     n = engine.model_info.context_length
     ids = engine.tokenizer("hello " * n, add_special_tokens=False)["input_ids"][: n - 3]

@@ -86,7 +86,8 @@ async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str, max_t
         async for event in stream:
             if event.usage is not None:
                 tokens = event.usage.completion_tokens
-            if event.choices and (event.choices[0].delta.content or event.choices[0].delta.tool_calls):
+            delta = event.choices[0].delta if event.choices else None
+            if delta is not None and (delta.content or delta.tool_calls or (delta.model_extra or {}).get("reasoning_content")):
                 output_now()
     end = time.perf_counter()
     return RequestTiming(ttft_s=(first or end) - started, latency_s=end - started, output_tokens=tokens, inter_token_s=gaps)

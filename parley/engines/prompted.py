@@ -13,6 +13,7 @@ InvalidRequestError, the same error whichever engine it is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -170,11 +171,13 @@ class Prepared:
 
 async def _reasoning_apart(chunks: AsyncIterator[GenerationChunk], splitter: ReasoningSplitter
                            ) -> AsyncIterator[GenerationChunk]:
-    """The chunks with their text read as reasoning and answer (what could still be a marker waits for the next)."""
-    async for chunk in chunks:
-        split = splitter.feed(chunk.text)
-        if chunk.finish_reason is not None:
-            rest = splitter.finish()
-            split.reasoning += rest.reasoning
-            split.content += rest.content
-        yield chunk.model_copy(update={"text": split.content, "reasoning": split.reasoning})
+    """The chunks with their text read as reasoning and answer (what could still be a marker waits for the next).
+    Closing this closes `chunks` (which cancels the request)."""
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            split = splitter.feed(chunk.text)
+            if chunk.finish_reason is not None:
+                rest = splitter.finish()
+                split.reasoning += rest.reasoning
+                split.content += rest.content
+            yield chunk.model_copy(update={"text": split.content, "reasoning": split.reasoning})

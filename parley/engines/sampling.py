@@ -54,7 +54,8 @@ class PromptLogprobs:
             import torch
 
             logp = torch.log_softmax(logits.float(), dim=-1)
-            chosen = logp.gather(1, torch.as_tensor(list(next_ids), device=logp.device).view(-1, 1)).squeeze(1)
+            chosen = logp.gather(1, torch.as_tensor(list(next_ids), dtype=torch.long, device=logp.device)
+                                 .view(-1, 1)).squeeze(1)
             top = logp.topk(top_n, dim=-1) if top_n else None
             return cls(chosen.cpu().numpy(), top.indices.cpu().numpy() if top is not None else _no_top(len(next_ids)),
                        top.values.cpu().numpy() if top is not None else _no_top(len(next_ids), np.float32))

@@ -202,16 +202,18 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
 
     @app.get("/v1/responses/{response_id}", responses=_ERRORS)
     async def get_response(response_id: str, caller: Caller = asking) -> ResponseObject:
-        return await responses.get(response_id, caller.user_id)
+        return await responses.get(response_id, caller)
 
     @app.delete("/v1/responses/{response_id}", responses=_ERRORS)
     async def delete_response(response_id: str, caller: Caller = asking) -> DeletedResponse:
-        return await responses.delete(response_id, caller.user_id)
+        return await responses.delete(response_id, caller)
 
     @app.get("/v1/responses/{response_id}/input_items", responses=_ERRORS)
     async def response_input_items(response_id: str, order: Literal["asc", "desc"] = "desc",
-                                   limit: int = Query(20, ge=1, le=100), caller: Caller = asking) -> InputItemList:
-        return await responses.input_items(response_id, caller.user_id, order, limit)
+                                   limit: int = Query(20, ge=1, le=100), after: str | None = Query(None, max_length=100),
+                                   before: str | None = Query(None, max_length=100),
+                                   caller: Caller = asking) -> InputItemList:
+        return await responses.input_items(response_id, caller, order, limit, after, before)
 
     @app.post("/v1/embeddings", responses=_ERRORS)
     async def embeddings(body: EmbeddingRequest, caller: Caller = asking) -> EmbeddingList:

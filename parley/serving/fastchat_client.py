@@ -30,6 +30,12 @@ def gen_params(info: WorkerInfo, request: GenerationRequest) -> dict:
                          ("logprobs", p.logprobs), ("min_p", p.min_p or None)):
         if given is not None:
             raise RequestRejected(f"'{field}' is not supported by the FastChat worker serving this model", param=field)
+    if request.prompt_token_ids is not None:
+        raise RequestRejected("token-id prompts are not supported by the FastChat worker serving this model",
+                              param="prompt")
+    if p.max_new_tokens == 0:
+        raise RequestRejected("max_tokens 0 is not supported by the FastChat worker serving this model",
+                              param="max_tokens")
     prompt = request.prompt
     if request.messages is not None:
         try:

@@ -307,7 +307,7 @@ class OpenAIServing:
                 c, events = d.chunk, []
                 if c.reasoning:
                     events.append(chunk(ChatChunkChoice(index=d.index, delta=ChatDelta(reasoning_content=c.reasoning))))
-                if c.text or c.logprobs:
+                if c.text or (c.logprobs and not c.reasoning):  # (a reasoning token's are not the answer's)
                     events.append(chunk(ChatChunkChoice(index=d.index, delta=ChatDelta(content=c.text), logprobs=ChatLogprobs(
                         content=c.logprobs) if c.logprobs else None)))
                 if c.tool_calls:

@@ -26,6 +26,7 @@ from parley.serving.openai_schemas import (
 )
 
 MAX_METADATA = 16  # OpenAI's: keys of `metadata`
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 
 def item_id(prefix: str) -> str:
@@ -200,11 +201,12 @@ class ResponsesRequest(_Request):
     stream_options: ResponsesStreamOptions | None = None
     store: bool | None = True  # OpenAI's default
     previous_response_id: str | None = None
-    metadata: dict[str, str] | None = Field(None, max_length=MAX_METADATA)
+    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = Field(
+        None, max_length=MAX_METADATA)  # OpenAI's bounds
     reasoning: ReasoningConfig | None = None
     user: str | None = None
     truncation: Literal["auto", "disabled"] | None = None
-    include: list[str] | None = None
+    include: list[Annotated[str, Field(max_length=100)]] | None = Field(None, max_length=16)
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     background: bool | None = None
     service_tier: str | None = None
@@ -216,6 +218,11 @@ class ResponsesRequest(_Request):
     prompt: dict | None = None
     # vLLM's extension, as on chat: exactly max_output_tokens tokens (what `parley bench --ignore-eos` asks).
     ignore_eos: bool | None = None
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """The answer's log-probabilities are returned when `include` asks for them, as OpenAI's are."""
+        return LOGPROBS_INCLUDE in (self.include or [])
 
     def input_items(self) -> list[BaseModel]:
         """The input as items (a string is one user message), each checked: anything but text is refused."""
@@ -271,7 +278,8 @@ class ResponsesRequest(_Request):
             "tool_choice": choice, "parallel_tool_calls": self.parallel_tool_calls,
             "response_format": self.text.format.as_response_format() if self.text else None,
             "reasoning_effort": self.reasoning.effort if self.reasoning else None,
-            "logprobs": True if self.top_logprobs is not None else None, "top_logprobs": self.top_logprobs,
+            "logprobs": True if self.wants_logprobs else None,
+            "top_logprobs": self.top_logprobs if self.wants_logprobs else None,
             "ignore_eos": self.ignore_eos,
         }
         return ChatCompletionRequest.model_validate({k: v for k, v in body.items() if v is not None})

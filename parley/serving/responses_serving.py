@@ -25,7 +25,8 @@ from pydantic import BaseModel, ValidationError
 from parley.engines.base import GenerationChunk
 from parley.serving.api_errors import APIError, bad_request
 from parley.serving.cluster_errors import ClusterError
-from parley.serving.openai_schemas import UnsupportedField, UsageInfo, new_id
+from parley.serving.key_auth import Caller
+from parley.serving.openai_schemas import UnsupportedField, UsageInfo
 from parley.serving.openai_serving import APIRequest, OpenAIServing, api_error
 from parley.serving.replies import merged_deltas
 from parley.serving.responses_schemas import (
@@ -48,7 +49,7 @@ from parley.serving.responses_schemas import (
     ResponseUsage,
     item_id,
 )
-from parley.store.responses import ResponseStore
+from parley.store.responses import Kept, ResponseStore
 
 log = logging.getLogger("parley.api")
 
@@ -129,7 +130,7 @@ class OutputBuilder:
             item.content[0].text += chunk.reasoning
             events.append({"type": "response.reasoning_text.delta", "item_id": item.id, "output_index": self._index,
                            "content_index": 0, "delta": chunk.reasoning})
-        if chunk.text or (logprobs and chunk.logprobs):
+        if chunk.text:  # (a reasoning token's log-probabilities are not the answer's)
             if not isinstance(self.open, OutputMessage):
                 events += self._start(OutputMessage())
             item = self.open
@@ -143,7 +144,7 @@ class OutputBuilder:
             call = self._calls.get(delta.index)
             if call is None:
                 call = self._calls[delta.index] = OutputFunctionCall(
-                    call_id=delta.id or new_id("call"), name=delta.function.get("name") or "")
+                    call_id=delta.id or item_id("call"), name=delta.function.get("name") or "")
                 events += self._start(call)
             arguments = delta.function.get("arguments", "")
             if arguments:
@@ -191,23 +192,25 @@ class ResponsesServing:
         history = await self._history(body, owner)
         try:
             chat = body.to_chat_request(history)
-        except ValidationError as exc:
+        except ValidationError as exc:  # the chat request the input makes is not a valid one
             err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"][:2])
-            raise bad_request(f"invalid input: {where}: {err['msg']}", "input") from None
+            field = str(err["loc"][0]) if err["loc"] else "input"
+            where = ".".join(str(p) for p in err["loc"][:3])
+            raise bad_request(f"invalid {_PARAM.get(field, field)}: {where}: {err['msg']}",
+                              _PARAM.get(field, field)) from None
         except UnsupportedField as exc:
             raise bad_request(str(exc), _PARAM.get(exc.field, exc.field)) from None
         chat, _sources = await self.serving._with_assistant(chat, request.caller)
+        store = bool(body.store) and self.store is not None
+        response = ResponseObject.answering(body, store)
         try:
-            generation = chat.to_generation_request(new_id("resp"))
+            generation = chat.to_generation_request(response.id)  # the worker's logs name the response
         except UnsupportedField as exc:
             raise bad_request(str(exc), _PARAM.get(exc.field, exc.field)) from None
         generation = generation.model_copy(update={"return_token_ids": True})  # reasoning tokens; a stream left early
-        store = bool(body.store) and self.store is not None
-        response = ResponseObject.answering(body, store)
         items = [i.model_dump(exclude_none=True) for i in history] + [_with_id(i) for i in body.input_items()]
         builder = OutputBuilder(response)
-        logprobs = body.top_logprobs is not None
+        logprobs = body.wants_logprobs
         replies = await self.serving._open(request, chat.model, [generation])
         if body.stream:
             return StreamingResponse(self._events(request, chat.model, replies, builder, logprobs, items, owner),
@@ -230,17 +233,25 @@ class ResponsesServing:
             self.serving._record(request, exc.status, chat.model, None)
             raise api_error(exc) from None
         builder.finish(finish, usage)
-        await self._keep(response, items, request, chat.model)
-        self.serving._record(request, 200, chat.model, usage)
+        self.serving._record(request, 200, chat.model, usage)  # the tokens are charged whatever happens next
+        if not await self._keep(response, items, request, chat.model):
+            response.store = False
         return response
 
-    async def _keep(self, response: ResponseObject, items: list[dict], request: APIRequest, model: str) -> None:
+    async def _keep(self, response: ResponseObject, items: list[dict], request: APIRequest, model: str) -> bool:
+        """Store the response (with `store` and a database); whether it is stored. A database that fails here costs
+        the client its stored copy, not its answer: the failure is logged."""
         if not response.store or self.store is None:
-            return
-        await asyncio.to_thread(
-            self.store.save, response_id=response.id, user_id=request.caller.user_id, key_id=request.caller.key_id,
-            model=model, previous_response_id=response.previous_response_id, input_items=items,
-            response=response.model_dump(mode="json"))
+            return False
+        try:
+            await asyncio.to_thread(
+                self.store.save, response_id=response.id, user_id=request.caller.user_id, key_id=request.caller.key_id,
+                model=model, previous_response_id=response.previous_response_id, input_items=items,
+                response=response.model_dump(mode="json"))
+        except Exception:
+            log.exception("response %s could not be stored", response.id)
+            return False
+        return True
 
     async def _events(self, request: APIRequest, model: str, replies, builder: OutputBuilder, logprobs: bool,
                       items: list[dict], owner: int | None) -> AsyncIterator[bytes]:
@@ -279,7 +290,8 @@ class ResponsesServing:
             for e in builder.finish(finish, usage):
                 yield event(e)
             finished = True
-            await self._keep(response, items, request, model)
+            if not await self._keep(response, items, request, model):
+                response.store = False
             kind = "response.incomplete" if response.status == "incomplete" else "response.completed"
             yield event({"type": kind, "response": response.model_dump(mode="json")})
         except ClusterError as exc:
@@ -304,22 +316,34 @@ class ResponsesServing:
                 usage.add(0, generated)  # what was streamed before the end (its prompt's tokens are not known)
             self.serving._record(request, status, model, usage)
 
-    async def get(self, response_id: str, owner: int | None) -> ResponseObject:
-        kept = await asyncio.to_thread(self.store.get, response_id, owner) if self.store is not None else None
-        if kept is None:
+    async def _kept(self, response_id: str, caller: Caller) -> Kept:
+        """A stored response of the caller's user, made with a model the caller's key may use; else a 404."""
+        kept = await asyncio.to_thread(self.store.get, response_id, caller.user_id) if self.store is not None else None
+        if kept is None or not caller.may_use(kept.model):
             raise not_found(response_id)
-        return ResponseObject.model_validate(kept.response)
+        return kept
 
-    async def delete(self, response_id: str, owner: int | None) -> DeletedResponse:
-        if self.store is None or not await asyncio.to_thread(self.store.delete, response_id, owner):
+    async def get(self, response_id: str, caller: Caller) -> ResponseObject:
+        return ResponseObject.model_validate((await self._kept(response_id, caller)).response)
+
+    async def delete(self, response_id: str, caller: Caller) -> DeletedResponse:
+        await self._kept(response_id, caller)
+        if not await asyncio.to_thread(self.store.delete, response_id, caller.user_id):
             raise not_found(response_id)
         return DeletedResponse(id=response_id)
 
-    async def input_items(self, response_id: str, owner: int | None, order: str, limit: int) -> InputItemList:
-        kept = await asyncio.to_thread(self.store.get, response_id, owner) if self.store is not None else None
-        if kept is None:
-            raise not_found(response_id)
-        data = kept.input_items[::-1] if order == "desc" else list(kept.input_items)
+    async def input_items(self, response_id: str, caller: Caller, order: str, limit: int, after: str | None,
+                          before: str | None) -> InputItemList:
+        """A page of the items the response answered, in `order`, after (or before) the item of that id."""
+        data = (await self._kept(response_id, caller)).input_items
+        data = data[::-1] if order == "desc" else list(data)
+        ids = [d.get("id") for d in data]
+        for cursor, param in ((after, "after"), (before, "before")):
+            if cursor is not None and cursor not in ids:
+                raise bad_request(f"no input item with id '{cursor}' in response '{response_id}'", param)
+        start = ids.index(after) + 1 if after is not None else 0
+        end = ids.index(before) if before is not None else len(data)
+        data = data[start:end]
         shown = data[:limit]
         return InputItemList(data=shown, first_id=shown[0].get("id") if shown else None,
                              last_id=shown[-1].get("id") if shown else None, has_more=len(data) > limit)
@@ -333,9 +357,13 @@ _ITEM_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output":
 
 
 def _with_id(item: BaseModel) -> dict:
-    """An input item as kept: with an id (OpenAI gives every input item one) and its type."""
+    """An input item as kept: with an id (OpenAI gives every input item one), its type, and a message's content as
+    parts."""
     data = item.model_dump(exclude_none=True, by_alias=True)
     data.setdefault("type", "message")
+    if data["type"] == "message" and isinstance(data.get("content"), str):  # as OpenAI lists it: content parts
+        kind = "output_text" if data.get("role") == "assistant" else "input_text"
+        data["content"] = [{"type": kind, "text": data["content"]}]
     if not data.get("id"):
         data["id"] = item_id(_ITEM_PREFIX.get(data["type"], "item"))
     return data

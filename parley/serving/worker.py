@@ -329,7 +329,8 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
     @app.post(TOKENIZER_INFO_PATH)
     async def parley_tokenizer_info() -> TokenizerInfo:
         info = engine.model_info
-        return TokenizerInfo(eos_token=info.eos_token, bos_token=info.bos_token, chat_template=info.chat_template,
+        return TokenizerInfo(eos_token=info.eos_token, bos_token=info.bos_token,
+                             chat_template=engine.chat_template_text or info.chat_template,  # --chat-template's
                              model_max_length=info.context_length)
 
     @app.post("/worker_get_status")

@@ -161,7 +161,7 @@ class Conversations:
                 self._append(s, c, "user", user_text, {})
             elif last is None:
                 raise ParleyError("there is no message to reply to")
-            elif last.role == "assistant" and not last.content:  # nothing was written (it failed): replaced
+            elif last.role == "assistant" and not last.content and not last.reasoning:  # nothing written: replaced
                 s.execute(delete(Feedback).where(Feedback.message_id == last.id))
                 for key, value in {"content": "", "reasoning": None, "finish_reason": INCOMPLETE, "error": None,
                                    "created_at": utcnow(), "latency_s": None, "first_token_s": None,

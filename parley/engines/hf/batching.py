@@ -199,15 +199,17 @@ class ContinuousBatcher(ModelLoop):
         out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                           use_cache=True, logits_to_keep=max(scored, 1))
         self.stats.prefill_batches += 1
+        scored_rows = []  # every row's first, then sent: a pass that fails halfway is retried and sends nothing twice
         for row, seq in enumerate(seqs):
             if seq.prompt_logprobs is not None:
                 n = len(seq.prompt_ids)  # its logits are the last n columns; all but the last predict a prompt token
-                scores = PromptLogprobs.of(out.logits[row, scored - n: scored - 1, :], seq.prompt_ids[1:],
-                                           seq.prompt_logprobs)
-                try:
-                    seq.emit(scores)
-                except RuntimeError:  # the consumer's event loop is gone
-                    seq.cancelled = True
+                scored_rows.append((seq, PromptLogprobs.of(out.logits[row, scored - n: scored - 1, :],
+                                                           seq.prompt_ids[1:], seq.prompt_logprobs)))
+        for seq, scores in scored_rows:
+            try:
+                seq.emit(scores)
+            except RuntimeError:  # the consumer's event loop is gone
+                seq.cancelled = True
         return _Batch(out.past_key_values, mask, list(seqs)), out.logits[:, -1, :]
 
     def _step(self) -> None:
