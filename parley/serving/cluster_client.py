@@ -207,22 +207,32 @@ class ClusterClient:
 
     async def embed(self, model: str, texts: list[str], request_id: str | None = None) -> dict:
         """The worker's answer (`embedding`: one vector per text, `token_num`); its errors as APIError."""
+        address, response = await self._post_repeatable(
+            model, "/worker_get_embeddings", {"model": model, "input": texts, "request_id": request_id}, "embedding")
+        return _embedding_answer(model, address, response, len(texts))
+
+    async def _post_repeatable(self, model: str, path: str, body: dict, what: str, timeout: float | None = None,
+                               native_only: bool = False) -> tuple[str, httpx.Response]:
+        """A request that may be asked again (embeddings, the tokenizer): a worker that cannot be reached is reported
+        and another one asked; the worker asked and its response. `native_only`: a FastChat worker is refused."""
         last_error = ""
         for _ in range(self.attempts):
             address = await self.worker_for(model)
             try:
-                response = await self.http.post(address + "/worker_get_embeddings",
-                                                json={"model": model, "input": texts, "request_id": request_id})
-            except _CONNECT_FAILURES as exc:  # embeddings may be asked again: another worker gets them
+                if native_only and not (await self.worker_info(address)).native:
+                    raise RequestRejected(f"the model '{model}' is served by a FastChat worker, which has no {what} "
+                                          "endpoints", param="model")
+                extra = {"timeout": timeout} if timeout is not None else {}
+                return address, await self.http.post(address + path, json=body, **extra)
+            except _CONNECT_FAILURES as exc:
                 last_error = type(exc).__name__
+                self._info.pop(address, None)
                 await self.report_failure(address, last_error)
-                continue
             except httpx.TimeoutException:
                 raise WorkerTimeout(f"the worker serving '{model}' did not answer in time") from None
             except httpx.HTTPError as exc:
-                log.error("embedding request to %s failed: %r", address, exc)
+                log.error("%s request to %s failed: %r", what, address, exc)
                 raise WorkerFailed(f"the worker serving '{model}' failed to answer") from None
-            return _embedding_answer(model, address, response, len(texts))
         raise ModelUnavailable(f"no reachable worker serves the model '{model}' ({last_error})")
 
     # -- the model's tokenizer (the API's /tokenize, /detokenize and /tokenizer_info) ---------------
@@ -239,38 +249,20 @@ class ClusterClient:
         return TokenizerInfo.model_validate(await self._tokenizer_call(model, TOKENIZER_INFO_PATH, None))
 
     async def _tokenizer_call(self, model: str, path: str, body: BaseModel | None) -> dict:
-        """A parley worker's answer to one of its tokenizer endpoints; its refusal as RequestRejected. These are
-        cheap and repeatable: an unreachable worker is reported and another one asked."""
-        last_error = ""
-        for _ in range(self.attempts):
-            address = await self.worker_for(model)
-            try:
-                if not (await self.worker_info(address)).native:
-                    raise RequestRejected(f"the model '{model}' is served by a FastChat worker, which has no tokenizer "
-                                          "endpoints", param="model")
-                response = await self.http.post(address + path, json=body.model_dump() if body else {}, timeout=60.0)
-            except _CONNECT_FAILURES as exc:
-                last_error = type(exc).__name__
-                self._info.pop(address, None)
-                await self.report_failure(address, last_error)
-                continue
-            except httpx.TimeoutException:
-                raise WorkerTimeout(f"the worker serving '{model}' did not answer in time") from None
-            except httpx.HTTPError as exc:
-                log.error("tokenizer request to %s failed: %r", address, exc)
-                raise WorkerFailed(f"the worker serving '{model}' failed to answer") from None
-            try:
-                answer = response.json()
-            except ValueError:
-                answer = None
-            if response.status_code == 200 and isinstance(answer, dict):
-                return answer
-            try:
-                error = TokenizerError.model_validate(answer).error
-            except ValidationError:
-                raise _refused(address, response) from None
-            raise RequestRejected.from_worker(error.code, error.message)
-        raise ModelUnavailable(f"no reachable worker serves the model '{model}' ({last_error})")
+        """A parley worker's answer to one of its tokenizer endpoints; its refusal as RequestRejected."""
+        address, response = await self._post_repeatable(model, path, body.model_dump() if body else {}, "tokenizer",
+                                                         timeout=60.0, native_only=True)
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if response.status_code == 200 and isinstance(answer, dict):
+            return answer
+        try:
+            error = TokenizerError.model_validate(answer).error
+        except ValidationError:
+            raise _refused(address, response) from None
+        raise RequestRejected.from_worker(error.code, error.message)
 
 
 async def _native_frames(response: httpx.Response) -> AsyncIterator[StreamFrame]:
