@@ -19,7 +19,7 @@ TORCH_PIP_ARGS ?= $(if $(HAS_NVIDIA),torch==$(TORCH_VERSION),torch==$(TORCH_VERS
 LLAMA_CPP_VERSION ?= 0.3.36
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 LLAMA_WHEEL_DIR ?= $(HOME)/.cache/parley/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(shell $(PYTHON) -c 'import hashlib, sys, sysconfig; print(sys.implementation.cache_tag + "-" + sysconfig.get_platform() + "-" + hashlib.sha256(sys.argv[1].encode()).hexdigest()[:10])' "$(LLAMA_CMAKE_ARGS)")
-EXTRAS ?= local,dev,llamacpp,embeddings,train,knowledge
+EXTRAS ?= local,dev,llamacpp,embeddings,train,knowledge,ray
 
 INSTALLED := $(VENV)/.installed
 TEST_INSTALLED := $(VENV)/.installed-test

@@ -17,6 +17,7 @@ from parley.cli import (
     db_cmd,
     eval_cmd,
     knowledge_cmd,
+    ray_cmd,
     serve_cmd,
     team_cmd,
     test_message_cmd,
@@ -27,7 +28,7 @@ from parley.cli import (
 from parley.errors import ParleyError
 
 SUBCOMMANDS = (chat_cmd, controller_cmd, worker_cmd, api_cmd, test_message_cmd, serve_cmd, bench_cmd, eval_cmd, db_cmd, web_cmd,
-               train_cmd, data_cmd, knowledge_cmd, team_cmd)
+               train_cmd, data_cmd, knowledge_cmd, team_cmd, ray_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

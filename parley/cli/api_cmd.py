@@ -49,20 +49,27 @@ def split_list(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from parley.serving.api import APISettings, create_app
+def api_settings(args: argparse.Namespace):
+    """The API's settings from its flags; a ParleyError for a bad combination."""
+    from parley.serving.api import APISettings
     from parley.store.database import default_url
 
     keys = api_keys(args)
     if args.auth and args.no_assistants and not keys:
         raise ParleyError("--auth with --no-assistants accepts no key at all: users' keys live in the database "
                           "that --no-assistants turns off; drop --no-assistants, or give --api-keys-file")
-    app = create_app(APISettings(controller_address=args.controller_address, api_keys=keys, require_keys=args.auth,
-                                 allowed_origins=split_list(args.allowed_origins), worker_timeout_s=args.worker_timeout,
-                                 cluster_secret=cluster_secret(args), max_body_bytes=args.max_request_bytes,
-                                 send_timeout_s=args.stream_send_timeout,
-                                 db_url=None if args.no_assistants else (db_url(args) or default_url())))
+    return APISettings(controller_address=args.controller_address, api_keys=keys, require_keys=args.auth,
+                       allowed_origins=split_list(args.allowed_origins), worker_timeout_s=args.worker_timeout,
+                       cluster_secret=cluster_secret(args), max_body_bytes=args.max_request_bytes,
+                       send_timeout_s=args.stream_send_timeout,
+                       db_url=None if args.no_assistants else (db_url(args) or default_url()))
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from parley.serving.api import create_app
+
+    app = create_app(api_settings(args))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
     return 0

@@ -13,7 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-from parley.cli.secret_args import add_cluster_secret_argument, add_db_url_arguments, cluster_secret, db_url
+from parley.cli.secret_args import (
+    add_cluster_secret_argument,
+    add_db_url_arguments,
+    cluster_secret,
+    db_url,
+)
 from parley.errors import ParleyError
 
 
@@ -211,7 +216,13 @@ def run_list(args) -> int:
 
 @_refused
 def run_add(args) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from parley.knowledge.grounding import ingest
     from parley.knowledge.parsing import media_type

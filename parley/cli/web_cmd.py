@@ -91,11 +91,9 @@ def oidc_settings(args: argparse.Namespace):
                         name=args.oidc_name)
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
+def web_settings(args: argparse.Namespace):
+    """The web UI's settings from its flags; a ParleyError for a bad combination."""
     from parley.serving.cluster_auth import is_loopback
-    from parley.web.app import create_app
     from parley.web.arena import parse_weights
     from parley.web.services import WebSettings
     from parley.web.user_input import Limits
@@ -107,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         raise ParleyError("--signup needs --auth (without it everyone is the local user)")
     if args.session_hours <= 0:
         raise ParleyError("--session-hours must be more than 0")
-    settings = WebSettings(
+    return WebSettings(
         controller_address=args.controller_address, cluster_secret=cluster_secret(args), db_url=db_url(args), host=args.host, port=args.port,
         auth=args.auth, battle_weights=parse_weights(args.battle_weights), model_info_file=args.model_info,
         moderation=args.moderation, limits=Limits(max_input_chars=args.max_input_chars, max_turns=args.max_turns),
@@ -116,6 +114,14 @@ def run(args: argparse.Namespace) -> int:
         max_waiting_replies=args.max_waiting_replies,
         embedding_model=None if args.embedding_model.lower() == "none" else args.embedding_model,
         signup=args.signup, session_hours=args.session_hours, oidc=oidc_settings(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from parley.web.app import create_app
+
+    settings = web_settings(args)
     if args.log_level != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)
     app = create_app(settings)

@@ -5,23 +5,32 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 from parley.cli.engine_args import add_engine_arguments, load_engine
 from parley.cli.secret_args import add_cluster_secret_argument, cluster_secret
 from parley.errors import ParleyError
 from parley.serving.protocol import HEART_BEAT_INTERVAL_S
 
+if TYPE_CHECKING:
+    from parley.engines.base import Engine
+    from parley.serving.worker import WorkerSettings
+
 log = logging.getLogger("parley.worker")
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("worker", help="run a model worker", description=__doc__)
+    add_all_arguments(p)
+    p.set_defaults(run=run, default_log_level="INFO")
+
+
+def add_all_arguments(p: argparse.ArgumentParser) -> None:
     add_engine_arguments(p)
     p.add_argument("--model-names", default=None,
                    help="comma-separated names to serve the model under (default: --model-name or the path's name)")
     p.add_argument("--conv-template", default=None, help="named chat template instead of the model's own")
     add_worker_arguments(p)
-    p.set_defaults(run=run, default_log_level="INFO")
 
 
 def add_worker_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,14 +67,24 @@ def worker_address(args: argparse.Namespace) -> str:
     return f"http://{host}:{args.port}"
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
+def parse_worker_flags(argv: list[str]) -> argparse.Namespace:
+    """`parley worker`'s flags (as on its command line) read as the command reads them; a bad one is a ParleyError
+    naming it (Ray Serve's replicas are configured in these terms)."""
+    parser = argparse.ArgumentParser(prog="parley worker", exit_on_error=False, add_help=False)
+    add_all_arguments(parser)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise ParleyError(f"bad worker flags {' '.join(argv)}: {exc}") from None
+    if unknown:
+        raise ParleyError(f"unknown worker flags: {' '.join(unknown)} (see `parley worker --help`)")
+    return args
 
-    from parley.serving.cluster_auth import warn_if_open
-    from parley.serving.worker import WorkerSettings, create_app
 
-    secret = cluster_secret(args)  # before the model loads: a bad secret file fails in a second
-    warn_if_open(log, "worker", args.host, secret)
+def load_worker(args: argparse.Namespace, secret: str | None, register: bool = True) -> tuple[Engine, WorkerSettings]:
+    """The engine the flags name, loaded, and the worker's settings."""
+    from parley.serving.worker import WorkerSettings
+
     names = [n.strip() for n in (args.model_names or "").split(",") if n.strip()]
     if names and not args.model_name:
         args.model_name = names[0]
@@ -74,13 +93,29 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = WorkerSettings(
             model_names=names, worker_address=worker_address(args), controller_address=args.controller_address,
-            register_with_controller=not args.no_register, limit_worker_concurrency=args.limit_worker_concurrency,
+            register_with_controller=register and not args.no_register,
+            limit_worker_concurrency=args.limit_worker_concurrency,
             max_queue_length=args.max_queue_length, stream_interval=args.stream_interval,
             conv_template=args.conv_template, heart_beat_interval_s=args.heart_beat_interval, speed=args.speed,
             cluster_secret=secret,
             **({"max_body_bytes": args.max_request_bytes} if args.max_request_bytes else {}),
             **({"send_timeout_s": args.stream_send_timeout} if args.stream_send_timeout else {}),
         )
+    except ValueError as exc:
+        raise ParleyError(f"bad worker settings: {exc}") from None
+    return engine, settings
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from parley.serving.cluster_auth import warn_if_open
+    from parley.serving.worker import create_app
+
+    secret = cluster_secret(args)  # before the model loads: a bad secret file fails in a second
+    warn_if_open(log, "worker", args.host, secret)
+    engine, settings = load_worker(args, secret)
+    try:
         app = create_app(engine, settings)
     except (ValueError, ParleyError) as exc:
         raise ParleyError(f"bad worker settings: {exc}") from None

@@ -15,7 +15,7 @@ import numpy as np
 
 from parley.knowledge.chunking import CHUNK_TOKENS, chunk_sections, token_spans
 from parley.knowledge.parsing import parse
-from parley.serving.cluster_client import ClusterClient
+from parley.serving.cluster_client import Cluster
 from parley.serving.openai_schemas import SourceOut
 from parley.store.assistants import AssistantView
 from parley.store.conversations import NotFound
@@ -46,7 +46,7 @@ class Embedder:
         self._batch = batch
 
     @classmethod
-    def of_cluster(cls, cluster: ClusterClient) -> Embedder:
+    def of_cluster(cls, cluster: Cluster) -> Embedder:
         """From the workers that serve the model (what the web app, the API and the command line use)."""
         async def batch(model: str, texts: list[str]) -> list[list[float]]:
             return (await cluster.embed(model, texts))["embedding"]

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, model_validator
 from parley.serving.api_errors import install_error_handlers
 from parley.serving.assistant_requests import AssistantRequests
 from parley.serving.cluster_auth import auth_headers
-from parley.serving.cluster_client import ClusterClient
+from parley.serving.cluster_client import Cluster, ClusterClient
 from parley.serving.cluster_errors import ClusterError
 from parley.serving.key_auth import Caller, KeyAuth
 from parley.serving.metrics import ServerMetrics, install_metrics
@@ -109,7 +109,9 @@ _Body = TypeVar("_Body", ChatCompletionRequest, CompletionRequest, EmbeddingRequ
 _Result = TypeVar("_Result")
 
 
-def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | None = None) -> FastAPI:
+def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | None = None,
+               cluster: Cluster | None = None) -> FastAPI:
+    """`cluster`: where the models are (default: the controller at `settings.controller_address`)."""
     settings = settings or APISettings()
     own_http = http is None
     http = http or httpx.AsyncClient(timeout=httpx.Timeout(settings.worker_timeout_s, connect=5.0),
@@ -126,7 +128,8 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
             await asyncio.to_thread(db.upgrade)
             await keys.start()
             await recorder.start()
-        log.info("API up; controller %s; %s", settings.controller_address, keys.describe())
+        log.info("API up; models from %s; %s", "the controller at " + settings.controller_address if cluster is None
+                 else type(cluster).__name__, keys.describe())
         if db is not None:
             log.info("assistants, users' limits and usage in %s", db.display_url)
         else:
@@ -151,10 +154,10 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
     if settings.allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
-    cluster = app.state.cluster = ClusterClient(http, settings.controller_address)
-    assistants = AssistantRequests(db, cluster) if db is not None else None
-    serving = OpenAIServing(cluster, metrics, assistants)
-    install_tokenizer_routes(app, cluster, keys)  # /tokenize, /detokenize, /tokenizer_info (vLLM's)
+    models = app.state.cluster = cluster or ClusterClient(http, settings.controller_address)
+    assistants = AssistantRequests(db, models) if db is not None else None
+    serving = OpenAIServing(models, metrics, assistants)
+    install_tokenizer_routes(app, models, keys)  # /tokenize, /detokenize, /tokenizer_info (vLLM's)
     responses = ResponsesServing(serving, ResponseStore(db) if db is not None else None)
 
     async def caller_of(request: Request) -> Caller:
@@ -222,9 +225,9 @@ def create_app(settings: APISettings | None = None, http: httpx.AsyncClient | No
     @app.get("/health")
     async def health() -> dict:
         try:
-            models = await cluster.list_models()
+            served = await models.list_models()
         except ClusterError as exc:
             return {"status": "degraded", "controller": exc.message, "models": []}
-        return {"status": "ok", "models": models}
+        return {"status": "ok", "models": served}
 
     return app

@@ -12,9 +12,13 @@ import asyncio
 
 from parley.knowledge.grounding import Embedder, Source, ground
 from parley.serving.api_errors import APIError
-from parley.serving.cluster_client import ClusterClient
+from parley.serving.cluster_client import Cluster
 from parley.serving.key_auth import model_not_found
-from parley.serving.openai_schemas import ChatCompletionRequest, ChatMessageIn, ModelCard
+from parley.serving.openai_schemas import (
+    ChatCompletionRequest,
+    ChatMessageIn,
+    ModelCard,
+)
 from parley.store.assistants import Assistants, AssistantView, is_assistant_id
 from parley.store.conversations import NotFound
 from parley.store.database import Database
@@ -30,7 +34,7 @@ def _message_dict(m: ChatMessageIn) -> dict:
 
 
 class AssistantRequests:
-    def __init__(self, db: Database, cluster: ClusterClient):
+    def __init__(self, db: Database, cluster: Cluster):
         self.db = db
         self.assistants = Assistants(db)
         self.knowledge = Knowledge(db)

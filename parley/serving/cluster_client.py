@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -55,6 +56,24 @@ log = logging.getLogger("parley.api")
 _CONNECT_FAILURES = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.RemoteProtocolError,
                      httpx.WriteError)
 _MIDSTREAM_FAILURES = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout, httpx.WriteError)
+
+
+class Cluster(Protocol):
+    """What the API, the web UI and the tools ask of the models: `ClusterClient` (a controller and its workers over
+    HTTP) answers it, and so does parley.ray's `ServeCluster` (Ray Serve deployments through their handles)."""
+
+    async def list_models(self) -> list[str]: ...
+
+    def generate_stream(self, model: str, request: GenerationRequest,
+                        worker: str | None = None) -> AsyncIterator[GenerationChunk]: ...
+
+    async def embed(self, model: str, texts: list[str], request_id: str | None = None) -> dict: ...
+
+    async def tokenize(self, model: str, text: str, add_special_tokens: bool = True) -> TokenizeReply: ...
+
+    async def detokenize(self, model: str, token_ids: list[int]) -> DetokenizeReply: ...
+
+    async def tokenizer_info(self, model: str) -> TokenizerInfo: ...
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from parley.engines.base import GenerationRequest, TokenLogprob, ToolCallsSoFar
 from parley.serving.api_errors import APIError, bad_request
 from parley.serving.assistant_requests import AssistantRequests, is_assistant_id
-from parley.serving.cluster_client import ClusterClient
+from parley.serving.cluster_client import Cluster
 from parley.serving.cluster_errors import ClusterError
 from parley.serving.key_auth import Caller, model_not_found
 from parley.serving.metrics import ServerMetrics
@@ -147,7 +147,7 @@ class Choice:
 class OpenAIServing:
     """The API's work, apart from its routes: requests in, OpenAI's responses out."""
 
-    def __init__(self, cluster: ClusterClient, metrics: ServerMetrics, assistants: AssistantRequests | None = None):
+    def __init__(self, cluster: Cluster, metrics: ServerMetrics, assistants: AssistantRequests | None = None):
         self.cluster = cluster
         self.metrics = metrics
         self.assistants = assistants

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from parley.engines.base import TokenId
 from parley.serving.api_errors import APIError, bad_request
-from parley.serving.cluster_client import ClusterClient
+from parley.serving.cluster_client import Cluster
 from parley.serving.cluster_errors import ClusterError
 from parley.serving.key_auth import Caller, KeyAuth
 from parley.serving.openai_schemas import ErrorResponse
@@ -61,7 +61,7 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
-def install_tokenizer_routes(app: FastAPI, cluster: ClusterClient, keys: KeyAuth) -> None:
+def install_tokenizer_routes(app: FastAPI, cluster: Cluster, keys: KeyAuth) -> None:
     async def model_for(request: Request, named: str | None) -> str:
         """The model a request means: the one it names (which the key must be allowed), else the only one served."""
         caller: Caller = await keys.check(request.headers.get("authorization"))

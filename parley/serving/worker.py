@@ -62,7 +62,6 @@ from parley.serving.worker_errors import (
     failure_for_client,
     json_body,
     parsed,
-    request_id_of,
 )
 
 log = logging.getLogger("parley.worker")
@@ -187,6 +186,55 @@ class ModelWorker:
                 metrics.observe_error(endpoint, outcome)
             metrics.observe_request(endpoint, outcome, started)
 
+    async def frames(self, request: GenerationRequest, endpoint: str,
+                     started: float | None = None) -> AsyncIterator[GenerationChunk]:
+        """The native stream of one request: its deltas, then, if it fails, a `StreamFrame` with the error a client
+        may see (an engine bug reaches the client as an error, never as a hung stream). What the HTTP route and a
+        Ray Serve replica both send."""
+        try:
+            async for chunk in self.generate(request, endpoint, started):
+                yield chunk
+        except Exception as exc:
+            code, message = failure_for_client(exc, request.request_id, "generation")
+            yield StreamFrame(error=StreamError(code=code, message=message))
+
+    async def embed(self, body: EmbeddingsRequest) -> dict:
+        """FastChat's embedding answer (`embedding`: one vector per text, `token_num`), or its error
+        (`text`, `error_code`): every failure is this request's, in the answer's format."""
+        try:
+            texts = [body.input] if isinstance(body.input, str) else body.input
+            if not texts or any(not t for t in texts):
+                raise InvalidRequestError("embedding input must be non-empty text")
+            result = await self.engine.embed(texts)
+            if not all(math.isfinite(x) for vector in result.embeddings for x in vector):
+                raise ParleyError("the model produced NaN or infinite values in an embedding")  # not JSON
+        except Exception as exc:
+            code, message = failure_for_client(exc, body.request_id or f"wrk-{uuid.uuid4().hex[:16]}", "embedding")
+            return {"text": message, "error_code": code}
+        self.metrics.observe_tokens(self.settings.model_names[0], result.prompt_tokens, 0)
+        return {"embedding": result.embeddings, "token_num": result.prompt_tokens}
+
+    async def tokenize(self, body: TokenizeRequest) -> TokenizeReply:
+        tokens = await self.engine.tokenize(body.prompt, body.add_special_tokens)
+        return TokenizeReply(tokens=tokens, count=len(tokens), max_model_len=self.engine.model_info.context_length)
+
+    async def detokenize(self, body: DetokenizeRequest) -> DetokenizeReply:
+        return DetokenizeReply(prompt=await self.engine.detokenize(body.tokens))
+
+    def tokenizer_info(self) -> TokenizerInfo:
+        info = self.engine.model_info
+        return TokenizerInfo(eos_token=info.eos_token, bos_token=info.bos_token,
+                             chat_template=self.engine.chat_template_text or info.chat_template,  # --chat-template's
+                             model_max_length=info.context_length)
+
+    def details(self) -> dict:
+        """What the API asks a worker about its model; `parley` marks a parley worker: it accepts `messages` and
+        renders them itself."""
+        info, engine = self.engine.model_info, self.engine
+        return {"context_length": info.context_length,
+                "parley": {"messages": True, "protocol": NATIVE_PROTOCOL, "engine": engine.name,
+                           "chat_template": engine.chat_template_name, "device": info.device, "dtype": info.dtype}}
+
     def refused(self, endpoint: str, code: int, started: float) -> None:
         """Count a request refused before it reached the engine (unreadable, out of range)."""
         self.metrics.observe_error(endpoint, code)
@@ -266,20 +314,16 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
         started = time.perf_counter()
 
         async def lines() -> AsyncIterator[bytes]:
-            request_id = request_id_of(raw)
             try:
-                try:
-                    generation = parsed(raw, GenerationRequest, ErrorCode.PARAM_OUT_OF_RANGE)
-                except WorkerError as exc:
-                    worker.refused(NATIVE_STREAM_PATH, exc.code, started)
-                    raise
-                left_out = set() if generation.return_token_ids else {"token_ids"}
-                async for chunk in worker.generate(generation, NATIVE_STREAM_PATH, started):
-                    yield chunk.model_dump_json(exclude_defaults=True, exclude=left_out).encode() + b"\n"
-            except Exception as exc:  # an engine bug must reach the client as an error, not a hung stream
-                code, message = failure_for_client(exc, request_id, "generation")
-                yield StreamFrame(error=StreamError(code=code, message=message)).model_dump_json(
+                generation = parsed(raw, GenerationRequest, ErrorCode.PARAM_OUT_OF_RANGE)
+            except WorkerError as exc:
+                worker.refused(NATIVE_STREAM_PATH, exc.code, started)
+                yield StreamFrame(error=StreamError(code=exc.code, message=str(exc))).model_dump_json(
                     exclude_defaults=True).encode() + b"\n"
+                return
+            left_out = set() if generation.return_token_ids else {"token_ids"}
+            async for frame in worker.frames(generation, NATIVE_STREAM_PATH, started):
+                yield frame.model_dump_json(exclude_defaults=True, exclude=left_out).encode() + b"\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
@@ -290,17 +334,9 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
         raw = await json_body(request)
         try:
             body = parsed(raw, EmbeddingsRequest, ErrorCode.PARAM_OUT_OF_RANGE)
-            texts = [body.input] if isinstance(body.input, str) else body.input
-            if not texts or any(not t for t in texts):
-                raise InvalidRequestError("embedding input must be non-empty text")
-            result = await engine.embed(texts)
-            if not all(math.isfinite(x) for vector in result.embeddings for x in vector):
-                raise ParleyError("the model produced NaN or infinite values in an embedding")  # not JSON
-        except Exception as exc:  # every failure is this request's error, in the reply's format
-            code, message = failure_for_client(exc, request_id_of(raw), "embedding")
-            return {"text": message, "error_code": code}
-        metrics.observe_tokens(settings.model_names[0], result.prompt_tokens, 0)
-        return {"embedding": result.embeddings, "token_num": result.prompt_tokens}
+        except WorkerError as exc:
+            return {"text": str(exc), "error_code": exc.code}
+        return await worker.embed(body)
 
     def tokenizer_failure(exc: Exception, what: str) -> JSONResponse:
         code, message = failure_for_client(exc, f"wrk-{uuid.uuid4().hex[:16]}", what)
@@ -311,27 +347,22 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
     async def parley_tokenize(request: Request):
         """The engine's token ids for a text (the API's /tokenize)."""
         try:
-            body = parsed(await json_body(request), TokenizeRequest, ErrorCode.PARAM_OUT_OF_RANGE)
-            tokens = await engine.tokenize(body.prompt, body.add_special_tokens)
+            return await worker.tokenize(parsed(await json_body(request), TokenizeRequest, ErrorCode.PARAM_OUT_OF_RANGE))
         except Exception as exc:  # the engine cannot tokenize, or failed on this text
             return tokenizer_failure(exc, "tokenization")
-        return TokenizeReply(tokens=tokens, count=len(tokens), max_model_len=engine.model_info.context_length)
 
     @app.post(DETOKENIZE_PATH, response_model=DetokenizeReply)
     async def parley_detokenize(request: Request):
         """The text of token ids (the API's /detokenize); ids outside the vocabulary are refused."""
         try:
-            body = parsed(await json_body(request), DetokenizeRequest, ErrorCode.PARAM_OUT_OF_RANGE)
-            return DetokenizeReply(prompt=await engine.detokenize(body.tokens))
+            return await worker.detokenize(parsed(await json_body(request), DetokenizeRequest,
+                                                  ErrorCode.PARAM_OUT_OF_RANGE))
         except Exception as exc:
             return tokenizer_failure(exc, "detokenization")
 
     @app.post(TOKENIZER_INFO_PATH)
     async def parley_tokenizer_info() -> TokenizerInfo:
-        info = engine.model_info
-        return TokenizerInfo(eos_token=info.eos_token, bos_token=info.bos_token,
-                             chat_template=engine.chat_template_text or info.chat_template,  # --chat-template's
-                             model_max_length=info.context_length)
+        return worker.tokenizer_info()
 
     @app.post("/worker_get_status")
     async def worker_get_status() -> WorkerStatus:
@@ -351,11 +382,7 @@ def create_app(engine: Engine, settings: WorkerSettings) -> FastAPI:
 
     @app.post("/model_details")
     async def model_details() -> dict:
-        info = engine.model_info
-        # `parley` marks a parley worker: it accepts `messages` and renders them itself.
-        return {"context_length": info.context_length,
-                "parley": {"messages": True, "protocol": NATIVE_PROTOCOL, "engine": engine.name,
-                           "chat_template": engine.chat_template_name, "device": info.device, "dtype": info.dtype}}
+        return worker.details()
 
     @app.get("/health")
     async def health() -> dict:

@@ -16,8 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import bindparam, delete, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from parley.store.database import Database

@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
 from parley.serving.api_errors import install_error_handlers
+from parley.serving.cluster_client import Cluster
 from parley.store.database import Database
 from parley.web import leaderboard
 from parley.web.account_api import build_account_router
@@ -44,18 +45,20 @@ def session_key(settings: WebSettings) -> str:
     return secrets.token_urlsafe(32)
 
 
-def create_app(settings: WebSettings) -> FastAPI:
+def create_app(settings: WebSettings, cluster: Cluster | None = None) -> FastAPI:
+    """`cluster`: where the models are (default: the controller at `settings.controller_address`)."""
     db = Database(settings.db_url)
     db.upgrade()
     client = ModelClient(settings.controller_address, settings.cluster_secret,
-                         hidden=tuple(filter(None, [settings.embedding_model])))
+                         hidden=tuple(filter(None, [settings.embedding_model])), cluster=cluster)
     services = WebServices(settings=settings, db=db, client=client,
                            model_info=ModelDescriptions(settings.model_info_file), moderator=load_moderator(settings.moderation))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         log.info("web UI on http://%s:%d/app/ (models from %s, database %s%s)", settings.host, settings.port,
-                 settings.controller_address, db.display_url, ", login required" if settings.auth else "")
+                 settings.controller_address if cluster is None else type(cluster).__name__, db.display_url,
+                 ", login required" if settings.auth else "")
         if settings.auth:
             log.info("sign-up: %s; sign-in through OpenID Connect: %s", settings.signup,
                      f"{settings.oidc.issuer} ({settings.oidc.name})" if settings.oidc else "no")

@@ -30,7 +30,14 @@ from parley.web.api_schemas import (
     TurnEnded,
 )
 from parley.web.arena import pick_pair
-from parley.web.json_api import _services, _sse, admit_reply, current_user, start_reply, stored_reply
+from parley.web.json_api import (
+    _services,
+    _sse,
+    admit_reply,
+    current_user,
+    start_reply,
+    stored_reply,
+)
 from parley.web.live_replies import Growth
 from parley.web.services import WebServices
 from parley.web.user_input import check_input

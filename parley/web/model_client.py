@@ -12,7 +12,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from parley.serving.cluster_auth import auth_headers
-from parley.serving.cluster_client import ClusterClient
+from parley.serving.cluster_client import Cluster, ClusterClient
 from parley.serving.cluster_errors import ClusterError
 from parley.serving.openai_schemas import ChatCompletionRequest, new_id
 
@@ -37,10 +37,13 @@ class ReplyProgress(BaseModel):
 
 
 class ModelClient:
-    def __init__(self, controller_address: str, cluster_secret: str | None = None, hidden: tuple[str, ...] = ()):
+    def __init__(self, controller_address: str, cluster_secret: str | None = None, hidden: tuple[str, ...] = (),
+                 cluster: Cluster | None = None):
+        """`cluster`: where the models are (default: the controller at `controller_address`); it should cut a
+        `max_tokens` beyond a model's window to the window, as the web UI's slider asks."""
         self.hidden = frozenset(hidden)  # served, but not for chat (the embedding model)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0), headers=auth_headers(cluster_secret))
-        self.cluster = ClusterClient(self.http, controller_address, clamp_max_tokens=True)
+        self.cluster: Cluster = cluster or ClusterClient(self.http, controller_address, clamp_max_tokens=True)
 
     async def list_models(self) -> list[str]:
         """The models the controller lists now; none when it cannot be reached."""

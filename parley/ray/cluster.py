@@ -1,0 +1,187 @@
+"""The models of a Ray Serve application, through their deployment handles: what the API and the web UI ask of
+them (parley.serving.cluster_client's `Cluster`), as `ClusterClient` answers it for a controller and its workers.
+
+Each model deployment's replicas run a parley worker (parley.ray.replica). Serve's router sends each request to
+the replica with the shorter queue (of two drawn; of the two there are, with two replicas), streams come back
+through `handle.options(stream=True)`, and a replica lost before its reply starts is tried again on another one.
+A replica lost mid-reply ends that reply with an error within seconds, as a worker lost mid-reply does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from ray.exceptions import RayActorError, RayError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from parley.engines.base import GenerationChunk, GenerationRequest
+from parley.serving.cluster_errors import (
+    ClusterError,
+    ModelNotFound,
+    ModelUnavailable,
+    RequestRejected,
+    WorkerFailed,
+    WorkerTimeout,
+)
+from parley.serving.protocol import (
+    DetokenizeReply,
+    DetokenizeRequest,
+    EmbeddingsRequest,
+    TokenizeReply,
+    TokenizeRequest,
+    TokenizerError,
+    TokenizerInfo,
+)
+
+log = logging.getLogger("parley.ray")
+
+# A replica that died, or that Serve could not reach: the request may go to another one (before its reply starts).
+_LOST = (RayActorError, DeploymentUnavailableError)
+_NAMES_TTL_S = 30.0
+
+
+class ServeCluster:
+    """`handles`: one per model deployment; the names each serves are asked of it (its worker's `--model-names`,
+    or the model's own name), so the application needs to know no name before the models load.
+    `clamp_max_tokens`: a `max_new_tokens` beyond the model's window is cut to it (the web UI) rather than
+    refused (the API). `silence_s`: the longest wait for the next piece of a reply."""
+
+    def __init__(self, handles: list[DeploymentHandle], attempts: int = 3, clamp_max_tokens: bool = False,
+                 silence_s: float = 120.0):
+        self.handles = handles
+        self.attempts = attempts
+        self.clamp_max_tokens = clamp_max_tokens
+        self.silence_s = silence_s
+        self._by_name: dict[str, tuple[DeploymentHandle, dict]] = {}
+        self._named_at = 0.0
+        self._naming = asyncio.Lock()
+
+    # -- which deployment serves a name ---------------------------------------------------
+
+    async def _learn_names(self) -> None:
+        async with self._naming:
+            if self._by_name and time.monotonic() - self._named_at < 1.0:
+                return  # another request just asked
+            answers = await asyncio.gather(*(h.details.remote() for h in self.handles), return_exceptions=True)
+            by_name: dict[str, tuple[DeploymentHandle, dict]] = {}
+            for handle, details in zip(self.handles, answers):
+                if isinstance(details, BaseException):
+                    log.warning("the deployment %s did not say what it serves: %s", handle.deployment_name,
+                                type(details).__name__)
+                    by_name.update({n: v for n, v in self._by_name.items() if v[0] is handle})  # as it was
+                    continue
+                by_name.update({name: (handle, details) for name in details["model_names"]})
+            self._by_name, self._named_at = by_name, time.monotonic()
+
+    async def _model(self, model: str) -> tuple[DeploymentHandle, dict]:
+        found = self._by_name.get(model)
+        if found is None or time.monotonic() - self._named_at > _NAMES_TTL_S:
+            await self._learn_names()
+            found = self._by_name.get(model)
+        if found is None:
+            raise ModelNotFound(f"The model '{model}' does not exist", param="model")
+        return found
+
+    async def list_models(self) -> list[str]:
+        if not self._by_name or time.monotonic() - self._named_at > _NAMES_TTL_S:
+            await self._learn_names()
+        return sorted(self._by_name)
+
+    # -- generation ------------------------------------------------------------------------
+
+    def _within_window(self, details: dict, request: GenerationRequest) -> GenerationRequest:
+        asked, window = request.params.max_new_tokens, int(details.get("context_length") or 2048)
+        if asked is None or asked <= window:
+            return request
+        if not self.clamp_max_tokens:
+            raise RequestRejected(f"max_tokens is {asked}, more than the model's context window of {window} tokens",
+                                  param="max_tokens", code="invalid_value")
+        return request.model_copy(update={"params": request.params.model_copy(update={"max_new_tokens": window})})
+
+    async def generate_stream(self, model: str, request: GenerationRequest,
+                              worker: str | None = None) -> AsyncIterator[GenerationChunk]:
+        """The reply's deltas from a replica of the model's deployment (`worker` has no meaning here: Serve
+        picks the replica). Errors as `ClusterError`s, as `ClusterClient` raises them."""
+        handle, details = await self._model(model)
+        sent = self._within_window(details, request)
+        streaming = handle.options(stream=True)
+        for attempt in range(1, self.attempts + 1):
+            stream = streaming.generate.remote(sent)
+            started = finished = False
+            try:
+                while True:
+                    try:
+                        frame = await asyncio.wait_for(stream.__anext__(), self.silence_s)
+                    except StopAsyncIteration:
+                        finished = True
+                        return
+                    except TimeoutError:
+                        raise WorkerTimeout(f"the model '{model}' sent nothing for {self.silence_s:.0f} s") from None
+                    error = getattr(frame, "error", None)
+                    if error is not None:
+                        finished = True
+                        raise RequestRejected.from_worker(error.code, error.message)
+                    started = True
+                    yield frame
+            except _LOST as exc:
+                if started:
+                    log.error("a replica of %s failed mid-reply (%s)", model, type(exc).__name__)
+                    raise WorkerFailed(f"the replica serving '{model}' stopped while answering; please retry") from None
+                log.warning("a replica of %s was lost before answering (%s); attempt %d of %d", model,
+                            type(exc).__name__, attempt, self.attempts)
+                await asyncio.sleep(0.2 * attempt)
+            except BackPressureError:
+                raise ClusterError(f"every replica of '{model}' is full; retry later", 429, "rate_limit_exceeded",
+                                   type="rate_limit_error") from None
+            except RayError as exc:
+                log.error("a replica of %s failed: %r", model, exc)
+                raise WorkerFailed(f"the replica serving '{model}' failed; please retry") from None
+            finally:
+                if not finished:
+                    stream.cancel()  # the client left, or the reply failed: the replica stops generating
+        raise ModelUnavailable(f"no replica of the model '{model}' could answer; try again later")
+
+    # -- requests that may be asked again ---------------------------------------------------------
+
+    async def _call(self, model: str, method: str, *args, **kwargs):
+        handle, _ = await self._model(model)
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await getattr(handle, method).remote(*args, **kwargs)
+            except _LOST as exc:
+                log.warning("a replica of %s was lost before answering %s (%s); attempt %d of %d", model, method,
+                            type(exc).__name__, attempt, self.attempts)
+                await asyncio.sleep(0.2 * attempt)
+            except BackPressureError:
+                raise ClusterError(f"every replica of '{model}' is full; retry later", 429, "rate_limit_exceeded",
+                                   type="rate_limit_error") from None
+            except RayError as exc:
+                log.error("a replica of %s failed %s: %r", model, method, exc)
+                raise WorkerFailed(f"the replica serving '{model}' failed to answer") from None
+        raise ModelUnavailable(f"no replica of the model '{model}' could answer; try again later")
+
+    async def embed(self, model: str, texts: list[str], request_id: str | None = None) -> dict:
+        answer = await self._call(model, "embed", EmbeddingsRequest(input=texts, request_id=request_id))
+        if answer.get("error_code"):
+            raise RequestRejected.from_worker(int(answer["error_code"]), str(answer.get("text")))
+        return answer
+
+    async def _tokenizer(self, model: str, method: str, *args):
+        answer = await self._call(model, method, *args)
+        if isinstance(answer, TokenizerError):
+            raise RequestRejected.from_worker(answer.error.code, answer.error.message)
+        return answer
+
+    async def tokenize(self, model: str, text: str, add_special_tokens: bool = True) -> TokenizeReply:
+        return await self._tokenizer(model, "tokenize", TokenizeRequest(prompt=text, add_special_tokens=add_special_tokens))
+
+    async def detokenize(self, model: str, token_ids: list[int]) -> DetokenizeReply:
+        return await self._tokenizer(model, "detokenize", DetokenizeRequest(tokens=token_ids))
+
+    async def tokenizer_info(self, model: str) -> TokenizerInfo:
+        return await self._tokenizer(model, "tokenizer_info")
+
