@@ -70,7 +70,7 @@ def worker_address(args: argparse.Namespace) -> str:
 def parse_worker_flags(argv: list[str]) -> argparse.Namespace:
     """`parley worker`'s flags (as on its command line) read as the command reads them; a bad one is a ParleyError
     naming it (Ray Serve's replicas are configured in these terms)."""
-    parser = argparse.ArgumentParser(prog="parley worker", exit_on_error=False, add_help=False)
+    parser = argparse.ArgumentParser(prog="parley worker", exit_on_error=False, add_help=False, allow_abbrev=False)
     add_all_arguments(parser)
     try:
         args, unknown = parser.parse_known_args(argv)

@@ -1,7 +1,7 @@
 """The models of a Ray Serve application, through their deployment handles: what the API and the web UI ask of
 them (parley.serving.cluster_client's `Cluster`), as `ClusterClient` answers it for a controller and its workers.
 
-Each model deployment's replicas run a parley worker (parley.ray.replica). Serve's router sends each request to
+Each model application's replicas run a parley worker (parley.ray.replica). Serve's router sends each request to
 the replica with the shorter queue (of two drawn; of the two there are, with two replicas), streams come back
 through `handle.options(stream=True)`, and a replica lost before its reply starts is tried again on another one.
 A replica lost mid-reply ends that reply with an error within seconds, as a worker lost mid-reply does.
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ray.exceptions import RayActorError, RayError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -41,54 +42,84 @@ log = logging.getLogger("parley.ray")
 
 # A replica that died, or that Serve could not reach: the request may go to another one (before its reply starts).
 _LOST = (RayActorError, DeploymentUnavailableError)
-_NAMES_TTL_S = 30.0
+Discover = Callable[[], Awaitable[dict[str, DeploymentHandle]]]
 
 
 class ServeCluster:
-    """`handles`: one per model deployment; the names each serves are asked of it (its worker's `--model-names`,
-    or the model's own name), so the application needs to know no name before the models load.
-    `clamp_max_tokens`: a `max_new_tokens` beyond the model's window is cut to it (the web UI) rather than
-    refused (the API). `silence_s`: the longest wait for the next piece of a reply."""
+    """`discover`: the model applications serving now, each with its deployment's handle; what each serves is asked
+    of it (its worker's `--model-names`, or the model's own name), so nothing needs to know a name before the model
+    loads. `clamp_max_tokens`: a `max_new_tokens` beyond the model's window is cut to it (the web UI) rather than
+    refused (the API). `silence_s`: the longest wait for the next piece of a reply. `refresh_s`: how old the list
+    of applications may be before it is asked again (a model added appears within it)."""
 
-    def __init__(self, handles: list[DeploymentHandle], attempts: int = 3, clamp_max_tokens: bool = False,
-                 silence_s: float = 120.0):
-        self.handles = handles
+    def __init__(self, discover: Discover, attempts: int = 3, clamp_max_tokens: bool = False,
+                 silence_s: float = 120.0, refresh_s: float = 3.0):
+        self.discover = discover
         self.attempts = attempts
         self.clamp_max_tokens = clamp_max_tokens
         self.silence_s = silence_s
+        self.refresh_s = refresh_s
+        self._apps: dict[str, tuple[DeploymentHandle, dict]] = {}  # application -> its handle and model details
         self._by_name: dict[str, tuple[DeploymentHandle, dict]] = {}
-        self._named_at = 0.0
-        self._naming = asyncio.Lock()
+        self._learning: dict[str, asyncio.Task] = {}
+        self._found_at = -math.inf
+        self._background: asyncio.Task | None = None
 
-    # -- which deployment serves a name ---------------------------------------------------
+    # -- which application serves a name ----------------------------------------------------
 
-    async def _learn_names(self) -> None:
-        async with self._naming:
-            if self._by_name and time.monotonic() - self._named_at < 1.0:
-                return  # another request just asked
-            answers = await asyncio.gather(*(h.details.remote() for h in self.handles), return_exceptions=True)
-            by_name: dict[str, tuple[DeploymentHandle, dict]] = {}
-            for handle, details in zip(self.handles, answers):
-                if isinstance(details, BaseException):
-                    log.warning("the deployment %s did not say what it serves: %s", handle.deployment_name,
-                                type(details).__name__)
-                    by_name.update({n: v for n, v in self._by_name.items() if v[0] is handle})  # as it was
-                    continue
-                by_name.update({name: (handle, details) for name in details["model_names"]})
-            self._by_name, self._named_at = by_name, time.monotonic()
+    async def _refresh(self) -> None:
+        """Ask which model applications serve now; a new one is asked what it serves in the background (its
+        replicas may still be loading the model)."""
+        try:
+            found = await self.discover()
+        except Exception as exc:  # Serve's controller is away for a moment: keep what is known
+            log.warning("cannot list Serve's applications (%s); keeping the %d known", type(exc).__name__,
+                        len(self._apps))
+            return
+        self._found_at = time.monotonic()
+        self._apps = {name: known for name, known in self._apps.items() if name in found}
+        for name, handle in found.items():
+            if name not in self._apps and name not in self._learning:
+                self._learning[name] = asyncio.create_task(self._learn(name, handle))
+        self._index()
+
+    async def _learn(self, app: str, handle: DeploymentHandle) -> None:
+        try:
+            details = await handle.details.remote()
+        except RayError as exc:
+            log.warning("the model application %s did not say what it serves (%s)", app, type(exc).__name__)
+        else:
+            self._apps[app] = (handle, details)
+            self._index()
+            log.info("model application %s serves %s", app, ", ".join(details["model_names"]))
+        finally:
+            self._learning.pop(app, None)
+
+    def _index(self) -> None:
+        self._by_name = {name: known for known in self._apps.values() for name in known[1]["model_names"]}
+
+    def _refresh_soon(self) -> None:
+        if time.monotonic() - self._found_at > self.refresh_s and (self._background is None or self._background.done()):
+            self._background = asyncio.create_task(self._refresh())
 
     async def _model(self, model: str) -> tuple[DeploymentHandle, dict]:
         found = self._by_name.get(model)
-        if found is None or time.monotonic() - self._named_at > _NAMES_TTL_S:
-            await self._learn_names()
-            found = self._by_name.get(model)
+        if found is not None:
+            self._refresh_soon()
+            return found
+        await self._refresh()  # a model added since: wait a little for it to say its names
+        if self._learning:
+            await asyncio.wait(list(self._learning.values()), timeout=10.0)
+        found = self._by_name.get(model)
         if found is None:
             raise ModelNotFound(f"The model '{model}' does not exist", param="model")
         return found
 
     async def list_models(self) -> list[str]:
-        if not self._by_name or time.monotonic() - self._named_at > _NAMES_TTL_S:
-            await self._learn_names()
+        if time.monotonic() - self._found_at > self.refresh_s:
+            await self._refresh()
+            if not self._apps and self._learning:  # just started: wait for the models to answer
+                await asyncio.wait(list(self._learning.values()), timeout=10.0)
         return sorted(self._by_name)
 
     # -- generation ------------------------------------------------------------------------

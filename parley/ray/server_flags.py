@@ -11,7 +11,7 @@ import io
 from parley.errors import ParleyError
 
 
-def _parse(command: str, argv: list[str]) -> argparse.Namespace:
+def parse_server_flags(command: str, argv: list[str]) -> argparse.Namespace:
     from parley.cli import build_parser
 
     errors = io.StringIO()
@@ -21,17 +21,28 @@ def _parse(command: str, argv: list[str]) -> argparse.Namespace:
     except SystemExit:
         said = errors.getvalue().strip().splitlines()
         raise ParleyError(f"bad {command} flags {' '.join(argv)}: {said[-1] if said else 'see --help'}") from None
+    known = _option_strings(command)
+    unknown = [a for a in argv if a.startswith("--") and a not in known]  # argparse would take an abbreviation
+    if unknown:
+        raise ParleyError(f"unknown {command} flags: {' '.join(unknown)} (see `parley {command} --help`)")
     args.log_level = "INFO"
     return args
+
+
+def _option_strings(command: str) -> set[str]:
+    from parley.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return set(subparsers.choices[command]._option_string_actions)
 
 
 def api_settings_of(argv: list[str]):
     from parley.cli.api_cmd import api_settings
 
-    return api_settings(_parse("api", argv))
+    return api_settings(parse_server_flags("api", argv))
 
 
 def web_settings_of(argv: list[str]):
     from parley.cli.web_cmd import web_settings
 
-    return web_settings(_parse("web", argv))
+    return web_settings(parse_server_flags("web", argv))
