@@ -59,6 +59,7 @@ class RayCluster:
                  "--node-manager-port": free_port(), "--object-manager-port": free_port(),
                  "--ray-client-server-port": free_port()}
         self.dashboard = f"http://127.0.0.1:{ports['--dashboard-port']}"
+        self.gcs = f"127.0.0.1:{ports['--port']}"  # what a driver joins (`parley api --ray-address`)
         low = 20000 + (os.getpid() % 100) * 300 + attempt * 100
         self.log = self.log_path.open("a")
         self.proc = subprocess.Popen(

@@ -25,6 +25,11 @@ def add_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--controller-address", default="http://127.0.0.1:21001")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="instead of a controller: join this Ray cluster (its GCS address, e.g. 10.0.0.5:6379, or "
+                        "'auto') and serve the models `parley ray deploy` put there, through Serve's deployment "
+                        "handles (needs parley[ray])")
+    p.add_argument("--ray-name", default="parley", help="with --ray-address: the parley config's name")
     add_api_key_arguments(p)
     p.add_argument("--auth", action="store_true",
                    help="every request needs an API key: a user's key (made in the web UI or with `parley keys "
@@ -70,6 +75,12 @@ def run(args: argparse.Namespace) -> int:
 
     from parley.serving.api import create_app
 
-    app = create_app(api_settings(args))
+    settings = api_settings(args)
+    cluster = None
+    if args.ray_address:
+        from parley.ray.driver import serve_cluster
+
+        cluster = serve_cluster(args.ray_address, args.ray_name, settings.worker_timeout_s)
+    app = create_app(settings, cluster=cluster)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
     return 0

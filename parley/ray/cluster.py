@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -43,6 +44,15 @@ log = logging.getLogger("parley.ray")
 # A replica that died, or that Serve could not reach: the request may go to another one (before its reply starts).
 _LOST = (RayActorError, DeploymentUnavailableError)
 Discover = Callable[[], Awaitable[dict[str, DeploymentHandle]]]
+
+
+async def _next_within(stream, seconds: float):
+    """The stream's next piece, or TimeoutError after `seconds`: asyncio.timeout where there is one (Python 3.11+),
+    which makes no task a piece as asyncio.wait_for does."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await stream.__anext__()
+    return await asyncio.wait_for(stream.__anext__(), seconds)
 
 
 class ServeCluster:
@@ -146,7 +156,7 @@ class ServeCluster:
             try:
                 while True:
                     try:
-                        frame = await asyncio.wait_for(stream.__anext__(), self.silence_s)
+                        frame = await _next_within(stream, self.silence_s)
                     except StopAsyncIteration:
                         finished = True
                         return

@@ -20,6 +20,17 @@ log = logging.getLogger("parley.ray")
 _GONE = {"DELETING"}
 
 
+async def model_applications(prefix: str, known: dict[str, DeploymentHandle]) -> dict[str, DeploymentHandle]:
+    """The model applications serving now (by their names' prefix), each with its deployment's handle (those in
+    `known` kept)."""
+    status = await asyncio.to_thread(serve.status)  # a call to Serve's controller
+    names = {name for name, app in status.applications.items() if name.startswith(prefix) and app.status not in _GONE}
+    if names != set(known):
+        log.info("model applications: %s (%s)", ", ".join(sorted(names)) or "none",
+                 ", ".join(f"{n} {status.applications[n].status}" for n in sorted(names)))
+    return {name: known.get(name) or serve.get_deployment_handle(MODEL_DEPLOYMENT, name) for name in sorted(names)}
+
+
 @serve.ingress()
 class Ingress:
     def __init__(self, models_prefix: str, api_flags: list[str], web_flags: list[str] | None):
@@ -33,15 +44,7 @@ class Ingress:
         self._handles: dict[str, DeploymentHandle] = {}
 
     async def model_applications(self) -> dict[str, DeploymentHandle]:
-        """The model applications serving now (by their names' prefix), each with its deployment's handle."""
-        status = await asyncio.to_thread(serve.status)  # a call to Serve's controller
-        names = {name for name, app in status.applications.items()
-                 if name.startswith(self.models_prefix) and app.status not in _GONE}
-        if names != set(self._handles):
-            log.info("model applications: %s (%s)", ", ".join(sorted(names)) or "none",
-                     ", ".join(f"{n} {status.applications[n].status}" for n in sorted(names)))
-        self._handles = {name: self._handles.get(name) or serve.get_deployment_handle(MODEL_DEPLOYMENT, name)
-                         for name in sorted(names)}
+        self._handles = await model_applications(self.models_prefix, self._handles)
         return self._handles
 
     def __serve_build_asgi_app__(self):
