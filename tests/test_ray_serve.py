@@ -24,7 +24,7 @@ import yaml
 
 from parley.cli.ray_cmd import fetch_status
 from tests.conftest import REPO, import_or_skip, run_parley
-from tests.servers import free_port
+from tests.servers import Server, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -178,6 +178,27 @@ def test_two_replicas_chat_stream_and_embed_through_the_api_with_its_keys(ray_st
     status = run_parley("ray", "status", "--address", ray_stack.dashboard)
     assert status.returncode == 0 and f"application {APP} (no route): RUNNING" in status.stdout, status.stdout
     assert "  model: HEALTHY, 2 running (target 2)" in status.stdout, status.stdout
+
+
+def test_a_separate_api_process_joins_the_cluster_and_serves_its_models_through_their_handles(ray_stack):
+    import openai
+
+    api = Server("api", "--ray-address", ray_stack.gcs, "--auth", "--db-url", ray_stack.db_url,
+                 env={"PARLEY_API_KEYS": KEY, "PARLEY_DATA_DIR": str(ray_stack.tmp / "data")})
+    try:
+        api.wait_until(lambda: MODEL in httpx.get(api.url + "/health", timeout=2).json()["models"],
+                       "the API joining the Ray cluster", timeout=180)
+        sdk = openai.OpenAI(base_url=api.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+        reply = sdk.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=24)
+        assert "Paris" in reply.choices[0].message.content
+        text = "".join(c.choices[0].delta.content or "" for c in sdk.chat.completions.create(
+            model=MODEL, messages=QUESTION, temperature=0, max_tokens=24, stream=True) if c.choices)
+        assert "Paris" in text
+        with pytest.raises(openai.NotFoundError):
+            sdk.chat.completions.create(model="no-such-model", messages=QUESTION, max_tokens=4)
+    finally:
+        assert api.stop() == 0, api.log()  # Ctrl-C: a clean exit, leaving the cluster as it was
+    assert len(ray_stack.replicas()) == 2
 
 
 def test_a_replica_killed_mid_stream_ends_that_reply_with_an_error_and_serve_replaces_it(ray_stack):
