@@ -82,7 +82,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--concurrency", default="1,16")
-    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads in both (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="llama.cpp threads in both, and the replica's num_cpus (default %(default)s; 0: none "
+                             "given, each tunes its count while it serves, the replica up to 2)")
     parser.add_argument("--wire-requests", type=int, default=20)
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "ray_vs_plain.json"))
     args = parser.parse_args()
@@ -93,7 +95,8 @@ def main() -> int:
 
     status.print("starting the plain stack (controller, worker, API)…")
     controller = start_controller()
-    worker = start_worker(controller, "--engine", "llamacpp", "--n-threads", str(args.threads), names=MODEL)
+    threads = ["--n-threads", str(args.threads)] if args.threads else []
+    worker = start_worker(controller, "--engine", "llamacpp", *threads, names=MODEL)
     api = start_api(controller, "--db-url", f"sqlite:///{tmp / 'plain.db'}")
     status.print("starting a Ray cluster and deploying the same model with `parley ray deploy`…")
     (tmp / "ray").mkdir()
@@ -104,7 +107,7 @@ def main() -> int:
     try:
         config = {"http_options": {"host": "127.0.0.1", "port": cluster.serve_port},
                   "models": [{"worker": {"engine": "llamacpp", "model-names": MODEL, "n-threads": args.threads},
-                              "ray_actor_options": {"num_cpus": args.threads}}],
+                              "ray_actor_options": {"num_cpus": args.threads or 2}}],
                   "api": {"db-url": f"sqlite:///{tmp / 'ray.db'}"}, "web": None}
         deployed = cluster.deploy(config)
         if deployed.returncode != 0:
@@ -160,7 +163,7 @@ def main() -> int:
                          "ttft_ms_p50": ttft50, "ttft_ms_p99": statistics.median(r.ttft_ms["p99"] for r in results),
                          "failed": sum(r.failed for r in results), "tokens_per_s_vs_plain": tps / plain_tps,
                          "ttft_p50_minus_plain_ms": ttft50 - plain_ttft})
-    table = Table(title=f"Ray Serve against the plain stack: {MODEL} on llama.cpp ({args.threads} threads), "
+    table = Table(title=f"Ray Serve against the plain stack: {MODEL} on llama.cpp ({args.threads or 'tuned'} threads), "
                         f"{args.max_tokens} tokens a request, EOS ignored, median of {args.rounds} rounds ({cpu})")
     for column in ("stack", "concurrency", "tokens/s (rounds)", "vs plain", "TTFT p50 ms", "TTFT p99 ms",
                    "TTFT p50 − plain", "failed"):

@@ -34,9 +34,10 @@ class TransformersOptions(EngineOptions):
 class LlamaCppOptions(EngineOptions):
     n_ctx: int | None = Field(None, ge=16, description="KV-cache cells shared by all sequences (default: the "
                                                          "model's context, at most 8192)")
-    n_threads: int | None = Field(None, ge=1, description="CPU threads (default: up to all cores, fewer while "
-                                                          "fewer measure faster, as when another process "
-                                                          "takes a core)")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads (default: up to all cores, or "
+                                                          "$OMP_NUM_THREADS, which Ray sets to a replica's "
+                                                          "num_cpus; fewer while fewer measure faster, as when "
+                                                          "another process takes a core)")
     n_gpu_layers: int = Field(0, ge=-1, description="layers offloaded to the GPU (-1: all)")
     max_batch_size: int = Field(32, ge=1, description="most sequences decoded together")
     prefix_cache_entries: int = Field(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from parley.engines.sampling import (
     TokenEvent,
     advance_rows,
 )
-from parley.engines.thread_tuning import OtherProcessesLoad, ThreadTuner
+from parley.engines.thread_tuning import OtherProcessesLoad, ThreadTuner, usable_cores
 from parley.errors import ContextLengthError, ModelLoadError, ParleyError
 from parley.models.source import ModelSource, SourceKind
 
@@ -424,7 +423,7 @@ class LlamaCppEngine(LocalEngine):
         self._context_length = min(model.n_ctx_train(), options.n_ctx or DEFAULT_MAX_CTX)
         n_seq = min(options.max_batch_size, lib.llama_max_parallel_sequences())
         spare_ids = max(0, min(options.prefix_cache_entries, lib.llama_max_parallel_sequences() - n_seq))
-        self._threads = options.n_threads or os.cpu_count() or 1
+        self._threads = options.n_threads or usable_cores()
         ctx_params = lib.llama_context_default_params()
         ctx_params.n_ctx = options.n_ctx or self._context_length
         ctx_params.n_batch = ctx_params.n_ubatch = max(512, n_seq)

@@ -28,11 +28,25 @@ while other processes keep the cores they would need busy.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Callable
 
 import psutil
+
+
+def usable_cores() -> int:
+    """The cores this process should compute on: $OMP_NUM_THREADS where set (Ray sets it to an actor's `num_cpus`;
+    a container's launcher may set it to its CPU quota), else the cores it may run on."""
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
 
 TYPICAL_WEIGHT = 0.01  # of each step in the EMA of a batch size's usual step time
 SLOWDOWN_FACTOR = 2.0  # the last probe_steps steps this much slower than usual: probe at once

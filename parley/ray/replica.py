@@ -13,8 +13,6 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 
-import ray
-
 from parley.cli.secret_args import cluster_secret
 from parley.cli.worker_cmd import load_worker, parse_worker_flags
 from parley.engines.base import GenerationChunk, GenerationRequest
@@ -41,9 +39,8 @@ class ModelReplica:
         if not logging.getLogger().handlers:  # a Ray worker process: parley's log lines go to its stderr file
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         args = parse_worker_flags(worker_flags)
-        if getattr(args, "n_threads", None) is None:  # llama.cpp's default is every core of the node: use the replica's
-            cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0))
-            args.n_threads = cpus or None
+        # llama.cpp's threads: without --n-threads, up to the replica's num_cpus (Ray sets $OMP_NUM_THREADS to it,
+        # which parley.engines.thread_tuning.usable_cores reads), tuned while it serves as on a worker
         engine, settings = load_worker(args, cluster_secret(args), register=False)
         self.worker = ModelWorker(engine, settings, ServerMetrics("worker"))
         info = engine.model_info
