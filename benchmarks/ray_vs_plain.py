@@ -93,18 +93,23 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="parley-ray-bench-"))
     status = Console(stderr=True)
 
-    status.print("starting the plain stack (controller, worker, API)…")
-    controller = start_controller()
-    threads = ["--n-threads", str(args.threads)] if args.threads else []
-    worker = start_worker(controller, "--engine", "llamacpp", *threads, names=MODEL)
-    api = start_api(controller, "--db-url", f"sqlite:///{tmp / 'plain.db'}")
-    status.print("starting a Ray cluster and deploying the same model with `parley ray deploy`…")
-    (tmp / "ray").mkdir()
-    cluster = RayCluster(tmp / "ray")
-    urls = {"plain": api.url, "ray": cluster.url}  # and "ray-api", once the cluster runs
     runs: dict[tuple[str, int], list] = {(s, c): [] for s in STACKS for c in levels}
     wire: dict[str, list[float]] = {s: [] for s in STACKS}
+    started: list = []  # what to stop, however this ends
     try:
+        status.print("starting the plain stack (controller, worker, API)…")
+        controller = start_controller()
+        started.append(controller)
+        threads = ["--n-threads", str(args.threads)] if args.threads else []
+        worker = start_worker(controller, "--engine", "llamacpp", *threads, names=MODEL)
+        started.append(worker)
+        api = start_api(controller, "--db-url", f"sqlite:///{tmp / 'plain.db'}")
+        started.append(api)
+        status.print("starting a Ray cluster and deploying the same model with `parley ray deploy`…")
+        (tmp / "ray").mkdir()
+        cluster = RayCluster(tmp / "ray")
+        started.append(cluster)
+        urls = {"plain": api.url, "ray": cluster.url}  # and "ray-api", once the cluster runs
         config = {"http_options": {"host": "127.0.0.1", "port": cluster.serve_port},
                   "models": [{"worker": {"engine": "llamacpp", "model-names": MODEL, "n-threads": args.threads},
                               "ray_actor_options": {"num_cpus": args.threads or 2}}],
@@ -115,6 +120,7 @@ def main() -> int:
         replica_pid = next(iter(cluster.replicas()))
         driver = Server("api", "--ray-address", cluster.gcs, "--db-url", f"sqlite:///{tmp / 'ray-api.db'}",
                         env={"PARLEY_DATA_DIR": str(tmp / "data")})
+        started.append(driver)
         driver.wait_until(lambda: MODEL in httpx.get(driver.url + "/health", timeout=2).json()["models"],
                           "the API joining the Ray cluster")
         urls["ray-api"] = driver.url
@@ -142,12 +148,9 @@ def main() -> int:
                       "stack_mb": rss_mb([p for s in (controller, worker, api) for p in tree(s.proc.pid)])},
             "ray": {"model_process_mb": rss_mb([replica_pid]), "stack_mb": rss_mb(tree(cluster.proc.pid))},
         }
-        driver.stop()
     finally:
-        cluster.stop()
-        api.stop()
-        worker.stop()
-        controller.stop()
+        for process in reversed(started):
+            process.stop()
 
     cpu = cpu_model()
     rows = []

@@ -44,6 +44,16 @@ log = logging.getLogger("parley.ray")
 # A replica that died, or that Serve could not reach: the request may go to another one (before its reply starts).
 _LOST = (RayActorError, DeploymentUnavailableError)
 Discover = Callable[[], Awaitable[dict[str, DeploymentHandle]]]
+_LEARN_TIMEOUT_S = 120.0  # a model loading takes this long at most before it is asked again
+
+
+def _refused(model: str, method: str, exc: Exception) -> ClusterError:
+    """A request the deployment refused (every replica full: 429) or failed (500), as the API answers it."""
+    if isinstance(exc, BackPressureError):
+        return ClusterError(f"every replica of '{model}' is full; retry later", 429, "rate_limit_exceeded",
+                            type="rate_limit_error")
+    log.error("a replica of %s failed %s: %r", model, method, exc)
+    return WorkerFailed(f"the replica serving '{model}' failed; please retry")
 
 
 async def _next_within(stream, seconds: float):
@@ -94,9 +104,9 @@ class ServeCluster:
         self._index()
 
     async def _learn(self, app: str, handle: DeploymentHandle) -> None:
-        try:
-            details = await handle.details.remote()
-        except RayError as exc:
+        try:  # an application whose replicas never start is asked again at a later refresh
+            details = await asyncio.wait_for(handle.details.remote(), _LEARN_TIMEOUT_S)
+        except Exception as exc:
             log.warning("the model application %s did not say what it serves (%s)", app, type(exc).__name__)
         else:
             self._apps[app] = (handle, details)
@@ -175,12 +185,8 @@ class ServeCluster:
                 log.warning("a replica of %s was lost before answering (%s); attempt %d of %d", model,
                             type(exc).__name__, attempt, self.attempts)
                 await asyncio.sleep(0.2 * attempt)
-            except BackPressureError:
-                raise ClusterError(f"every replica of '{model}' is full; retry later", 429, "rate_limit_exceeded",
-                                   type="rate_limit_error") from None
-            except RayError as exc:
-                log.error("a replica of %s failed: %r", model, exc)
-                raise WorkerFailed(f"the replica serving '{model}' failed; please retry") from None
+            except (BackPressureError, RayError) as exc:
+                raise _refused(model, "generate", exc) from None
             finally:
                 if not finished:
                     stream.cancel()  # the client left, or the reply failed: the replica stops generating
@@ -197,12 +203,8 @@ class ServeCluster:
                 log.warning("a replica of %s was lost before answering %s (%s); attempt %d of %d", model, method,
                             type(exc).__name__, attempt, self.attempts)
                 await asyncio.sleep(0.2 * attempt)
-            except BackPressureError:
-                raise ClusterError(f"every replica of '{model}' is full; retry later", 429, "rate_limit_exceeded",
-                                   type="rate_limit_error") from None
-            except RayError as exc:
-                log.error("a replica of %s failed %s: %r", model, method, exc)
-                raise WorkerFailed(f"the replica serving '{model}' failed to answer") from None
+            except (BackPressureError, RayError) as exc:
+                raise _refused(model, method, exc) from None
         raise ModelUnavailable(f"no replica of the model '{model}' could answer; try again later")
 
     async def embed(self, model: str, texts: list[str], request_id: str | None = None) -> dict:
