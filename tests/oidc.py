@@ -40,7 +40,7 @@ class OIDCProvider:
 
     def __init__(self, redirect_uris: list[str], client_id: str = "parley", client_secret: str = "s3cret-for-tests",
                  port: int = 0, skip_consent: bool = False, post_logout_redirect_uris: list[str] = (),
-                 timeout: float = 30):
+                 timeout: float = 90):  # node starting on a loaded 2-core host has taken over 30 s
         node = shutil.which("node")
         if node is None:
             pytest.skip("node is not installed (the OIDC provider is a Node.js program)")
