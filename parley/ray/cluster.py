@@ -21,6 +21,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from parley.engines.base import GenerationChunk, GenerationRequest
+from parley.serving.cluster_client import within_window
 from parley.serving.cluster_errors import (
     ClusterError,
     ModelNotFound,
@@ -144,21 +145,12 @@ class ServeCluster:
 
     # -- generation ------------------------------------------------------------------------
 
-    def _within_window(self, details: dict, request: GenerationRequest) -> GenerationRequest:
-        asked, window = request.params.max_new_tokens, int(details.get("context_length") or 2048)
-        if asked is None or asked <= window:
-            return request
-        if not self.clamp_max_tokens:
-            raise RequestRejected(f"max_tokens is {asked}, more than the model's context window of {window} tokens",
-                                  param="max_tokens", code="invalid_value")
-        return request.model_copy(update={"params": request.params.model_copy(update={"max_new_tokens": window})})
-
     async def generate_stream(self, model: str, request: GenerationRequest,
                               worker: str | None = None) -> AsyncIterator[GenerationChunk]:
         """The reply's deltas from a replica of the model's deployment (`worker` has no meaning here: Serve
         picks the replica). Errors as `ClusterError`s, as `ClusterClient` raises them."""
         handle, details = await self._model(model)
-        sent = self._within_window(details, request)
+        sent = within_window(request, int(details.get("context_length") or 2048), self.clamp_max_tokens)
         streaming = handle.options(stream=True)
         for attempt in range(1, self.attempts + 1):
             stream = streaming.generate.remote(sent)

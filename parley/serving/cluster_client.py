@@ -174,7 +174,7 @@ class ClusterClient:
             address = fixed.rstrip("/") if fixed else await self.worker_for(model)
             try:
                 info = await self.worker_info(address)
-                sent = self._within_window(info, request)
+                sent = within_window(request, info.context_length, self.clamp_max_tokens)
                 if info.native:
                     body, path = sent.model_dump(mode="json", exclude_none=True), NATIVE_STREAM_PATH
                 else:
@@ -193,16 +193,6 @@ class ClusterClient:
                     raise WorkerFailed(f"cannot reach the worker at {address} ({last_error})") from None
                 await self.report_failure(address, last_error)
         raise ModelUnavailable(f"no reachable worker serves the model '{model}' ({last_error})")
-
-    def _within_window(self, info: WorkerInfo, request: GenerationRequest) -> GenerationRequest:
-        asked = request.params.max_new_tokens
-        if asked is None or asked <= info.context_length:
-            return request
-        if not self.clamp_max_tokens:
-            raise RequestRejected(f"max_tokens is {asked}, more than the model's context window of "
-                                  f"{info.context_length} tokens", param="max_tokens", code="invalid_value")
-        return request.model_copy(update={"params": request.params.model_copy(
-            update={"max_new_tokens": info.context_length})})
 
     async def generate_stream(self, model: str, request: GenerationRequest,
                               worker: str | None = None) -> AsyncIterator[GenerationChunk]:
@@ -282,6 +272,18 @@ class ClusterClient:
         except ValidationError:
             raise _refused(address, response) from None
         raise RequestRejected.from_worker(error.code, error.message)
+
+
+def within_window(request: GenerationRequest, window: int, clamp: bool) -> GenerationRequest:
+    """The request, if its `max_new_tokens` fits the model's context window; beyond it, cut to the window (`clamp`:
+    the web UI's slider) or refused with a 400 (the API, as OpenAI does)."""
+    asked = request.params.max_new_tokens
+    if asked is None or asked <= window:
+        return request
+    if not clamp:
+        raise RequestRejected(f"max_tokens is {asked}, more than the model's context window of {window} tokens",
+                              param="max_tokens", code="invalid_value")
+    return request.model_copy(update={"params": request.params.model_copy(update={"max_new_tokens": window})})
 
 
 async def _native_frames(response: httpx.Response) -> AsyncIterator[StreamFrame]:
